@@ -1,0 +1,45 @@
+"""Facts about the host that pick platform defaults: appc os/arch names and the platform kind.
+
+The one place that asks ``sys.platform``: everything platform-specific is chosen from here.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+from typing import Literal
+
+PlatformKind = Literal["freebsd", "linux"]
+
+# appc's arch names (spec/aci.md, "os/arch" table) for what platform.machine() reports.
+_ARCH_NAMES = {
+    "x86_64": "amd64",
+    "amd64": "amd64",
+    "i386": "i386",
+    "i686": "i386",
+    "aarch64": "aarch64",
+    "arm64": "aarch64",
+    "armv7l": "armv7l",
+    "armv6l": "armv6l",
+    "ppc64": "ppc64",
+    "ppc64le": "ppc64le",
+    "s390x": "s390x",
+}
+
+
+def platform_kind() -> PlatformKind:
+    """``freebsd`` on FreeBSD, ``linux`` everywhere else we run."""
+    if sys.platform.startswith("freebsd"):
+        return "freebsd"
+    return "linux"
+
+
+def appc_os() -> str:
+    """The host's ``os`` label value as appc spells it."""
+    return platform_kind()
+
+
+def appc_arch() -> str:
+    """The host's ``arch`` label value as appc spells it."""
+    machine = platform.machine().lower()
+    return _ARCH_NAMES.get(machine, machine)

@@ -1,0 +1,4 @@
+"""The appc metadata service (``/acMetadata/v1``), served in the supervisor's event loop.
+
+Installed as ``jetpack.mds``.
+"""

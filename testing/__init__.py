@@ -1,0 +1,4 @@
+"""Fakes that ship with the product: a scriptable isolation driver and stand-in tools.
+
+Installed as ``jetpack.testing``.
+"""

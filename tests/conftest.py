@@ -1,0 +1,153 @@
+"""Shared fixtures: prerequisites (root, zfs-fuse pool, busybox), state roots, the CLI.
+
+Outside CI a missing prerequisite skips the tests that need it; with CI=true it fails them, so a
+broken CI machine can never pass by skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+REPO = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def require(condition: bool, what: str) -> None:
+    """Fail (in CI) or skip (elsewhere) when a prerequisite is missing."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"prerequisite missing in CI: {what}", pytrace=False)
+    pytest.skip(f"prerequisite missing: {what}")
+
+
+@pytest.fixture(scope="session")
+def root() -> None:
+    require(os.geteuid() == 0, "root (tests of namespaces, mounts and zfs need it)")
+
+
+@pytest.fixture(scope="session")
+def busybox() -> Path:
+    """The statically linked busybox binary (Debian's busybox-static)."""
+    candidates = [Path("/bin/busybox"), Path("/usr/bin/busybox")]
+    for path in candidates:
+        if path.exists():
+            out = subprocess.run(["file", "-L", str(path)], capture_output=True, text=True)
+            if out.returncode != 0 or "statically linked" in out.stdout or "static-pie" in out.stdout:
+                return path
+    require(False, "busybox-static (apt-get install busybox-static)")
+    raise AssertionError("unreachable")
+
+
+def make_busybox_rootfs(busybox: Path, rootfs: Path) -> Path:
+    """A minimal userland: busybox with its applet links, /etc/passwd and /etc/group."""
+    for sub in ("bin", "sbin", "usr/bin", "usr/sbin", "etc", "tmp", "root", "home/user",
+                "var/www", "proc", "sys", "dev"):
+        (rootfs / sub).mkdir(parents=True, exist_ok=True)
+    os.chmod(rootfs / "tmp", 0o1777)
+    shutil.copy2(busybox, rootfs / "bin/busybox")
+    applets = subprocess.run(
+        [str(busybox), "--list-full"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    for applet in applets:
+        link = rootfs / applet
+        if applet == "bin/busybox" or link.exists():
+            continue
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(rootfs / "bin/busybox", link.parent))
+    (rootfs / "etc/passwd").write_text(
+        "root:x:0:0:root:/root:/bin/sh\n"
+        "daemon:x:1:1:daemon:/usr/sbin:/bin/false\n"
+        "user:x:1000:1000:user:/home/user:/bin/sh\n"
+        "nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
+    )
+    (rootfs / "etc/group").write_text(
+        "root:x:0:\ndaemon:x:1:\nusers:x:100:user\nuser:x:1000:\nnogroup:x:65534:\n"
+    )
+    return rootfs
+
+
+@pytest.fixture
+def busybox_rootfs(busybox: Path, tmp_path: Path) -> Path:
+    return make_busybox_rootfs(busybox, tmp_path / "rootfs")
+
+
+@pytest.fixture(scope="session")
+def zfs_pool(root: None) -> str:
+    """The zfs-fuse pool the test run may use (``$JETPACK_TEST_POOL``, made by scripts/test.sh)."""
+    pool = os.environ.get("JETPACK_TEST_POOL", "")
+    require(bool(pool), "a zfs-fuse pool named by $JETPACK_TEST_POOL (scripts/test.sh makes one)")
+    require(shutil.which("zfs") is not None, "the zfs command (apt-get install zfs-fuse)")
+    ok = subprocess.run(["zpool", "list", "-H", pool], capture_output=True).returncode == 0
+    require(ok, f"zfs pool {pool} is not imported")
+    return pool
+
+
+@pytest.fixture
+def zfs_dataset(zfs_pool: str) -> Iterator[str]:
+    """A fresh dataset name (not yet created) under the test pool; destroyed afterwards."""
+    name = f"{zfs_pool}/t{uuid.uuid4().hex[:10]}"
+    yield name
+    for _ in range(50):
+        subprocess.run(["zfs", "destroy", "-R", name], capture_output=True)
+        if subprocess.run(["zfs", "list", name], capture_output=True).returncode != 0:
+            break
+    else:
+        raise AssertionError(f"test dataset {name} could not be destroyed")
+
+
+@dataclass
+class Jetpack:
+    """Runs the ``jetpack`` CLI as a subprocess against one configuration file."""
+
+    conf: Path
+    root: Path
+
+    def __call__(self, *args: str, input: str | bytes | None = None, check: bool = True,
+                 timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        proc = subprocess.run(
+            [sys.executable, "-m", "jetpack.cli.main", "-c", str(self.conf), *args],
+            capture_output=True, text=True, env=env, timeout=timeout,
+            input=input if isinstance(input, str) or input is None else input.decode(),
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"jetpack {' '.join(args)} exited {proc.returncode}\n"
+                f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+            )
+        return proc
+
+
+def write_conf(path: Path, **settings: str) -> Path:
+    path.write_text("".join(f"{k} = {v}\n" for k, v in settings.items()))
+    return path
+
+
+@pytest.fixture
+def jetpack_dir(tmp_path: Path) -> Jetpack:
+    """A CLI bound to a fresh ``dir``-storage state root under tmp_path (not yet initialized)."""
+    root = tmp_path / "state"
+    conf = write_conf(tmp_path / "jetpack.conf", **{"root.path": str(root),
+                                                    "storage.driver": "dir"})
+    return Jetpack(conf, root)
+
+
+@pytest.fixture
+def jetpack_zfs(tmp_path: Path, zfs_dataset: str) -> Jetpack:
+    """A CLI bound to a fresh ``zfs``-storage state root (dataset under the test pool)."""
+    root = tmp_path / "state"
+    conf = write_conf(tmp_path / "jetpack.conf", **{"root.path": str(root),
+                                                    "storage.driver": "zfs",
+                                                    "root.zfs": zfs_dataset})
+    return Jetpack(conf, root)
