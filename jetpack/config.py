@@ -6,6 +6,7 @@ Lookup order: built-in defaults < file (``-c``, else ``$JETPACK_CONF``, else the
 
 from __future__ import annotations
 
+import builtins
 import ipaddress
 import os
 import re
@@ -184,14 +185,14 @@ class Config:
     def get(self, key: str, default: str = "") -> str:
         return self.values.get(ALIASES.get(key, key), default)
 
-    def bool(self, key: str) -> bool:
+    def bool(self, key: str) -> builtins.bool:
         return parse_bool(self[key])
 
     def duration(self, key: str) -> float:
         return parse_duration(self[key])
 
-    def int(self, key: str) -> int:
-        return int(self[key])
+    def int(self, key: str) -> builtins.int:
+        return builtins.int(self[key])
 
     def path(self, key: str) -> Path:
         return Path(self[key])
@@ -206,7 +207,7 @@ class Config:
         return self.path("root.path")
 
     @property
-    def debug(self) -> bool:
+    def debug(self) -> builtins.bool:
         return self.bool("debug")
 
 

@@ -29,9 +29,7 @@ _ARCH_NAMES = {
 
 def platform_kind() -> PlatformKind:
     """``freebsd`` on FreeBSD, ``linux`` everywhere else we run."""
-    if sys.platform.startswith("freebsd"):
-        return "freebsd"
-    return "linux"
+    return "freebsd" if sys.platform.startswith("freebsd") else "linux"
 
 
 def appc_os() -> str:

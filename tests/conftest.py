@@ -43,7 +43,8 @@ def busybox() -> Path:
     for path in candidates:
         if path.exists():
             out = subprocess.run(["file", "-L", str(path)], capture_output=True, text=True)
-            if out.returncode != 0 or "statically linked" in out.stdout or "static-pie" in out.stdout:
+            static = "statically linked" in out.stdout or "static-pie" in out.stdout
+            if out.returncode != 0 or static:
                 return path
     require(False, "busybox-static (apt-get install busybox-static)")
     raise AssertionError("unreachable")

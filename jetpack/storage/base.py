@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,7 @@ class StorageDriver(Protocol):
     """Image trees (``<tree>/manifest`` + ``<tree>/rootfs``) and per-app clones of them."""
 
     name: str
-    capabilities: StorageCapabilities
+    capabilities: ClassVar[StorageCapabilities]
     root: Path
 
     def init(self) -> None:

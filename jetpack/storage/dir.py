@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from jetpack.config import Config
 from jetpack.errors import StorageError
@@ -14,7 +15,9 @@ from jetpack.storage.base import StorageCapabilities
 class DirStorage:
     root: Path
     name: str = "dir"
-    capabilities: StorageCapabilities = StorageCapabilities(cow_clones=False, snapshots=False)
+    capabilities: ClassVar[StorageCapabilities] = StorageCapabilities(
+        cow_clones=False, snapshots=False
+    )
 
     @classmethod
     def from_config(cls, config: Config) -> DirStorage:
@@ -25,4 +28,4 @@ class DirStorage:
             for sub in ("images", "pods", "tmp"):
                 (self.root / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as exc:
-            raise StorageError(f"cannot create storage directories under {self.root}: {exc}") from None
+            raise StorageError(f"cannot create storage directories in {self.root}: {exc}") from None

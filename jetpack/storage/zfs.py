@@ -10,6 +10,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from jetpack.config import Config
 from jetpack.errors import StorageError
@@ -32,7 +33,8 @@ class ZfsCommand:
             )
         except FileNotFoundError:
             raise StorageError(
-                f"{self.executable}: command not found", hint="install ZFS or set storage.driver = dir"
+                f"{self.executable}: command not found",
+                hint="install ZFS, or set storage.driver = dir",
             ) from None
         if proc.returncode != 0:
             message = proc.stderr.strip() or proc.stdout.strip() or f"exit {proc.returncode}"
@@ -72,7 +74,9 @@ class ZfsStorage:
     image_props: dict[str, str] = field(default_factory=dict)
     pod_props: dict[str, str] = field(default_factory=dict)
     name: str = "zfs"
-    capabilities: StorageCapabilities = StorageCapabilities(cow_clones=True, snapshots=True)
+    capabilities: ClassVar[StorageCapabilities] = StorageCapabilities(
+        cow_clones=True, snapshots=True
+    )
 
     @classmethod
     def from_config(cls, config: Config) -> ZfsStorage:
