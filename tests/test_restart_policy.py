@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 
 from jetpack.errors import UsageError
@@ -56,7 +57,7 @@ async def test_restart_loop_timing_under_virtual_clock(
     restarts = 0
     while True:
         starts.append(trio.current_time())
-        await trio.sleep(0)  # the app runs and fails immediately
+        await trio.lowlevel.checkpoint()  # the app runs and fails immediately
         if not policy.wants_restart(failed=True, restarts_so_far=restarts):
             break
         await trio.sleep(backoff.next_delay(uptime=0.0))
