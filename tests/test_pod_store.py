@@ -1,0 +1,94 @@
+"""Pod rows: insert with event, unique names, references by UUID, prefix and name."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from jetpack.errors import AmbiguousError, ConflictError, NotFoundError, UsageError
+from jetpack.state import StateDB
+from jetpack.store.pods import AppRecord, PodRecord, PodStore, validate_pod_name
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> PodStore:
+    db = StateDB.for_root(tmp_path, create=True)
+    with db.transaction() as tx:
+        tx.execute(
+            "INSERT INTO images (id, name, labels, manifest, size, created, storage)"
+            " VALUES ('sha512-0123', 'example.com/busybox', '{}', '{}', 1, 0, 'x')"
+        )
+    return PodStore(db)
+
+
+def add(store: PodStore, uuid: str, name: str) -> PodRecord:
+    pod = PodRecord(uuid=uuid, name=name, state="prepared", manifest="{}",
+                    options={"restart": "on-failure:3"},
+                    apps=[AppRecord("busybox", "sha512-0123"), AppRecord("side", "sha512-0123")])
+    with store.state.transaction() as tx:
+        store.insert(tx, pod)
+    return pod
+
+
+def test_insert_records_pod_apps_and_event(store: PodStore) -> None:
+    add(store, "0f0e0d0c-0000-4000-8000-000000000001", "web")
+    pod = store.resolve("web")
+    assert [a.name for a in pod.apps] == ["busybox", "side"]
+    assert pod.options == {"restart": "on-failure:3"}
+    obj = pod.to_json_obj()
+    assert obj["uuid"] == "0f0e0d0c-0000-4000-8000-000000000001"
+    assert obj["ip"] is None
+    assert obj["apps"][0] == {"name": "busybox", "image": "sha512-0123", "state": "prepared",
+                              "exit_status": None, "signal": None, "restarts": 0}
+    json.dumps(obj)
+    (event,) = store.state.events_since(0)
+    assert event.type == "pod.prepared"
+    assert event.pod == pod.uuid
+    assert event.pod_name == "web"
+
+
+def test_names_are_unique(store: PodStore) -> None:
+    add(store, "0f0e0d0c-0000-4000-8000-000000000001", "web")
+    with pytest.raises(ConflictError, match="already exists"):
+        add(store, "0f0e0d0c-0000-4000-8000-000000000002", "web")
+    assert len(store.all()) == 1
+    assert [e.type for e in store.state.events_since(0)] == ["pod.prepared"]
+
+
+def test_references(store: PodStore) -> None:
+    a = add(store, "aaaa1111-0000-4000-8000-000000000001", "one")
+    add(store, "aaaa2222-0000-4000-8000-000000000002", "two")
+    assert store.resolve(a.uuid).name == "one"
+    assert store.resolve("aaaa1").name == "one"
+    assert store.resolve("AAAA2").name == "two"
+    with pytest.raises(AmbiguousError) as info:
+        store.resolve("aaaa")
+    assert len(info.value.candidates) == 2
+    with pytest.raises(NotFoundError):
+        store.resolve("bbbb")
+    with pytest.raises(NotFoundError):
+        store.resolve("aa")  # too short to be a prefix, and no such name
+
+
+def test_transition_stamps_and_events(store: PodStore) -> None:
+    pod = add(store, "aaaa1111-0000-4000-8000-000000000001", "one")
+    with store.state.transaction() as tx:
+        store.transition(tx, pod, "starting")
+        store.transition(tx, pod, "running")
+    again = store.get(pod.uuid)
+    assert again.state == "running"
+    assert again.started is not None
+    assert [e.type for e in store.state.events_since(1)] == ["pod.starting", "pod.started"]
+
+
+@pytest.mark.parametrize("name", ["Web", "-web", "web-", "we b", "", "a" * 64, "web..x"])
+def test_bad_pod_names(name: str) -> None:
+    with pytest.raises(UsageError):
+        validate_pod_name(name)
+
+
+@pytest.mark.parametrize("name", ["web", "web-1", "my.pod_2", "a" * 63])
+def test_good_pod_names(name: str) -> None:
+    assert validate_pod_name(name) == name
