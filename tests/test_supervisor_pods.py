@@ -1,0 +1,240 @@
+"""The pod manager's lifecycle rules, exact under trio's virtual clock with the fake runtime."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from jetpack.config import load_config
+from jetpack.errors import ConflictError
+from jetpack.state import StateDB
+from jetpack.store.pods import AppRecord, PodRecord, PodStore, new_uuid
+from jetpack.supervisor.pods import PodManager
+from jetpack.testing.fake_runtime import Behaviour, FakeRuntime
+
+
+@pytest.fixture
+def clock() -> trio.testing.MockClock:
+    """A virtual clock that jumps only after 50 ms of real idleness: the manager writes the
+    database in a worker thread, and a jump must not overtake a write in flight."""
+    return trio.testing.MockClock(autojump_threshold=0.05)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> StateDB:
+    db = StateDB.for_root(tmp_path, create=True)
+    with db.transaction() as tx:
+        tx.execute("INSERT INTO images (id, name, labels, manifest, size, created, storage)"
+                   " VALUES ('sha512-1', 'example.com/app', '{}', '{}', 1, 0, '')")
+    return db
+
+
+def prepare(db: StateDB, name: str, apps: list[str], restart: str = "never") -> PodRecord:
+    pod = PodRecord(uuid=new_uuid(), name=name, state="prepared", manifest="{}",
+                    options={"restart": restart},
+                    apps=[AppRecord(app, "sha512-1") for app in apps])
+    with db.transaction() as tx:
+        PodStore(db).insert(tx, pod)
+    return pod
+
+
+def events(db: StateDB, pod: PodRecord) -> list[tuple[str, str | None, dict[str, object]]]:
+    return [(e.type, e.app, dict(e.payload or {})) for e in db.events_since(0) if e.pod == pod.uuid]
+
+
+class Supervisor:
+    def __init__(self, db: StateDB, runtime: FakeRuntime, nursery: trio.Nursery) -> None:
+        self.db, self.runtime, self.nursery = db, runtime, nursery
+
+    async def manager(self, *overrides: str) -> PodManager:
+        config = load_config(None, ["root.path=/nonexistent", *overrides], environ={})
+        manager = PodManager(config, self.db, self.runtime)
+        await self.nursery.start(manager.run)
+        return manager
+
+
+@pytest.fixture
+async def sup(db: StateDB) -> AsyncIterator[Supervisor]:
+    async with trio.open_nursery() as nursery:
+        yield Supervisor(db, FakeRuntime(), nursery)
+        nursery.cancel_scope.cancel()
+
+
+async def test_on_failure_3_restarts_three_times_with_growing_delays_then_fails(
+    clock: trio.testing.MockClock, sup: Supervisor
+) -> None:
+    sup.runtime.script["app"] = [Behaviour(runs_for=0.0, code=1)]
+    pod = prepare(sup.db, "flaky", ["app"], restart="on-failure:3")
+    manager = await sup.manager()
+    t0 = trio.current_time()
+    await manager.start("flaky")
+    final = await manager.wait("flaky")
+    assert final.state == "failed"
+    starts = [round(t - t0, 6) for t, what, _ in sup.runtime.log if what == "start"]
+    assert starts == [0.0, 0.1, 0.3, 0.7]
+    log = events(sup.db, pod)
+    restarting = [(p["attempt"], p["delay"]) for t, _, p in log if t == "app.restarting"]
+    assert restarting == [(1, 0.1), (2, 0.2), (3, 0.4)]
+    assert [t for t, _, _ in log if t.startswith("app.")].count("app.exited") == 4
+    assert log[-1][0] == "pod.failed"
+    assert "restart limit" in str(log[-1][2]["reason"])
+    assert final.apps[0].exit_status == 1
+    assert final.apps[0].restarts == 3
+    assert sup.runtime.sandboxes == set()  # torn down
+
+
+async def test_never_policy_records_exit_status(
+    clock: trio.testing.MockClock, sup: Supervisor
+) -> None:
+    sup.runtime.script["app"] = [Behaviour(runs_for=2.0, code=3)]
+    pod = prepare(sup.db, "once", ["app"])
+    manager = await sup.manager()
+    started = await manager.start("once")
+    assert started.state == "running"
+    assert started.apps[0].state == "running"
+    final = await manager.wait(pod.uuid)
+    assert final.state == "exited"
+    assert final.apps[0].exit_status == 3
+    assert [t for t, _, _ in events(sup.db, pod)] == [
+        "pod.prepared", "pod.starting", "app.started", "pod.started", "app.exited", "pod.exited"
+    ]
+    exited = [p for t, _, p in events(sup.db, pod) if t == "app.exited"]
+    assert exited == [{"exit_status": 3}]
+
+
+async def test_pod_runs_until_every_app_has_exited(
+    clock: trio.testing.MockClock, sup: Supervisor
+) -> None:
+    sup.runtime.script.update(short=[Behaviour(runs_for=1.0)], long=[Behaviour(runs_for=5.0)])
+    prepare(sup.db, "two", ["short", "long"])
+    manager = await sup.manager()
+    t0 = trio.current_time()
+    await manager.start("two")
+    final = await manager.wait("two")
+    assert trio.current_time() - t0 == pytest.approx(5.0)
+    assert final.state == "exited"
+    assert [a.exit_status for a in final.apps] == [0, 0]
+
+
+async def test_stop_escalates_to_sigkill_after_grace(
+    clock: trio.testing.MockClock, sup: Supervisor
+) -> None:
+    sup.runtime.script["stubborn"] = [Behaviour(ignores_sigterm=True)]
+    sup.runtime.script["polite"] = [Behaviour()]
+    pod = prepare(sup.db, "mixed", ["stubborn", "polite"], restart="always")
+    manager = await sup.manager("pod.stop-timeout=7s")
+    await manager.start("mixed")
+    with pytest.raises(ConflictError):
+        await manager.start("mixed")
+    t0 = trio.current_time()
+    final = await manager.stop("mixed")
+    assert trio.current_time() - t0 == pytest.approx(7.0)
+    assert final.state == "exited"
+    signals = {a.name: a.signal for a in final.apps}
+    assert signals == {"stubborn": signal.SIGKILL, "polite": signal.SIGTERM}
+    types = [t for t, _, _ in events(sup.db, pod)]
+    assert "app.restarting" not in types  # a stop is not a failure to restart from
+    assert types[-1] == "pod.exited"
+    assert sup.runtime.running() == []
+
+
+async def test_always_restarts_clean_exits_and_resets_backoff(
+    clock: trio.testing.MockClock, sup: Supervisor
+) -> None:
+    # two quick exits, one long run (resets the backoff), one quick exit, then runs forever
+    sup.runtime.script["app"] = [Behaviour(runs_for=0.0), Behaviour(runs_for=0.0),
+                                 Behaviour(runs_for=20.0), Behaviour(runs_for=0.0), Behaviour()]
+    pod = prepare(sup.db, "svc", ["app"], restart="always")
+    manager = await sup.manager()
+    await manager.start("svc")
+    await trio.sleep(30)
+    delays = [p["delay"] for t, _, p in events(sup.db, pod) if t == "app.restarting"]
+    assert delays == [0.1, 0.2, 0.1, 0.2]
+    await manager.stop("svc")
+
+
+async def test_failed_start_fails_the_pod_and_tears_it_down(
+    clock: trio.testing.MockClock, sup: Supervisor
+) -> None:
+    sup.runtime.script["good"] = [Behaviour()]
+    sup.runtime.script["bad"] = [Behaviour(fails_to_start=True)]
+    pod = prepare(sup.db, "broken", ["good", "bad"])
+    manager = await sup.manager()
+    await manager.start("broken")
+    final = await manager.wait("broken")
+    assert final.state == "failed"
+    assert "bad" in str(events(sup.db, pod)[-1][2]["reason"])
+    assert sup.runtime.running() == []
+    assert sup.runtime.sandboxes == set()
+
+
+async def test_sandbox_failure_fails_the_pod(
+    clock: trio.testing.MockClock, sup: Supervisor
+) -> None:
+    sup.runtime.fail_sandbox = True
+    pod = prepare(sup.db, "nosandbox", ["app"])
+    manager = await sup.manager()
+    result = await manager.start("nosandbox")
+    assert result.state == "failed"
+    assert "sandbox" in str(events(sup.db, pod)[-1][2]["reason"])
+
+
+async def test_exited_pod_starts_again(
+    clock: trio.testing.MockClock, sup: Supervisor
+) -> None:
+    sup.runtime.script["app"] = [Behaviour(runs_for=1.0, code=2), Behaviour(runs_for=1.0)]
+    prepare(sup.db, "again", ["app"])
+    manager = await sup.manager()
+    await manager.start("again")
+    assert (await manager.wait("again")).apps[0].exit_status == 2
+    await manager.start("again")
+    assert (await manager.wait("again")).apps[0].exit_status == 0
+
+
+async def test_adoption_after_detach_keeps_apps_and_applies_policy(
+    clock: trio.testing.MockClock, sup: Supervisor
+) -> None:
+    sup.runtime.script["app"] = [Behaviour()]
+    pod = prepare(sup.db, "kept", ["app"], restart="on-failure:1")
+    first = await sup.manager()
+    await first.start("kept")
+    (original,) = sup.runtime.running(pod.uuid)
+    first.detach()  # as `daemon-stop --keep-pods`: nothing is stopped
+    await trio.sleep(1)
+    assert sup.runtime.running(pod.uuid) == [original]
+    second = await sup.manager()
+    assert "pod.adopted" in [t for t, _, _ in events(sup.db, pod)]
+    assert sup.runtime.running(pod.uuid) == [original]  # not started twice
+    # killing the adopted app triggers its restart policy (on-failure: SIGKILL is a failure)
+    await second.kill("kept", signal.SIGKILL)
+    await trio.sleep(1)
+    (restarted,) = sup.runtime.running(pod.uuid)
+    assert restarted.pid != original.pid
+    types = [t for t, _, _ in events(sup.db, pod)]
+    assert types[-3:] == ["app.exited", "app.restarting", "app.started"]
+    await second.stop("kept")
+
+
+async def test_reconcile_pods_whose_processes_vanished(
+    clock: trio.testing.MockClock, sup: Supervisor
+) -> None:
+    pod = prepare(sup.db, "ghost", ["app"])
+    first = await sup.manager()
+    await first.start("ghost")
+    first.detach()
+    await trio.sleep(0.1)
+    sup.runtime.processes.clear()  # the host rebooted: no process, no sandbox
+    sup.runtime.sandboxes.clear()
+    await sup.manager()
+    final = PodStore(sup.db).get(pod.uuid)
+    assert final.state == "exited"
+    assert final.apps[0].state == "exited"
+    assert final.apps[0].exit_status is None
+    last = events(sup.db, pod)[-1]
+    assert last[0] == "pod.exited"
+    assert "unknown" in str(last[2]["reason"])
