@@ -102,7 +102,9 @@ class Subscription:
         self._closed = False
         self._wakeup = trio.Event()
         self._heartbeat = heartbeat
-        self._next_heartbeat = trio.current_time() + heartbeat
+        # The first message is a heartbeat: the subscriber learns its position at once (with
+        # no `since`, the seq it may resume after if the connection drops before any event).
+        self._next_heartbeat = trio.current_time()
 
     # Called by the hub, synchronously, for every new event in seq order.
     def offer(self, entry: Entry) -> None:
