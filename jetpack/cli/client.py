@@ -101,24 +101,35 @@ class ControlClient:
             stream = await trio.open_unix_socket(str(self.socket_path))
         except OSError as exc:
             raise self._unreachable(exc) from None
-        async with trio.open_nursery() as nursery:
-            try:
-                ws = await trio_websocket.wrap_client_stream(nursery, stream, "localhost",
-                                                             resource)
-            except trio_websocket.ConnectionRejected as exc:
-                body = (exc.body or b"").decode(errors="replace").strip()
-                raise errors.SupervisorError(
-                    f"the supervisor refused the event stream ({exc.status_code}): {body}"
-                ) from None
-            except (trio_websocket.HandshakeError, trio.BrokenResourceError, OSError) as exc:
-                raise self._unreachable(exc) from None
-            try:
-                yield EventStream(ws)
-            finally:
-                with trio.move_on_after(1) as cleanup:
-                    cleanup.shield = True
-                    await ws.aclose()
-                nursery.cancel_scope.cancel()
+        try:
+            async with stream, trio.open_nursery() as nursery:
+                ws = await self._handshake(nursery, stream, resource)
+                try:
+                    yield EventStream(ws)
+                finally:
+                    with trio.move_on_after(1) as cleanup:
+                        cleanup.shield = True
+                        await ws.aclose()
+                    nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # The nursery only runs trio-websocket's reader; what the caller's body raised
+            # (StreamClosed, SupervisorError, Cancelled) is passed on as itself.
+            if len(group.exceptions) != 1 or isinstance(group.exceptions[0], BaseExceptionGroup):
+                raise
+            raise group.exceptions[0] from None
+
+    async def _handshake(
+        self, nursery: trio.Nursery, stream: trio.SocketStream, resource: str
+    ) -> trio_websocket.WebSocketConnection:
+        try:
+            return await trio_websocket.wrap_client_stream(nursery, stream, "localhost", resource)
+        except trio_websocket.ConnectionRejected as exc:
+            body = (exc.body or b"").decode(errors="replace").strip()
+            raise errors.SupervisorError(
+                f"the supervisor refused the event stream ({exc.status_code}): {body}"
+            ) from None
+        except (trio_websocket.HandshakeError, trio.BrokenResourceError, OSError) as exc:
+            raise self._unreachable(exc) from None
 
     def _unreachable(self, exc: BaseException) -> errors.SupervisorError:
         """Why the socket could not be used, phrased for the user."""
