@@ -21,12 +21,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import cast
 
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
-from hypercorn.typing import ConnectionState
+from hypercorn.typing import AppWrapper, ASGIFramework, ConnectionState
 from hypercorn.utils import wrap_app
 
 from jetpack.config import Config
@@ -120,7 +121,10 @@ async def serve(
                 )
                 for sock, each_app in zip(socks, apps, strict=True):
                     listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
-                    handler = partial(_serve_connection, wrap_app(each_app, 0, "asgi"), hyper,
+                    # ControlApp speaks ASGI 3 with plain dicts; hypercorn types the messages
+                    # as TypedDicts.
+                    asgi = cast("ASGIFramework", each_app)
+                    handler = partial(_serve_connection, wrap_app(asgi, 0, "asgi"), hyper,
                                       context, write_timeout)
                     services.start_soon(
                         partial(trio.serve_listeners, handler, [listener],
@@ -167,14 +171,15 @@ async def _first_of(*waits: Callable[[], Awaitable[object]] | None) -> None:
 
 
 async def _serve_connection(
-    app: object,
+    app: AppWrapper,
     hyper: HypercornConfig,
     context: WorkerContext,
     write_timeout: float,
     stream: trio.SocketStream,
 ) -> None:
-    await TCPServer(app, hyper, context, ConnectionState({}), WriteDeadlineStream(stream,
-                                                                                write_timeout))
+    # hypercorn annotates an SSLStream but uses only the Stream methods and `.socket`.
+    wrapped = cast("trio.SSLStream[trio.SocketStream]", WriteDeadlineStream(stream, write_timeout))
+    await TCPServer(app, hyper, context, ConnectionState({}), wrapped)
 
 
 class WriteDeadlineStream(trio.abc.HalfCloseableStream):

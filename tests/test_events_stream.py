@@ -11,7 +11,7 @@ import socket
 import stat
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -27,7 +27,7 @@ from jetpack.config import Config, load_config
 from jetpack.errors import ConfigError, NotFoundError, SupervisorError, UsageError
 from jetpack.events import EventFilter, Retention, trim_events
 from jetpack.state.db import StateDB
-from jetpack.supervisor.api import Request, Router, core_router
+from jetpack.supervisor.api import Request, core_router
 from jetpack.supervisor.events import EventHub
 from jetpack.supervisor.server import ServerHandle, serve
 
@@ -146,6 +146,20 @@ async def close_at_exit(stream: trio.abc.AsyncResource) -> None:
         await trio.sleep_forever()
     finally:
         await trio.aclose_forcefully(stream)
+
+
+async def eventually(condition: Callable[[], bool]) -> None:
+    """Wait for state owned by another task or process (callers bound it with fail_after)."""
+    while not condition():  # noqa: ASYNC110  # polling outside state: sockets, counters
+        await trio.sleep(0.01)
+
+
+async def read_all(ws: trio_websocket.WebSocketConnection, seqs_seen: list[int]) -> None:
+    """Read events into ``seqs_seen`` until the connection closes (which raises)."""
+    while True:
+        message = json.loads(await ws.get_message())
+        if message["type"] != "heartbeat":
+            seqs_seen.append(message["seq"])
 
 
 def seqs(texts: list[str]) -> list[int]:
@@ -409,21 +423,17 @@ async def test_a_reader_that_stops_is_dropped_without_slowing_others(
                 for _ in range(total // 20):
                     await append(db, 20, notify=hub, padding=padding)
                     await trio.sleep(0.01)
-                while min(fast_counts) < total:
-                    await trio.sleep(0.01)
+                await eventually(lambda: min(fast_counts) >= total)
                 elapsed = trio.current_time() - start
-                while hub.subscriber_count > 0:  # the stalled one was dropped, the others left
-                    await trio.sleep(0.01)
+                # the stalled one was dropped, the fast ones left
+                await eventually(lambda: hub.subscriber_count == 0)
                 nursery.cancel_scope.cancel()
             assert elapsed < 15
             assert high_water <= queue_size
             # What the stalled reader finds once it reads again: a prefix, then the end.
             got: list[int] = []
             with pytest.raises(trio_websocket.ConnectionClosed) as closed:
-                while True:
-                    message = json.loads(await stalled.get_message())
-                    if message["type"] != "heartbeat":
-                        got.append(message["seq"])
+                await read_all(stalled, got)
             stalled_nursery.cancel_scope.cancel()
     assert got == list(range(1, len(got) + 1))
     assert len(got) < total
@@ -445,11 +455,8 @@ async def test_graceful_shutdown_is_not_held_up_by_a_stalled_reader(
         await trio.sleep(0.5)
         with trio.fail_after(4):
             handle.shutdown()
-            while handle.socket_path.exists():
-                await trio.sleep(0.01)
-            assert supervisor.scope is not None
-            while hub.subscriber_count:
-                await trio.sleep(0.01)
+            await eventually(lambda: not handle.socket_path.exists())
+            await eventually(lambda: hub.subscriber_count == 0)
         nursery.cancel_scope.cancel()
     del config
 
@@ -465,7 +472,7 @@ async def test_socket_appears_only_when_serving_with_its_mode(
     handle = await supervisor.start()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_ISSOCK(path.stat().st_mode)
-    assert [p.name for p in sockdir.iterdir()] == ["j.sock"]  # no temporary left behind
+    assert os.listdir(sockdir) == ["j.sock"]  # no temporary left behind
     assert (await supervisor.client.request("GET", "/v1/ping")) == {"ok": True}
     info = await supervisor.client.request("GET", "/v1/info")
     assert info["pid"] == os.getpid()
@@ -474,8 +481,7 @@ async def test_socket_appears_only_when_serving_with_its_mode(
         await serve(config, supervisor.hub)  # type: ignore[arg-type]  # started
     handle.shutdown()
     with trio.fail_after(5):
-        while path.exists():
-            await trio.sleep(0.01)
+        await eventually(lambda: not path.exists())
     with pytest.raises(SupervisorError, match="no supervisor is running") as caught:
         await supervisor.client.request("GET", "/v1/ping")
     assert "jetpack daemon" in (caught.value.hint or "")
@@ -530,7 +536,7 @@ async def test_tcp_listener_requires_the_token(
     supervisor: Supervisor, config: Config, db: StateDB
 ) -> None:
     config.values["events.listen"] = "127.0.0.1:0"
-    with pytest.raises(ConfigError, match="events.token"):
+    with pytest.raises(ConfigError, match=r"events\.token"):
         await serve(config, EventHub(config.root / "jetpack.db"))
     config.values["events.token"] = "s3cret-token"
     handle = await supervisor.start()
