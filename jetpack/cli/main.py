@@ -31,6 +31,8 @@ COMMANDS: dict[str, Command] = {
     "config": Command("setup", "print the merged configuration, or one key's value"),
     "version": Command("setup", "print jetpack's version"),
     "help": Command("setup", "show help for jetpack or one command"),
+    # the event log (following needs the supervisor; --no-follow reads the database)
+    "events": Command("events", "print the event log, or follow it live"),
 }
 
 

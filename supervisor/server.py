@@ -1,0 +1,309 @@
+"""Serving the control app: hypercorn's trio HTTP/websocket protocol on the unix control socket
+and on the optional events-only TCP listener, with readiness, permissions and graceful shutdown.
+
+We run hypercorn's per-connection ``TCPServer`` under our own accept loop instead of
+``hypercorn.trio.serve`` for one reason: hypercorn writes to the socket inside a shielded cancel
+scope, so a client that stops reading would pin its connection forever and hold up every
+graceful shutdown. Each connection's stream here gives every write a deadline
+(``write_timeout``); a peer that accepts nothing for that long is disconnected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import grp
+import logging
+import os
+import socket
+import stat
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import cast
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import AppWrapper, ASGIFramework, ConnectionState
+from hypercorn.utils import wrap_app
+
+from jetpack.config import Config
+from jetpack.errors import ConfigError, SupervisorError
+from jetpack.events import Retention
+from jetpack.log import get_logger
+from jetpack.supervisor.api import ControlApp, Router, core_router
+from jetpack.supervisor.events import RETENTION_INTERVAL, EventHub, run_retention
+
+WRITE_TIMEOUT = 10.0
+"""Seconds a single write to a client may wait for the client to read before it is dropped."""
+
+GRACEFUL_TIMEOUT = 5.0
+"""Seconds open connections get to finish after a shutdown is triggered."""
+
+BACKLOG = 128
+
+log = get_logger(component="server")
+
+
+@dataclass
+class ServerHandle:
+    """What ``serve`` reports once it serves: where, and how to stop it gracefully."""
+
+    socket_path: Path
+    tcp_address: tuple[str, int] | None
+    app: ControlApp
+    _stop: trio.Event = field(default_factory=trio.Event, repr=False)
+
+    def shutdown(self) -> None:
+        """Stop accepting, end event streams with 1001, let requests finish, then return."""
+        self._stop.set()
+
+
+async def serve(
+    config: Config,
+    hub: EventHub,
+    router: Router | None = None,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[object]] | None = None,
+    write_timeout: float = WRITE_TIMEOUT,
+    graceful_timeout: float = GRACEFUL_TIMEOUT,
+    heartbeat_interval: float | None = None,
+    retention_interval: float = RETENTION_INTERVAL,
+    task_status: trio.TaskStatus[ServerHandle] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the control API and ``/v1/events`` until ``shutdown_trigger`` returns (or
+    ``handle.shutdown()`` is called, or the task is cancelled).
+
+    The socket file appears only once it accepts connections (bound and listening under a
+    temporary name, then renamed into place) and is removed first thing on shutdown. The
+    event log's retention runs here too.
+    """
+    socket_path = config.path("supervisor.socket")
+    router = router if router is not None else core_router(hub)
+    app = ControlApp(router, hub, heartbeat_interval=heartbeat_interval)
+    apps = [app]
+    tcp_sock: socket.socket | None = None
+    listen = config["events.listen"]
+    if listen:
+        token = config["events.token"]
+        if not token:
+            raise ConfigError(
+                "events.listen is set but events.token is empty",
+                hint="set events.token to a secret; TCP clients send it as a bearer token",
+            )
+        tcp_sock = _bind_tcp(listen)
+        apps.append(ControlApp(router, hub, events_token=token,
+                               heartbeat_interval=heartbeat_interval))
+    unix_sock, temporary = await trio.to_thread.run_sync(
+        _bind_unix, socket_path, config["supervisor.group"]
+    )
+    hyper = HypercornConfig()
+    hyper.graceful_timeout = graceful_timeout
+    hyper.accesslog = None
+    hyper.errorlog = logging.getLogger("jetpack.hypercorn")
+    context = WorkerContext(None)
+    tcp_address = None
+    if tcp_sock is not None:
+        host, port = tcp_sock.getsockname()[:2]
+        tcp_address = (str(host), int(port))
+    handle = ServerHandle(socket_path, tcp_address, app)
+    served_inode: int | None = None
+    socks = [unix_sock] if tcp_sock is None else [unix_sock, tcp_sock]
+    try:
+        async with trio.open_nursery() as connections:
+            async with trio.open_nursery() as services:
+                await services.start(
+                    partial(run_retention, hub.db_path,
+                            Retention.from_config(config), interval=retention_interval)
+                )
+                for sock, each_app in zip(socks, apps, strict=True):
+                    listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+                    # ControlApp speaks ASGI 3 with plain dicts; hypercorn types the messages
+                    # as TypedDicts.
+                    asgi = cast("ASGIFramework", each_app)
+                    handler = partial(_serve_connection, wrap_app(asgi, 0, "asgi"), hyper,
+                                      context, write_timeout)
+                    services.start_soon(
+                        partial(trio.serve_listeners, handler, [listener],
+                                handler_nursery=connections)
+                    )
+                served_inode = await trio.to_thread.run_sync(
+                    _publish_socket, temporary, socket_path
+                )
+                log.info("control API serving", socket=str(socket_path),
+                         events_tcp=listen or None)
+                task_status.started(handle)
+                await _first_of(handle._stop.wait, shutdown_trigger)
+                # Shutdown: new clients find no socket (so they hear "no supervisor") ...
+                await trio.to_thread.run_sync(_remove_socket, socket_path, served_inode)
+                served_inode = None
+                services.cancel_scope.cancel()
+            # ... open streams end with 1001 (resume with since), requests get a deadline.
+            for each_app in apps:
+                each_app.shutdown()
+            await context.terminated.set()
+            connections.cancel_scope.deadline = trio.current_time() + graceful_timeout
+    finally:
+        with trio.CancelScope(shield=True):
+            if served_inode is not None:
+                await trio.to_thread.run_sync(_remove_socket, socket_path, served_inode)
+            with contextlib.suppress(FileNotFoundError):
+                temporary.unlink()
+            for sock in socks:
+                sock.close()
+        log.info("control API stopped", socket=str(socket_path))
+
+
+async def _first_of(*waits: Callable[[], Awaitable[object]] | None) -> None:
+    """Return as soon as one of ``waits`` returns."""
+    async with trio.open_nursery() as nursery:
+
+        async def wait_then_stop(wait: Callable[[], Awaitable[object]]) -> None:
+            await wait()
+            nursery.cancel_scope.cancel()
+
+        for wait in waits:
+            if wait is not None:
+                nursery.start_soon(wait_then_stop, wait)
+
+
+async def _serve_connection(
+    app: AppWrapper,
+    hyper: HypercornConfig,
+    context: WorkerContext,
+    write_timeout: float,
+    stream: trio.SocketStream,
+) -> None:
+    # hypercorn annotates an SSLStream but uses only the Stream methods and `.socket`.
+    wrapped = cast("trio.SSLStream[trio.SocketStream]", WriteDeadlineStream(stream, write_timeout))
+    await TCPServer(app, hyper, context, ConnectionState({}), wrapped)
+
+
+class WriteDeadlineStream(trio.abc.HalfCloseableStream):
+    """A socket stream whose every write must finish within ``timeout`` seconds.
+
+    hypercorn shields its writes from cancellation; a deadline set inside the shield still
+    fires. On expiry the connection is closed, so the peer sees it dropped and the protocol
+    sees ``BrokenResourceError``.
+    """
+
+    def __init__(self, stream: trio.SocketStream, timeout: float) -> None:
+        self._stream = stream
+        self.timeout = timeout
+
+    @property
+    def socket(self) -> trio.socket.SocketType:
+        return self._stream.socket
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        with trio.move_on_after(self.timeout):
+            await self._stream.send_all(data)
+            return
+        await trio.aclose_forcefully(self._stream)
+        raise trio.BrokenResourceError(f"peer read nothing for {self.timeout:g}s")
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self._stream.receive_some(max_bytes)
+
+    async def send_eof(self) -> None:
+        await self._stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+# --------------------------------------------------------------------------- sockets
+
+
+def _bind_unix(path: Path, group: str) -> tuple[socket.socket, Path]:
+    """A listening unix socket with its final mode, bound under a temporary name next to
+    ``path`` (renamed into place by ``_publish_socket`` once it serves)."""
+    gid = None
+    if group:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise ConfigError(f"supervisor.group: no group named {group!r}") from None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    except OSError as exc:
+        raise SupervisorError(f"cannot create {path.parent}: {exc.strerror}") from None
+    _refuse_if_served(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    with contextlib.suppress(FileNotFoundError):
+        temporary.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(temporary))
+        # Not listening yet, so nobody can connect before the mode is right.
+        if gid is not None:
+            os.chown(temporary, -1, gid)
+        os.chmod(temporary, 0o660 if gid is not None else 0o600)
+        sock.listen(BACKLOG)
+    except OSError as exc:
+        sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+        raise SupervisorError(
+            f"cannot create control socket {path}: {exc.strerror or exc}",
+            hint="a unix socket path has at most 107 bytes" if len(str(temporary)) > 100
+            else None,
+        ) from None
+    return sock, temporary
+
+
+def _refuse_if_served(path: Path) -> None:
+    """A live supervisor's socket is never taken over; a stale one is replaced."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise SupervisorError(f"cannot inspect {path}: {exc.strerror}") from None
+    if not stat.S_ISSOCK(mode):
+        raise SupervisorError(f"{path} exists and is not a socket",
+                              hint="remove it, or point supervisor.socket elsewhere")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError as exc:
+        if exc.errno != errno.ECONNREFUSED:
+            raise SupervisorError(f"cannot probe {path}: {exc.strerror}") from None
+        return  # stale: its server is gone
+    finally:
+        probe.close()
+    raise SupervisorError(f"a supervisor is already serving on {path}",
+                          hint="stop it first ('jetpack daemon-stop'), or set supervisor.socket")
+
+
+def _publish_socket(temporary: Path, path: Path) -> int:
+    try:
+        os.rename(temporary, path)
+        return path.stat().st_ino
+    except OSError as exc:
+        raise SupervisorError(f"cannot create control socket {path}: {exc.strerror}") from None
+
+
+def _remove_socket(path: Path, inode: int) -> None:
+    """Unlink ``path`` if it is still our socket (a newer supervisor may own it by now)."""
+    with contextlib.suppress(FileNotFoundError):
+        if path.lstat().st_ino == inode:
+            path.unlink()
+
+
+def _bind_tcp(listen: str) -> socket.socket:
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        sock = socket.create_server((host, int(port)), family=family, backlog=BACKLOG)
+    except OSError as exc:
+        raise SupervisorError(f"events.listen {listen}: {exc.strerror or exc}") from None
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
