@@ -1,0 +1,126 @@
+"""The daemon in-process over its real control socket, with the fake runtime: the API, the lock,
+signals (TERM stops pods, USR2 leaves them), and supervisor events."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from jetpack.cli.client import ControlClient
+from jetpack.config import Config, load_config
+from jetpack.errors import ConflictError, NotFoundError, SupervisorError
+from jetpack.state import StateDB
+from jetpack.store.pods import AppRecord, PodRecord, PodStore, new_uuid
+from jetpack.supervisor.daemon import Daemon
+from jetpack.testing.fake_runtime import Behaviour, FakeRuntime
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    root = tmp_path / "root"
+    root.mkdir()
+    StateDB.for_root(root, create=True).close()
+    return load_config(None, [f"root.path={root}", f"supervisor.socket={tmp_path}/s/j.sock",
+                              "pod.stop-timeout=2s"], environ={})
+
+
+def prepare(config: Config, name: str, restart: str = "never") -> PodRecord:
+    db = StateDB.for_root(config.root)
+    with db.transaction() as tx:
+        tx.execute("INSERT OR IGNORE INTO images (id, name, labels, manifest, size, created,"
+                   " storage) VALUES ('sha512-1', 'example.com/app', '{}', '{}', 1, 0, '')")
+    pod = PodRecord(uuid=new_uuid(), name=name, state="prepared", manifest="{}",
+                    options={"restart": restart}, apps=[AppRecord("app", "sha512-1")])
+    with db.transaction() as tx:
+        PodStore(db).insert(tx, pod)
+    db.close()
+    return pod
+
+
+@pytest.fixture
+async def running(config: Config, nursery: trio.Nursery) -> AsyncIterator[Daemon]:
+    daemon = Daemon(config, FakeRuntime())
+    await nursery.start(daemon.run)
+    yield daemon
+    daemon.request_stop()
+
+
+def client(config: Config) -> ControlClient:
+    return ControlClient(config.path("supervisor.socket"))
+
+
+async def test_socket_is_root_only_and_answers(config: Config, running: Daemon) -> None:
+    path = config.path("supervisor.socket")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    info = await client(config).request("GET", "/v1/info")
+    assert info["pid"] == os.getpid()
+
+
+async def test_start_stop_list_over_the_api(config: Config, running: Daemon) -> None:
+    pod = prepare(config, "web", restart="always")
+    api = client(config)
+    started = await api.request("POST", "/v1/pods/web/start")
+    assert started["state"] == "running"
+    assert started["apps"][0]["state"] == "running"
+    listing = await api.request("GET", "/v1/pods")
+    assert [(p["name"], p["state"]) for p in listing] == [("web", "running")]
+    with pytest.raises(ConflictError):
+        await api.request("POST", f"/v1/pods/{pod.uuid[:8]}/start")
+    stopped = await api.request("POST", "/v1/pods/web/stop", params={"grace": "1"})
+    assert stopped["state"] == "exited"
+    assert stopped["apps"][0]["signal"] == signal.SIGTERM
+    with pytest.raises(NotFoundError):
+        await api.request("POST", "/v1/pods/nosuch/start")
+
+
+async def test_a_second_supervisor_is_refused(config: Config, running: Daemon) -> None:
+    with pytest.raises(SupervisorError, match="another supervisor is running"):
+        await Daemon(config, FakeRuntime()).run()
+
+
+async def test_sigterm_stops_pods_and_exits(config: Config) -> None:
+    prepare(config, "web", restart="always")
+    runtime = FakeRuntime()
+    daemon = Daemon(config, runtime)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(daemon.run)
+        await client(config).request("POST", "/v1/pods/web/start")
+        with trio.fail_after(20):
+            os.kill(os.getpid(), signal.SIGTERM)
+    assert runtime.running() == []
+    assert not config.path("supervisor.socket").exists()
+    db = StateDB.for_root(config.root)
+    assert PodStore(db).resolve("web").state == "exited"
+    types = [e.type for e in db.events_since(0)]
+    assert types[0] == "pod.prepared"
+    assert types[1] == "supervisor.started"
+    assert types[-1] == "supervisor.stopped"
+
+
+async def test_keep_pods_then_adopt(config: Config) -> None:
+    pod = prepare(config, "kept", restart="on-failure")
+    runtime = FakeRuntime({"app": [Behaviour()]})
+    first = Daemon(config, runtime)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(first.run)
+        await client(config).request("POST", "/v1/pods/kept/start")
+        with trio.fail_after(20):
+            await client(config).request("POST", "/v1/shutdown", params={"keep_pods": "1"})
+    (process,) = runtime.running(pod.uuid)
+    second = Daemon(config, runtime)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(second.run)
+        assert runtime.running(pod.uuid) == [process]
+        assert (await client(config).request("GET", "/v1/pods/kept"))["state"] == "running"
+        second.request_stop()
+    db = StateDB.for_root(config.root)
+    types = [e.type for e in db.events_since(0)]
+    assert "pod.adopted" in types
+    assert types.count("app.started") == 1  # adopted, never started twice
+    assert PodStore(db).get(pod.uuid).state == "exited"
