@@ -125,6 +125,7 @@ class Daemon:
                     router = core_router(hub)
                     add_pod_routes(router, manager, self.request_stop)
                     nursery.start_soon(self._watch_signals, signals)
+                    nursery.start_soon(manager.start_boot_pods)
                     async with trio.open_nursery() as serving:
                         self.server = await serving.start(partial(serve, self.config, hub,
                                                                   router))

@@ -99,9 +99,33 @@ class PodManager:
             self._nursery.cancel_scope.cancel()
 
     async def stop_all(self, grace: float | None = None) -> None:
-        async with trio.open_nursery() as nursery:
-            for uuid in list(self.tasks):
-                nursery.start_soon(self._stop_task, self.tasks[uuid], grace)
+        """Stop every running pod, in reverse boot order: highest priority number first, the
+        pods of one priority in parallel."""
+        for priority in sorted({t.pod.priority for t in self.tasks.values()}, reverse=True):
+            async with trio.open_nursery() as nursery:
+                for task in [t for t in self.tasks.values() if t.pod.priority == priority]:
+                    nursery.start_soon(self._stop_task, task, grace)
+
+    async def start_boot_pods(self) -> None:
+        """Start the pods marked with ``enable``: by ascending priority; the pods of one
+        priority in parallel (at most ``boot.parallel`` at once); a group only once every pod
+        of the one before is running or has failed."""
+        pods = await self._db(self.store.all)
+        boot = [p for p in pods if p.boot and p.uuid not in self.tasks]
+        limiter = trio.CapacityLimiter(self.config.int("boot.parallel"))
+
+        async def start_one(pod: PodRecord) -> None:
+            async with limiter:
+                try:
+                    await self.start(pod.uuid)
+                except JetpackError as exc:
+                    log.error("boot pod did not start", pod=pod.uuid, pod_name=pod.name,
+                              error=str(exc))
+
+        for priority in sorted({p.priority for p in boot}):
+            async with trio.open_nursery() as nursery:
+                for pod in [p for p in boot if p.priority == priority]:
+                    nursery.start_soon(start_one, pod)
 
     # --- commands ---------------------------------------------------------------------------
 

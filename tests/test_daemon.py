@@ -88,10 +88,10 @@ async def test_sigterm_stops_pods_and_exits(config: Config) -> None:
     prepare(config, "web", restart="always")
     runtime = FakeRuntime()
     daemon = Daemon(config, runtime)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(daemon.run)
-        await client(config).request("POST", "/v1/pods/web/start")
-        with trio.fail_after(20):
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(daemon.run)
+            await client(config).request("POST", "/v1/pods/web/start")
             os.kill(os.getpid(), signal.SIGTERM)
     assert runtime.running() == []
     assert not config.path("supervisor.socket").exists()

@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from conftest import Jetpack, write_conf
 
 from jetpack.errors import UsageError
 from jetpack.events import (
@@ -26,6 +25,8 @@ from jetpack.events import (
     trim_events,
 )
 from jetpack.state.db import Event, StateDB
+
+from conftest import Jetpack, write_conf
 
 POD_A = "0c6f1b0e-5d3a-4a53-9f3e-2f1f6d8b7a90"
 POD_B = "7d2e9c41-1111-4a53-9f3e-2f1f6d8b7a91"

@@ -238,3 +238,27 @@ async def test_reconcile_pods_whose_processes_vanished(
     last = events(sup.db, pod)[-1]
     assert last[0] == "pod.exited"
     assert "unknown" in str(last[2]["reason"])
+
+
+async def test_boot_pods_start_by_priority_and_stop_in_reverse(
+    clock: trio.testing.MockClock, sup: Supervisor
+) -> None:
+    store = PodStore(sup.db)
+    pods = {}
+    for name, priority in (("a10", 10), ("b10", 10), ("c20", 20), ("manual", 5)):
+        pods[name] = prepare(sup.db, name, [name])
+        if name != "manual":
+            with sup.db.transaction() as tx:
+                store.set_boot(tx, pods[name], True, priority)
+    manager = await sup.manager("boot.parallel=4")
+    await manager.start_boot_pods()
+    starts = [(t, app) for t, what, app in sup.runtime.log if what == "start"]
+    order = [app for _, app in starts]
+    assert sorted(order[:2]) == ["a10", "b10"]
+    assert order[2:] == ["c20"]  # manual is not a boot pod
+    await manager.stop_all()
+    stops = [app for _, what, app in sup.runtime.log if what == "exit"]
+    assert stops[0] == "c20"
+    assert sorted(stops[1:]) == ["a10", "b10"]
+    seq = {e.pod_name: e.seq for e in sup.db.events_since(0) if e.type == "pod.started"}
+    assert max(seq["a10"], seq["b10"]) < seq["c20"]

@@ -33,6 +33,15 @@ COMMANDS: dict[str, Command] = {
     "help": Command("setup", "show help for jetpack or one command"),
     # the event log (following needs the supervisor; --no-follow reads the database)
     "events": Command("events", "print the event log, or follow it live"),
+    "list": Command("pods", "list pods with their state, address and apps"),
+    # need the supervisor
+    "daemon": Command("pods", "run the supervisor in the foreground"),
+    "daemon-stop": Command("pods", "stop the supervisor (--keep-pods leaves pods running)",
+                           supervisor=True),
+    "start": Command("pods", "start a prepared or exited pod (detached)", supervisor=True),
+    "stop": Command("pods", "stop a running pod", supervisor=True),
+    "restart": Command("pods", "stop, then start a pod", supervisor=True),
+    "kill": Command("pods", "send a signal to a pod's apps", supervisor=True),
 }
 
 

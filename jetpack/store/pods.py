@@ -230,6 +230,16 @@ class PodStore:
     def set_runtime(self, tx: Transaction, pod_uuid: str, runtime: dict[str, Any]) -> None:
         tx.execute("UPDATE pods SET runtime = ? WHERE uuid = ?", (json.dumps(runtime), pod_uuid))
 
+    def set_boot(self, tx: Transaction, pod: PodRecord, boot: bool, priority: int | None) -> None:
+        """Mark (or unmark) a pod to start with the supervisor, at ``priority`` (lower first)."""
+        pod.boot = boot
+        if priority is not None:
+            pod.priority = priority
+        tx.execute("UPDATE pods SET boot = ?, priority = ? WHERE uuid = ?",
+                   (int(pod.boot), pod.priority, pod.uuid))
+        tx.event("pod.enabled" if boot else "pod.disabled", pod=pod.uuid, pod_name=pod.name,
+                 priority=pod.priority)
+
     def delete(self, tx: Transaction, pod: PodRecord) -> None:
         tx.execute("DELETE FROM pods WHERE uuid = ?", (pod.uuid,))
         tx.event("pod.destroyed", pod=pod.uuid, pod_name=pod.name)

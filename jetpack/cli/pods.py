@@ -1,0 +1,101 @@
+"""Pod commands: ``list`` (reads the store), and ``start``, ``stop``, ``restart``, ``kill``,
+``daemon`` and ``daemon-stop`` (through, or as, the supervisor)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from jetpack.cli.context import Context
+
+
+def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
+    if name == "list":
+        parser.add_argument("--json", action="store_true", help="print a JSON array")
+        parser.add_argument("-q", "--quiet", action="store_true", help="print only UUIDs")
+    elif name in ("start", "stop", "restart", "kill"):
+        parser.add_argument("pods", nargs="+", metavar="POD", help="UUID, UUID prefix or name")
+        if name in ("stop", "restart"):
+            parser.add_argument("--timeout", type=float, metavar="S",
+                                help="grace before SIGKILL (default: pod.stop-timeout)")
+        if name == "kill":
+            parser.add_argument("-s", "--signal", default="KILL",
+                                help="signal name or number (default KILL)")
+    elif name == "daemon":
+        parser.add_argument("--pidfile", metavar="PATH", help="write the supervisor's pid here")
+    elif name == "daemon-stop":
+        parser.add_argument("--keep-pods", action="store_true",
+                            help="leave pods running for the next supervisor to adopt")
+
+
+def run(ctx: Context, name: str, args: argparse.Namespace) -> int:
+    if name == "list":
+        return _list(ctx, args)
+    if name == "daemon":
+        return _daemon(ctx, args)
+    if name == "daemon-stop":
+        client = _client(ctx)
+        client.request_sync("POST", "/v1/shutdown",
+                            params={"keep_pods": "1" if args.keep_pods else "0"})
+        return 0
+    client = _client(ctx)
+    for ref in args.pods:
+        params: dict[str, Any] = {}
+        if getattr(args, "timeout", None) is not None:
+            params["grace"] = args.timeout
+        if name == "kill":
+            params["signal"] = args.signal
+        pod = client.request_sync("POST", f"/v1/pods/{ref}/{name}", params=params, timeout=None)
+        print(f"{pod['uuid']} {pod['state']}")
+    return 0
+
+
+def _client(ctx: Context) -> Any:
+    from jetpack.cli.client import ControlClient
+
+    return ControlClient(ctx.config.path("supervisor.socket"))
+
+
+def _list(ctx: Context, args: argparse.Namespace) -> int:
+    from jetpack.store.pods import PodStore
+
+    pods = PodStore(ctx.state).all()
+    if args.json:
+        ctx.print_json([pod.to_json_obj() for pod in pods])
+        return 0
+    if args.quiet:
+        for pod in pods:
+            print(pod.uuid)
+        return 0
+    rows = []
+    for pod in pods:
+        apps = ",".join(
+            f"{a.name}:{a.state}" + (f"({a.exit_status})" if a.exit_status is not None else "")
+            for a in pod.apps
+        )
+        rows.append((pod.uuid, pod.name, pod.state, pod.ip or "-", apps))
+    ctx.print_table(("UUID", "NAME", "STATE", "IP", "APPS"), rows)
+    return 0
+
+
+def _daemon(ctx: Context, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import trio
+
+    from jetpack.log import configure_logging
+    from jetpack.supervisor.daemon import Daemon, write_pidfile
+    from jetpack.supervisor.stage1_runtime import open_runtime
+
+    config = ctx.config
+    configure_logging(debug=config.debug, json_lines=not sys.stderr.isatty())
+    daemon = Daemon(config, open_runtime(config), config_path=ctx.config_path,
+                    overrides=ctx.overrides)
+    remove_pidfile = write_pidfile(Path(args.pidfile)) if args.pidfile else None
+    try:
+        trio.run(daemon.run)
+    finally:
+        if remove_pidfile is not None:
+            remove_pidfile()
+    return 0
