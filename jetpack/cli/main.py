@@ -34,6 +34,8 @@ COMMANDS: dict[str, Command] = {
     # the event log (following needs the supervisor; --no-follow reads the database)
     "events": Command("events", "print the event log, or follow it live"),
     "list": Command("pods", "list pods with their state, address and apps"),
+    "enable": Command("pods", "start a pod whenever the supervisor starts (--priority N)"),
+    "disable": Command("pods", "stop starting a pod with the supervisor"),
     # need the supervisor
     "daemon": Command("pods", "run the supervisor in the foreground"),
     "daemon-stop": Command("pods", "stop the supervisor (--keep-pods leaves pods running)",

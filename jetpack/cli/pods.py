@@ -22,6 +22,11 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
         if name == "kill":
             parser.add_argument("-s", "--signal", default="KILL",
                                 help="signal name or number (default KILL)")
+    elif name in ("enable", "disable"):
+        parser.add_argument("pods", nargs="+", metavar="POD", help="UUID, UUID prefix or name")
+        if name == "enable":
+            parser.add_argument("--priority", type=int, metavar="N",
+                                help="boot order: lower starts first (default 99)")
     elif name == "daemon":
         parser.add_argument("--pidfile", metavar="PATH", help="write the supervisor's pid here")
     elif name == "daemon-stop":
@@ -34,6 +39,8 @@ def run(ctx: Context, name: str, args: argparse.Namespace) -> int:
         return _list(ctx, args)
     if name == "daemon":
         return _daemon(ctx, args)
+    if name in ("enable", "disable"):
+        return _enable(ctx, args, enable=name == "enable")
     if name == "daemon-stop":
         client = _client(ctx)
         client.request_sync("POST", "/v1/shutdown",
@@ -57,6 +64,18 @@ def _client(ctx: Context) -> Any:
     return ControlClient(ctx.config.path("supervisor.socket"))
 
 
+def _enable(ctx: Context, args: argparse.Namespace, *, enable: bool) -> int:
+    from jetpack.store.pods import PodStore
+
+    store = PodStore(ctx.state)
+    for ref in args.pods:
+        pod = store.resolve(ref)
+        with ctx.state.transaction() as tx:
+            store.set_boot(tx, pod, enable, getattr(args, "priority", None))
+        print(f"{pod.uuid} {'enabled' if enable else 'disabled'} (priority {pod.priority})")
+    return 0
+
+
 def _list(ctx: Context, args: argparse.Namespace) -> int:
     from jetpack.store.pods import PodStore
 
@@ -74,8 +93,9 @@ def _list(ctx: Context, args: argparse.Namespace) -> int:
             f"{a.name}:{a.state}" + (f"({a.exit_status})" if a.exit_status is not None else "")
             for a in pod.apps
         )
-        rows.append((pod.uuid, pod.name, pod.state, pod.ip or "-", apps))
-    ctx.print_table(("UUID", "NAME", "STATE", "IP", "APPS"), rows)
+        boot = f"boot:{pod.priority}" if pod.boot else "-"
+        rows.append((pod.uuid, pod.name, pod.state, pod.ip or "-", boot, apps))
+    ctx.print_table(("UUID", "NAME", "STATE", "IP", "BOOT", "APPS"), rows)
     return 0
 
 
