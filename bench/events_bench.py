@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -218,6 +219,7 @@ async def bench(args: argparse.Namespace) -> list[tuple[str, ...]]:
     finally:
         server.send_signal(2)  # SIGINT: lets a profile be written
         server.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
     return rows
 
 
