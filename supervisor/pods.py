@@ -336,6 +336,7 @@ class PodManager:
         self, pod: PodRecord, app: AppRecord, process: AppProcess, restarts: int
     ) -> None:
         app.state, app.pid, app.pid_start = "running", process.pid, process.start_time
+        app.process = dict(process.state.get("process", {}))
         app.exit_status = app.signal = None
         app.restarts = restarts
 
@@ -349,6 +350,7 @@ class PodManager:
     async def _app_exited(self, pod: PodRecord, app: AppRecord, status: ExitStatus | None
                           ) -> None:
         app.state, app.pid, app.pid_start = "exited", None, None
+        app.process = {}
         app.exit_status = status.code if status is not None else None
         app.signal = status.signal if status is not None else None
         payload: dict[str, Any] = (

@@ -82,6 +82,10 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX events_pod ON events(pod);
     CREATE INDEX events_type ON events(type);
     """,
+    """
+    ALTER TABLE apps ADD COLUMN spec TEXT NOT NULL DEFAULT '';      -- stage1 AppSpec (JSON)
+    ALTER TABLE apps ADD COLUMN process TEXT NOT NULL DEFAULT '{}'; -- stage1 process record
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -35,6 +35,8 @@ class AppRecord:
     pid_start: str | None = None
     restarts: int = 0
     rootfs: str = ""
+    spec: str = ""  # the stage1 AppSpec, JSON, written at prepare
+    process: dict[str, Any] = field(default_factory=dict)  # the running process, for adoption
 
     def to_json_obj(self) -> dict[str, Any]:
         return {
@@ -160,6 +162,7 @@ class PodStore:
                     name=row["name"], image_id=row["image_id"], state=row["state"],
                     exit_status=row["exit_status"], signal=row["signal"], pid=row["pid"],
                     pid_start=row["pid_start"], restarts=row["restarts"], rootfs=row["rootfs"],
+                    spec=row["spec"], process=json.loads(row["process"]),
                 )
             )
         return by_pod
@@ -191,8 +194,9 @@ class PodStore:
         )
         for app in pod.apps:
             tx.execute(
-                "INSERT INTO apps (pod_uuid, name, image_id, state, rootfs) VALUES (?, ?, ?, ?, ?)",
-                (pod.uuid, app.name, app.image_id, "prepared", app.rootfs),
+                "INSERT INTO apps (pod_uuid, name, image_id, state, rootfs, spec)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (pod.uuid, app.name, app.image_id, "prepared", app.rootfs, app.spec),
             )
         tx.event(
             "pod.prepared", pod=pod.uuid, pod_name=pod.name,
@@ -222,9 +226,9 @@ class PodStore:
     def update_app(self, tx: Transaction, pod_uuid: str, app: AppRecord) -> None:
         tx.execute(
             "UPDATE apps SET state = ?, exit_status = ?, signal = ?, pid = ?, pid_start = ?,"
-            " restarts = ?, rootfs = ? WHERE pod_uuid = ? AND name = ?",
+            " restarts = ?, rootfs = ?, process = ? WHERE pod_uuid = ? AND name = ?",
             (app.state, app.exit_status, app.signal, app.pid, app.pid_start, app.restarts,
-             app.rootfs, pod_uuid, app.name),
+             app.rootfs, json.dumps(app.process), pod_uuid, app.name),
         )
 
     def set_runtime(self, tx: Transaction, pod_uuid: str, runtime: dict[str, Any]) -> None:

@@ -1,0 +1,149 @@
+"""``PodRuntime`` over the real machinery: the storage driver mounts each app's rootfs clone,
+the stage1 isolation driver runs the sandbox and apps, the network layer wires the pod up.
+
+Prepare stores everything needed to run (a stage1 ``AppSpec`` per app, the sandbox's volumes),
+so starting a pod reads no manifest. Log files live at ``<root>/pods/<uuid>/logs/<app>.log``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Protocol
+
+import trio
+from jetpack.stage1.base import AppProcess as Stage1Process
+from jetpack.stage1.base import (
+    AppSpec,
+    IsolationDriver,
+    SandboxHandle,
+    SandboxSpec,
+    Volume,
+)
+
+from jetpack.config import Config
+from jetpack.errors import IsolationError
+from jetpack.store.pods import AppRecord, PodRecord
+from jetpack.supervisor.runtime import AppProcess, ExitStatus
+
+
+class RootfsProvider(Protocol):
+    """Where each app's rootfs comes from (the storage driver's clones)."""
+
+    def mount_app(self, pod_uuid: str, app: str) -> Path:
+        """Make the app's rootfs clone available (mount an overlay, a ZFS clone); idempotent."""
+        ...
+
+    def unmount_pod(self, pod_uuid: str) -> None:
+        """Undo ``mount_app`` for every app of the pod; idempotent."""
+        ...
+
+
+def pod_dir(config: Config, pod_uuid: str) -> Path:
+    return config.root / "pods" / pod_uuid
+
+
+def app_log_path(config: Config, pod_uuid: str, app: str) -> Path:
+    return pod_dir(config, pod_uuid) / "logs" / f"{app}.log"
+
+
+def sandbox_spec(config: Config, pod: PodRecord) -> SandboxSpec:
+    plan = pod.options.get("sandbox", {})
+    volumes = tuple(Volume(**v) for v in plan.get("volumes", []))
+    return SandboxSpec(
+        pod_uuid=pod.uuid, hostname=pod.name, pod_dir=pod_dir(config, pod.uuid),
+        volumes=volumes, annotations=dict(plan.get("annotations", {})), ip4=pod.ip,
+    )
+
+
+class Stage1Runtime:
+    def __init__(self, config: Config, driver: IsolationDriver, rootfs: RootfsProvider,
+                 metadata_url: Any = None) -> None:
+        self.config = config
+        self.driver = driver
+        self.rootfs = rootfs
+        self.metadata_url = metadata_url  # Callable[[PodRecord], str] | None
+        self._limiter = trio.CapacityLimiter(2)
+        self._live: dict[tuple[str, int], Stage1Process] = {}
+
+    async def _thread(self, fn: Any, *args: Any) -> Any:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+
+    async def create_sandbox(self, pod: PodRecord) -> dict[str, Any]:
+        handle = await self.driver.create_sandbox(sandbox_spec(self.config, pod))
+        return handle.to_json()
+
+    def _app_spec(self, pod: PodRecord, app: AppRecord, rootfs: Path) -> AppSpec:
+        stored = json.loads(app.spec) if app.spec else {}
+        if not stored:
+            raise IsolationError(f"pod {pod.name}: app {app.name} has no launch plan "
+                                 "(prepared by an older jetpack?)")
+        url = self.metadata_url(pod) if self.metadata_url is not None else ""
+        stored.update(rootfs=str(rootfs), metadata_url=url,
+                      log_path=str(app_log_path(self.config, pod.uuid, app.name)))
+        return AppSpec.from_json(stored)
+
+    async def start_app(self, pod: PodRecord, sandbox: dict[str, Any], app: AppRecord
+                        ) -> AppProcess:
+        rootfs = await self._thread(self.rootfs.mount_app, pod.uuid, app.name)
+        spec = self._app_spec(pod, app, rootfs)
+        process = await self.driver.start_app(SandboxHandle.from_json(sandbox), spec)
+        self._live[(pod.uuid, process.identity.pid)] = process
+        return AppProcess(app.name, process.identity.pid, str(process.identity.start_time),
+                          state={"sandbox": sandbox, "process": process.to_json()})
+
+    def _process(self, pod: PodRecord, process: AppProcess) -> Stage1Process:
+        live = self._live.get((pod.uuid, process.pid))
+        if live is None:
+            raise IsolationError(f"pod {pod.name}: app {process.app} is not watched")
+        return live
+
+    async def wait_app(self, pod: PodRecord, process: AppProcess) -> ExitStatus:
+        live = self._process(pod, process)
+        handle = SandboxHandle.from_json(process.state["sandbox"])
+        try:
+            status = await self.driver.wait(handle, live)
+        finally:
+            self._live.pop((pod.uuid, process.pid), None)
+            live.close()
+        return ExitStatus(code=status.code, signal=status.signal)
+
+    async def stop_app(self, pod: PodRecord, process: AppProcess, grace: float) -> None:
+        live = self._live.get((pod.uuid, process.pid))
+        if live is not None:
+            handle = SandboxHandle.from_json(process.state["sandbox"])
+            await self.driver.stop(handle, live, grace)
+
+    async def signal_app(self, pod: PodRecord, process: AppProcess, signum: int) -> None:
+        live = self._process(pod, process)
+        await self.driver.signal(SandboxHandle.from_json(process.state["sandbox"]), live, signum)
+
+    async def destroy_sandbox(self, pod: PodRecord, sandbox: dict[str, Any]) -> None:
+        try:
+            if sandbox:
+                await self.driver.destroy_sandbox(SandboxHandle.from_json(sandbox))
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._thread(self.rootfs.unmount_pod, pod.uuid)
+
+    async def recover(self, pod: PodRecord, sandbox: dict[str, Any]
+                      ) -> dict[str, AppProcess] | None:
+        if not sandbox:
+            return None
+        handle = await self.driver.recover(sandbox)
+        if handle is None:
+            return None
+        found: dict[str, AppProcess] = {}
+        for app in pod.apps:
+            record = app.process
+            if not record:
+                continue
+            live = await self.driver.recover_app(handle, record)
+            if live is None:
+                continue
+            self._live[(pod.uuid, live.identity.pid)] = live
+            found[app.name] = AppProcess(app.name, live.identity.pid,
+                                         str(live.identity.start_time),
+                                         state={"sandbox": handle.to_json(),
+                                                "process": live.to_json()})
+        return found
