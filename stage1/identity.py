@@ -29,6 +29,8 @@ def _linux_start_time(pid: int) -> int | None:
         return None
     # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
     fields = stat[stat.rindex(")") + 2 :].split()
+    if fields[0] in ("Z", "X"):
+        return None  # exited, not yet reaped by whoever inherited it: gone for us
     return int(fields[19])  # field 22 of proc(5), counted from field 3
 
 

@@ -190,9 +190,17 @@ def run_app(launch_path: str, report_fd: int, go_fd: int) -> int:
     if pid:
         _report(report_fd, f"pid {pid}")
         return 0
-    # The child: pid 1 of the app's pid namespace, its monitor until the end.
+    # The child: pid 1 of the app's pid namespace, its monitor until the end. Its signal
+    # handlers go in first: a SIGTERM that arrives while it builds the rootfs is remembered
+    # (the app is then never started) instead of being dropped, as pid 1 drops unhandled ones.
     code = 127
     try:
+        if log is not None:
+            output = Output.to_log(log)
+        else:
+            assert stdio is not None
+            output = Output(stdio["stdin"], stdio["stdout"], stdio["stderr"])
+        executor = Executor(plan, launch_directly, output)
         try:
             build_rootfs(launch)
         except (OSError, IsolationError) as exc:
@@ -205,12 +213,7 @@ def run_app(launch_path: str, report_fd: int, go_fd: int) -> int:
             write_status(status_fd, ExitStatus(code=127, failed="start cancelled"))
             return 127
         os.close(go_fd)
-        if log is not None:
-            output = Output.to_log(log)
-        else:
-            assert stdio is not None
-            output = Output(stdio["stdin"], stdio["stdout"], stdio["stderr"])
-        status = Executor(plan, launch_directly, output).run()
+        status = executor.run()
         write_status(status_fd, status)
         code = status.code if status.code is not None else 128 + (status.signal or 0)
     finally:

@@ -179,6 +179,10 @@ class Executor:
             out.message(f"cannot execute {argv[0]}: {exc.strerror}")
             return ExitStatus(code=code, failed=f"exec {argv[0]}: {exc.strerror}")
         self.current = child
+        if stoppable and self.stop_signal is not None:
+            # The stop arrived while the child was being spawned, before we could forward it.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, self.stop_signal)
         try:
             status = self._wait_for(child.pid)
         finally:
