@@ -20,7 +20,7 @@ from typing import Any
 import trio
 
 import jetpack
-from jetpack.errors import IsolationError, JetpackError, NotFoundError
+from jetpack.errors import IsolationError, NotFoundError
 from jetpack.stage1 import linux_sys as sysc
 from jetpack.stage1.base import (
     AppProcess,
@@ -35,7 +35,7 @@ from jetpack.stage1.base import (
     Volume,
 )
 from jetpack.stage1.identity import pidfd_open, pidfd_send_signal
-from jetpack.stage1.proc import identify, open_watch, read_status
+from jetpack.stage1.monitor import MonitoredApps, read_report
 from jetpack.stage1.volumes import check_host_volume, prepare_empty_volume
 from jetpack.stage2.plan import ExecPlan, plan_app
 
@@ -55,7 +55,7 @@ def helper_argv(python: str, *args: str) -> list[str]:
     return [python, "-I", "-S", "-c", _BOOTSTRAP, _PACKAGE_ROOT, *args]
 
 
-class LinuxDriver:
+class LinuxDriver(MonitoredApps):
     """Isolation with Linux namespaces; see the module docstring for the layout."""
 
     name = "linux"
@@ -69,9 +69,6 @@ class LinuxDriver:
         self.network = network
         self.python = python
         self.limiter = limiter or trio.CapacityLimiter(4)
-
-    async def _thread(self, fn: Any, *args: Any) -> Any:
-        return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
 
     # --- sandbox ---------------------------------------------------------------------------------
 
@@ -260,65 +257,16 @@ class LinuxDriver:
             report_w = -1
             os.close(go_r)
             go_r = -1
-            lines = await _read_report(report_r)
+            lines = await read_report(report_r)
             report_r = -1
             await helper.wait()
-            process = self._started(app, lines, Path(launch["status_path"]), stdio, log_path)
+            process = self.started(app, lines, Path(launch["status_path"]), stdio, log_path)
             os.write(go_w, b"g")  # the monitor may run the app: we watch it now
             return process
         finally:
             for fd in (report_r, report_w, go_r, go_w, log_fd):
                 if fd is not None and fd >= 0:
                     os.close(fd)
-
-    def _started(self, app: AppSpec, lines: list[str], status_path: Path,
-                 stdio: Stdio | None, log_path: Path) -> AppProcess:
-        pid = next((int(line.split()[1]) for line in lines if line.startswith("pid ")), None)
-        errors = [line[len("error "):] for line in lines if line.startswith("error ")]
-        if errors or "ready" not in lines or pid is None:
-            if pid is not None:
-                # The monitor reported a failure and exits by itself; make sure of it.
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            reason = errors[0] if errors else f"the stage1 helper ended early ({lines})"
-            raise IsolationError(f"app {app.name}: {reason}")
-        identity = identify(pid)
-        watch = open_watch(identity)
-        if watch is None:
-            raise IsolationError(f"app {app.name}: its monitor (pid {pid}) vanished")
-        return AppProcess(app.name, identity, status_path,
-                          None if stdio is not None else log_path, watch)
-
-    async def wait(self, handle: SandboxHandle, process: AppProcess) -> ExitStatus:
-        del handle
-        watch = process.watch or open_watch(process.identity)
-        if watch is not None:
-            await watch.wait_exited()
-            if watch is not process.watch:
-                watch.close()
-        status = await self._thread(read_status, process.status_path)
-        # No status: the monitor itself was killed (SIGKILL after the stop grace).
-        return status or ExitStatus(signal=signal.SIGKILL)
-
-    async def signal(self, handle: SandboxHandle, process: AppProcess, signum: int) -> None:
-        del handle
-        if process.watch is None:
-            process.watch = open_watch(process.identity)
-        if process.watch is not None:
-            # The pid-1 monitor forwards it to the app (SIGKILL ends the monitor and so all).
-            process.watch.send_signal(signum)
-
-    async def stop(
-        self, handle: SandboxHandle, process: AppProcess, grace: float
-    ) -> ExitStatus:
-        await self.signal(handle, process, signal.SIGTERM)
-        with trio.move_on_after(grace):
-            return await self.wait(handle, process)
-        await self.signal(handle, process, signal.SIGKILL)
-        with trio.fail_after(_KILL_CONFIRM_TIMEOUT):
-            return await self.wait(handle, process)
 
     async def enter(
         self,
@@ -355,20 +303,6 @@ class LinuxDriver:
             return ExitStatus(signal=-result.returncode)
         return ExitStatus(code=result.returncode)
 
-    async def recover_app(
-        self, handle: SandboxHandle, process_json: Mapping[str, Any]
-    ) -> AppProcess | None:
-        del handle
-        process = AppProcess.from_json(process_json)
-        process.watch = open_watch(process.identity)
-        return process if process.watch is not None else None
-
-    async def last_status(self, process: AppProcess) -> ExitStatus | None:
-        try:
-            result: ExitStatus | None = await self._thread(read_status, process.status_path)
-        except JetpackError:
-            return None
-        return result
 
 
 def _write_enter(path: Path, plan: ExecPlan, process: AppProcess) -> None:
@@ -380,15 +314,6 @@ def _volume_json(volume: Volume) -> dict[str, Any]:
     return {"name": volume.name, "kind": volume.kind, "source": volume.source,
             "read_only": volume.read_only, "recursive": volume.recursive, "mode": volume.mode,
             "uid": volume.uid, "gid": volume.gid}
-
-
-async def _read_report(fd: int) -> list[str]:
-    """Every line the helper and the app's monitor report, until both have closed the pipe."""
-    chunks = []
-    async with trio.lowlevel.FdStream(fd) as stream:
-        while data := await stream.receive_some():
-            chunks.append(data)
-    return b"".join(chunks).decode(errors="replace").splitlines()
 
 
 def processes_in_netns(inode: int) -> list[int]:
