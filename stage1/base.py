@@ -1,0 +1,312 @@
+"""The isolation driver interface: what the supervisor asks of a pod sandbox and its apps.
+
+Records here are plain data that round-trip through JSON (the supervisor stores them in the state
+database so that a new supervisor process can adopt running pods); drivers hold no lifecycle state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from jetpack.errors import IsolationError
+from jetpack.stage2.status import ExitStatus
+
+__all__ = [
+    "AppProcess", "AppSpec", "ExitStatus", "IsolationCapabilities", "IsolationDriver",
+    "MountSpec", "NetworkAttachment", "NetworkHook", "ProcessIdentity", "ProcessWatch",
+    "SandboxHandle", "SandboxSpec", "Stdio", "Volume",
+]
+
+VolumeKind = Literal["host", "empty"]
+
+
+@dataclass(frozen=True)
+class IsolationCapabilities:
+    """What a driver can do; the supervisor and CLI consult this rather than the driver's name."""
+
+    name: str
+    pid_namespace_per_app: bool  # stopping an app kills everything it left behind
+    enter: bool  # exec/console into a running app
+    recover: bool  # a new supervisor can adopt running sandboxes and apps
+    network_namespace: bool  # the pod has its own network stack (Linux netns, vnet)
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A pod volume (appc ``volumes`` entry): a host directory or a per-pod empty directory."""
+
+    name: str
+    kind: VolumeKind
+    source: str = ""  # host: absolute host path
+    read_only: bool = False
+    recursive: bool = True
+    mode: int = 0o755  # empty only
+    uid: int = 0
+    gid: int = 0
+
+
+@dataclass(frozen=True)
+class MountSpec:
+    """One volume mounted at ``path`` (absolute, inside the app's rootfs)."""
+
+    volume: str
+    path: str
+    read_only: bool = False  # the mount may be read-only even when the volume is not
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    """A pod's isolation boundary.
+
+    ``pod_dir`` belongs to the pod store: the driver keeps its runtime files in ``pod_dir/run``
+    (removed by destroy_sandbox) and empty volumes in ``pod_dir/volumes`` (which outlive the
+    sandbox so that a restarted pod keeps their content; they go with the pod).
+    """
+
+    pod_uuid: str
+    hostname: str
+    pod_dir: Path
+    volumes: tuple[Volume, ...] = ()
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    ip4: str | None = None  # set by the network layer when it has given the pod an address
+
+
+@dataclass(frozen=True)
+class AppSpec:
+    """One app as stage2 must run it (ace.md "Execution Environment")."""
+
+    name: str
+    rootfs: Path
+    exec: tuple[str, ...]
+    user: str = "0"
+    group: str = "0"
+    supplementary_gids: tuple[int, ...] = ()
+    working_directory: str = "/"
+    environment: tuple[tuple[str, str], ...] = ()
+    mounts: tuple[MountSpec, ...] = ()
+    pre_start: tuple[tuple[str, ...], ...] = ()
+    post_stop: tuple[tuple[str, ...], ...] = ()
+    metadata_url: str = ""
+    read_only_rootfs: bool = False
+    log_path: Path | None = None  # None: the driver's default under pod_dir/run
+    log_max_bytes: int = 8 << 20  # the log rotates to ``<log>.1`` past this size
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "rootfs": str(self.rootfs),
+            "exec": list(self.exec),
+            "user": self.user,
+            "group": self.group,
+            "supplementary_gids": list(self.supplementary_gids),
+            "working_directory": self.working_directory,
+            "environment": [list(pair) for pair in self.environment],
+            "mounts": [[m.volume, m.path, m.read_only] for m in self.mounts],
+            "pre_start": [list(h) for h in self.pre_start],
+            "post_stop": [list(h) for h in self.post_stop],
+            "metadata_url": self.metadata_url,
+            "read_only_rootfs": self.read_only_rootfs,
+            "log_path": None if self.log_path is None else str(self.log_path),
+            "log_max_bytes": self.log_max_bytes,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> AppSpec:
+        return cls(
+            name=data["name"],
+            rootfs=Path(data["rootfs"]),
+            exec=tuple(data["exec"]),
+            user=data["user"],
+            group=data["group"],
+            supplementary_gids=tuple(data["supplementary_gids"]),
+            working_directory=data["working_directory"],
+            environment=tuple((k, v) for k, v in data["environment"]),
+            mounts=tuple(MountSpec(v, p, bool(ro)) for v, p, ro in data["mounts"]),
+            pre_start=tuple(tuple(h) for h in data["pre_start"]),
+            post_stop=tuple(tuple(h) for h in data["post_stop"]),
+            metadata_url=data["metadata_url"],
+            read_only_rootfs=data["read_only_rootfs"],
+            log_path=None if data["log_path"] is None else Path(data["log_path"]),
+            log_max_bytes=data["log_max_bytes"],
+        )
+
+
+@dataclass(frozen=True)
+class Stdio:
+    """Where a foreground app's stdin/stdout/stderr go (file descriptors the caller owns).
+
+    Without a Stdio the app reads /dev/null and writes to its size-bounded log file.
+    """
+
+    stdin: int
+    stdout: int
+    stderr: int
+
+
+@dataclass(frozen=True)
+class SandboxHandle:
+    """A created sandbox, as JSON-able data: ``driver`` names who made it, ``data`` is theirs."""
+
+    driver: str
+    pod_uuid: str
+    data: Mapping[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"driver": self.driver, "pod_uuid": self.pod_uuid, "data": dict(self.data)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> SandboxHandle:
+        try:
+            return cls(str(data["driver"]), str(data["pod_uuid"]), dict(data["data"]))
+        except (KeyError, TypeError) as exc:
+            raise IsolationError(f"malformed sandbox handle: missing {exc}") from None
+
+
+@dataclass(frozen=True)
+class ProcessIdentity:
+    """A pid plus its start time (clock ticks since boot), so a recycled pid is never ours."""
+
+    pid: int
+    start_time: int
+
+
+@dataclass
+class AppProcess:
+    """A started app: the process whose exit is the app's exit, and where its status lands.
+
+    ``watch`` is a live handle (a pidfd on Linux) that is not serialized; call ``close()`` when
+    the supervisor forgets the app.
+    """
+
+    app: str
+    identity: ProcessIdentity
+    status_path: Path
+    log_path: Path | None
+    watch: ProcessWatch | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "app": self.app,
+            "pid": self.identity.pid,
+            "start_time": self.identity.start_time,
+            "status_path": str(self.status_path),
+            "log_path": None if self.log_path is None else str(self.log_path),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> AppProcess:
+        try:
+            return cls(
+                app=str(data["app"]),
+                identity=ProcessIdentity(int(data["pid"]), int(data["start_time"])),
+                status_path=Path(data["status_path"]),
+                log_path=None if data.get("log_path") is None else Path(data["log_path"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IsolationError(f"malformed app process record: {exc}") from None
+
+    def close(self) -> None:
+        if self.watch is not None:
+            self.watch.close()
+            self.watch = None
+
+
+class ProcessWatch(Protocol):
+    """A live handle on a process that need not be our child (pidfd, kqueue)."""
+
+    async def wait_exited(self) -> None: ...
+
+    def send_signal(self, signum: int) -> None: ...
+
+    def alive(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class NetworkAttachment:
+    """What the network layer needs to wire a pod up: its netns path (Linux) or jail name."""
+
+    pod_uuid: str
+    netns_path: Path | None = None
+    jail_name: str | None = None
+
+
+class NetworkHook(Protocol):
+    """The seam for pod networking (veth/bridge/nftables, pf): called by create/destroy_sandbox.
+
+    ``attach`` runs once the pod's network namespace exists and before any app starts; it may
+    return an IPv4 address the driver should record (``None``: loopback only). ``detach`` must be
+    idempotent: destroy calls it even after a failed attach.
+    """
+
+    async def attach(self, attachment: NetworkAttachment) -> str | None: ...
+
+    async def detach(self, attachment: NetworkAttachment) -> None: ...
+
+
+class IsolationDriver(Protocol):
+    """One pod = one sandbox; apps run in it. Async where it waits; no lifecycle state held."""
+
+    name: str
+    capabilities: IsolationCapabilities
+
+    async def create_sandbox(self, spec: SandboxSpec) -> SandboxHandle:
+        """Make the pod's persistent isolation (namespaces or jail); apps join it later."""
+        ...
+
+    async def start_app(
+        self, handle: SandboxHandle, app: AppSpec, *, stdio: Stdio | None = None
+    ) -> AppProcess:
+        """Start one app: returns once it runs (pre-start handlers may still be running)."""
+        ...
+
+    async def wait(self, handle: SandboxHandle, process: AppProcess) -> ExitStatus:
+        """Wait for the app (and its post-stop handlers) to end; return its exit status."""
+        ...
+
+    async def signal(self, handle: SandboxHandle, process: AppProcess, signum: int) -> None:
+        """Deliver ``signum`` to the app's main process."""
+        ...
+
+    async def stop(
+        self, handle: SandboxHandle, process: AppProcess, grace: float
+    ) -> ExitStatus:
+        """SIGTERM, ``grace`` seconds, then SIGKILL of everything left in the app."""
+        ...
+
+    async def enter(
+        self,
+        handle: SandboxHandle,
+        process: AppProcess,
+        app: AppSpec,
+        argv: Sequence[str],
+        *,
+        user: str | None = None,
+        group: str | None = None,
+        tty: bool = False,
+        stdio: Stdio | None = None,
+    ) -> ExitStatus:
+        """Run ``argv`` inside a running app (``exec``, ``console``) and return its status."""
+        ...
+
+    async def destroy_sandbox(self, handle: SandboxHandle) -> None:
+        """Kill what is left and remove every process, mount and namespace file; idempotent."""
+        ...
+
+    async def recover(self, handle_json: Mapping[str, Any]) -> SandboxHandle | None:
+        """Re-adopt a sandbox a previous supervisor recorded; ``None`` if it is gone."""
+        ...
+
+    async def recover_app(
+        self, handle: SandboxHandle, process_json: Mapping[str, Any]
+    ) -> AppProcess | None:
+        """Re-adopt a running app; ``None`` if it exited (or its pid now belongs to another)."""
+        ...
+
+    async def last_status(self, process: AppProcess) -> ExitStatus | None:
+        """The exit status an app left behind (for one that ended while nobody watched)."""
+        ...

@@ -1,0 +1,330 @@
+"""The Linux isolation driver: pod-level uts/ipc/net namespaces, one mount+pid namespace per app.
+
+The pod's namespaces are pinned by bind mounts under ``pod_dir/run/ns`` (no holder process to
+die or be mistaken for another); each app is built and run by the linux_init helper, whose pid-1
+monitor writes the app's status file. The driver keeps no state between calls.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import trio
+
+import jetpack
+from jetpack.errors import IsolationError, NotFoundError
+from jetpack.stage1 import linux_sys as sysc
+from jetpack.stage1.base import (
+    AppProcess,
+    AppSpec,
+    ExitStatus,
+    IsolationCapabilities,
+    NetworkAttachment,
+    NetworkHook,
+    SandboxHandle,
+    SandboxSpec,
+    Stdio,
+    Volume,
+)
+from jetpack.stage1.identity import pidfd_open, pidfd_send_signal
+from jetpack.stage1.monitor import MonitoredApps, read_report
+from jetpack.stage1.volumes import check_host_volume, prepare_empty_volume
+from jetpack.stage2.plan import ExecPlan, plan_app
+
+POD_NAMESPACES = ("uts", "ipc", "net")
+_KILL_CONFIRM_TIMEOUT = 10.0
+
+# The helper runs in a fresh, isolated interpreter (-I -S: no site, no user paths, fast start)
+# that imports jetpack from exactly where this process did.
+_BOOTSTRAP = (
+    "import sys; sys.path.insert(0, sys.argv[1]); "
+    "from jetpack.stage1.linux_init import main; sys.exit(main(sys.argv[2:]))"
+)
+_PACKAGE_ROOT = str(Path(jetpack.__file__).resolve().parent.parent)
+
+
+def helper_argv(python: str, *args: str) -> list[str]:
+    return [python, "-I", "-S", "-c", _BOOTSTRAP, _PACKAGE_ROOT, *args]
+
+
+class LinuxDriver(MonitoredApps):
+    """Isolation with Linux namespaces; see the module docstring for the layout."""
+
+    name = "linux"
+    capabilities = IsolationCapabilities(
+        name="linux", pid_namespace_per_app=True, enter=True, recover=True,
+        network_namespace=True,
+    )
+
+    def __init__(self, *, network: NetworkHook | None = None, python: str = sys.executable,
+                 limiter: trio.CapacityLimiter | None = None) -> None:
+        self.network = network
+        self.python = python
+        self.limiter = limiter or trio.CapacityLimiter(4)
+
+    # --- sandbox ---------------------------------------------------------------------------------
+
+    async def create_sandbox(self, spec: SandboxSpec) -> SandboxHandle:
+        run_dir = spec.pod_dir / "run"
+        volumes_dir = spec.pod_dir / "volumes"
+        await self._thread(self._prepare_dirs, spec, run_dir, volumes_dir)
+        data: dict[str, Any] = {
+            "run_dir": str(run_dir),
+            "volumes_dir": str(volumes_dir),
+            "hostname": spec.hostname,
+            "namespaces": {kind: str(run_dir / "ns" / kind) for kind in POD_NAMESPACES},
+            "volumes": [_volume_json(v) for v in spec.volumes],
+            "ip4": spec.ip4,
+        }
+        handle = SandboxHandle(self.name, spec.pod_uuid, data)
+        result = await trio.run_process(
+            helper_argv(self.python, "sandbox", str(run_dir), spec.hostname),
+            capture_stdout=True, capture_stderr=True, check=False,
+        )
+        if result.returncode != 0:
+            with trio.CancelScope(shield=True):
+                await self.destroy_sandbox(handle)
+            raise IsolationError(f"pod {spec.pod_uuid}: cannot create its namespaces: "
+                                 f"{result.stderr.decode(errors='replace').strip()}")
+        if self.network is not None:
+            try:
+                address = await self.network.attach(self._attachment(handle))
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await self.destroy_sandbox(handle)
+                raise
+            if address is not None:
+                handle = SandboxHandle(self.name, spec.pod_uuid, {**data, "ip4": address})
+        return handle
+
+    @staticmethod
+    def _prepare_dirs(spec: SandboxSpec, run_dir: Path, volumes_dir: Path) -> None:
+        try:
+            (run_dir / "apps").mkdir(parents=True, exist_ok=True)
+            for volume in spec.volumes:
+                if volume.kind == "host":
+                    check_host_volume(volume)
+                else:
+                    prepare_empty_volume(volumes_dir, volume)
+        except OSError as exc:
+            raise IsolationError(f"pod {spec.pod_uuid}: cannot prepare {exc.filename}: "
+                                 f"{exc.strerror}") from None
+
+    def _attachment(self, handle: SandboxHandle) -> NetworkAttachment:
+        return NetworkAttachment(handle.pod_uuid, netns_path=Path(handle.data["namespaces"]["net"]))
+
+    async def destroy_sandbox(self, handle: SandboxHandle) -> None:
+        if self.network is not None:
+            await self.network.detach(self._attachment(handle))
+        await self._thread(self._kill_leftovers, handle)
+        await self._thread(self._remove_namespaces, handle)
+
+    @staticmethod
+    def _kill_leftovers(handle: SandboxHandle) -> None:
+        """SIGKILL every process still in the pod's network namespace (an app's pid-1 monitor
+        dying takes its whole pid namespace with it), then wait until none is left."""
+        net = Path(handle.data["namespaces"]["net"])
+        try:
+            inode = net.stat().st_ino if os.path.ismount(net) else None
+        except FileNotFoundError:
+            inode = None
+        if inode is None:
+            return
+        for _ in range(int(_KILL_CONFIRM_TIMEOUT / 0.01)):
+            members = processes_in_netns(inode)
+            if not members:
+                return
+            for pid in members:
+                try:
+                    fd = pidfd_open(pid)
+                except ProcessLookupError:
+                    continue
+                try:
+                    pidfd_send_signal(fd, signal.SIGKILL)
+                finally:
+                    os.close(fd)
+            # A killed pid-1 takes its namespace down asynchronously; look again shortly.
+            time.sleep(0.01)
+        raise IsolationError(f"pod {handle.pod_uuid}: processes survive SIGKILL: {members}")
+
+    @staticmethod
+    def _remove_namespaces(handle: SandboxHandle) -> None:
+        run_dir = Path(handle.data["run_dir"])
+        for path in handle.data["namespaces"].values():
+            if os.path.ismount(path):
+                try:
+                    sysc.umount2(path, sysc.MNT_DETACH)
+                except OSError as exc:
+                    raise IsolationError(f"cannot unmount namespace file {path}: {exc}") from None
+        shutil.rmtree(run_dir, ignore_errors=True)
+        if run_dir.exists():
+            raise IsolationError(f"cannot remove {run_dir}")
+
+    async def recover(self, handle_json: Mapping[str, Any]) -> SandboxHandle | None:
+        handle = SandboxHandle.from_json(handle_json)
+        if handle.driver != self.name:
+            raise IsolationError(f"pod {handle.pod_uuid} was made by the {handle.driver} driver")
+        paths = list(handle.data["namespaces"].values())
+        mounted = await self._thread(lambda: all(os.path.ismount(p) for p in paths))
+        return handle if mounted else None
+
+    # --- apps ------------------------------------------------------------------------------------
+
+    def _launch_document(
+        self, handle: SandboxHandle, app: AppSpec, stdio: Stdio | None
+    ) -> tuple[dict[str, Any], Path, Path]:
+        run_dir = Path(handle.data["run_dir"])
+        app_dir = run_dir / "apps" / app.name
+        app_dir.mkdir(parents=True, exist_ok=True)
+        plan = plan_app(
+            app_name=app.name, rootfs=app.rootfs, argv=app.exec, user=app.user,
+            group=app.group, supplementary_gids=app.supplementary_gids,
+            working_directory=app.working_directory, environment=app.environment,
+            metadata_url=app.metadata_url, pre_start=app.pre_start, post_stop=app.post_stop,
+        )
+        log_path = app.log_path or app_dir / "log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        status_path = app_dir / "status"
+        launch = {
+            "plan": plan.to_json(),
+            "rootfs": str(app.rootfs),
+            "namespaces": dict(handle.data["namespaces"]),
+            "mounts": self._mounts(handle, app),
+            "read_only_rootfs": app.read_only_rootfs,
+            "status_path": str(status_path),
+            "log_dir": str(log_path.parent),
+            "log_name": log_path.name,
+            "log_max_bytes": app.log_max_bytes,
+            "stdio": None if stdio is None else {"stdin": 0, "stdout": 1, "stderr": 2},
+        }
+        (app_dir / "launch.json").write_text(json.dumps(launch))
+        return launch, app_dir / "launch.json", log_path
+
+    @staticmethod
+    def _mounts(handle: SandboxHandle, app: AppSpec) -> list[dict[str, Any]]:
+        volumes = {v["name"]: v for v in handle.data["volumes"]}
+        mounts = []
+        for mount in app.mounts:
+            volume = volumes.get(mount.volume)
+            if volume is None:
+                raise NotFoundError(f"app {app.name}: mount {mount.path} names volume "
+                                    f"{mount.volume!r}, which the pod does not have")
+            source = volume["source"] if volume["kind"] == "host" else str(
+                Path(handle.data["volumes_dir"]) / volume["name"])
+            mounts.append({
+                "volume": volume["name"], "source": source, "target": mount.path,
+                "read_only": bool(volume["read_only"] or mount.read_only),
+                "recursive": bool(volume["recursive"]),
+            })
+        return mounts
+
+    async def start_app(
+        self, handle: SandboxHandle, app: AppSpec, *, stdio: Stdio | None = None
+    ) -> AppProcess:
+        try:
+            launch, launch_path, log_path = await self._thread(
+                self._launch_document, handle, app, stdio)
+        except OSError as exc:
+            raise IsolationError(f"app {app.name}: cannot prepare its launch: {exc}") from None
+        report_r, report_w = os.pipe()
+        go_r, go_w = os.pipe()
+        log_fd = None
+        try:
+            if stdio is None:
+                # The helper's own stderr (a crash before the monitor runs) lands in the log.
+                log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+                stdin, stdout, stderr = os.open(os.devnull, os.O_RDONLY), log_fd, log_fd
+            else:
+                stdin, stdout, stderr = stdio.stdin, stdio.stdout, stdio.stderr
+            try:
+                helper = await trio.lowlevel.open_process(
+                    helper_argv(self.python, "app", str(launch_path), str(report_w), str(go_r)),
+                    pass_fds=(report_w, go_r), stdin=stdin, stdout=stdout, stderr=stderr,
+                    start_new_session=stdio is None,
+                )
+            finally:
+                if stdio is None:
+                    os.close(stdin)
+            os.close(report_w)
+            report_w = -1
+            os.close(go_r)
+            go_r = -1
+            lines = await read_report(report_r)
+            report_r = -1
+            await helper.wait()
+            process = self.started(app, lines, Path(launch["status_path"]), stdio, log_path)
+            os.write(go_w, b"g")  # the monitor may run the app: we watch it now
+            return process
+        finally:
+            for fd in (report_r, report_w, go_r, go_w, log_fd):
+                if fd is not None and fd >= 0:
+                    os.close(fd)
+
+    async def enter(
+        self,
+        handle: SandboxHandle,
+        process: AppProcess,
+        app: AppSpec,
+        argv: Sequence[str],
+        *,
+        user: str | None = None,
+        group: str | None = None,
+        tty: bool = False,
+        stdio: Stdio | None = None,
+    ) -> ExitStatus:
+        del tty  # the caller's terminal is inherited as is; a pty is the console's business
+        plan = await self._thread(lambda: plan_app(
+            app_name=app.name, rootfs=app.rootfs, argv=argv, user=user or app.user,
+            group=group or app.group, supplementary_gids=app.supplementary_gids,
+            working_directory=app.working_directory, environment=app.environment,
+            metadata_url=app.metadata_url,
+        ))
+        app_dir = Path(handle.data["run_dir"]) / "apps" / app.name
+        enter_path = app_dir / f"enter-{os.urandom(6).hex()}.json"
+        await self._thread(_write_enter, enter_path, plan, process)
+        try:
+            result = await trio.run_process(
+                helper_argv(self.python, "enter", str(enter_path)), check=False,
+                stdin=None if stdio is None else stdio.stdin,
+                stdout=None if stdio is None else stdio.stdout,
+                stderr=None if stdio is None else stdio.stderr,
+            )
+        finally:
+            enter_path.unlink(missing_ok=True)
+        if result.returncode < 0:
+            return ExitStatus(signal=-result.returncode)
+        return ExitStatus(code=result.returncode)
+
+
+
+def _write_enter(path: Path, plan: ExecPlan, process: AppProcess) -> None:
+    path.write_text(json.dumps({"plan": plan.to_json(), "pid": process.identity.pid,
+                                "start_time": process.identity.start_time}))
+
+
+def _volume_json(volume: Volume) -> dict[str, Any]:
+    return {"name": volume.name, "kind": volume.kind, "source": volume.source,
+            "read_only": volume.read_only, "recursive": volume.recursive, "mode": volume.mode,
+            "uid": volume.uid, "gid": volume.gid}
+
+
+def processes_in_netns(inode: int) -> list[int]:
+    """Pids whose network namespace is the one with ``inode``."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{entry.name}/ns/net").st_ino == inode:
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found

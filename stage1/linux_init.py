@@ -1,0 +1,263 @@
+"""The Linux helper executable: makes a pod's namespaces, and builds and runs one app in them.
+
+Run as a fresh interpreter by linux.py (never forked from the trio supervisor, whose threads make
+fork unsafe). Imports only the standard library and stage2, so it starts fast; nothing is
+imported after pivot_root, where only the app's rootfs is visible.
+
+    sandbox RUN_DIR HOSTNAME          new uts/ipc/net namespaces, kept by bind mounts in RUN_DIR/ns
+    app LAUNCH_JSON REPORT_FD GO_FD   one app: its own mount and pid namespace, pod's uts/ipc/net
+    enter ENTER_JSON                  a command inside a running app (exec, console)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import socket
+import stat
+import struct
+import sys
+from pathlib import Path
+from typing import Any
+
+from jetpack.errors import IsolationError
+from jetpack.stage1 import linux_sys as sysc
+from jetpack.stage1.identity import pidfd_open, process_start_time
+from jetpack.stage2.executor import Executor, Output, RotatingLog, launch_directly, write_status
+from jetpack.stage2.paths import resolve_in_root
+from jetpack.stage2.plan import ExecPlan
+from jetpack.stage2.status import ExitStatus
+
+POD_NAMESPACES = {"uts": sysc.CLONE_NEWUTS, "ipc": sysc.CLONE_NEWIPC, "net": sysc.CLONE_NEWNET}
+
+_SIOCGIFFLAGS = 0x8913
+_SIOCSIFFLAGS = 0x8914
+_IFF_UP = 0x1
+
+# (name, major, minor): the minimal /dev of ace.md and the OCI runtime spec.
+_DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8),
+            ("urandom", 1, 9), ("tty", 5, 0))
+_DEV_LINKS = (("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+              ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"))
+
+
+# --- sandbox -------------------------------------------------------------------------------------
+
+def loopback_up() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(sock, _SIOCGIFFLAGS, request))[1]
+        fcntl.ioctl(sock, _SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | _IFF_UP))
+
+
+def create_sandbox(run_dir: Path, hostname: str) -> None:
+    """Unshare the pod namespaces and pin each with a bind mount, so no process must hold them."""
+    ns_dir = run_dir / "ns"
+    ns_dir.mkdir(parents=True, exist_ok=True)
+    sysc.unshare(sysc.CLONE_NEWUTS | sysc.CLONE_NEWIPC | sysc.CLONE_NEWNET)
+    socket.sethostname(hostname)
+    loopback_up()
+    for kind in POD_NAMESPACES:
+        holder = ns_dir / kind
+        holder.touch()
+        sysc.mount(f"/proc/self/ns/{kind}", str(holder), None, sysc.MS_BIND)
+
+
+# --- app -----------------------------------------------------------------------------------------
+
+def join_pod_namespaces(namespaces: dict[str, str]) -> None:
+    for kind, path in namespaces.items():
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            sysc.setns(fd, POD_NAMESPACES[kind])
+        finally:
+            os.close(fd)
+
+
+def _mount_dev(rootfs: Path) -> None:
+    dev = rootfs / "dev"
+    dev.mkdir(exist_ok=True)
+    sysc.mount("tmpfs", str(dev), "tmpfs", sysc.MS_NOSUID | sysc.MS_NOEXEC, "mode=755,size=64k")
+    for name, major, minor in _DEVICES:
+        node = dev / name
+        os.mknod(node, stat.S_IFCHR | 0o666, os.makedev(major, minor))
+        os.chmod(node, 0o666)  # noqa: S103 - these devices are world-usable by design; mknod applied the umask
+    (dev / "pts").mkdir()
+    sysc.mount("devpts", str(dev / "pts"), "devpts", sysc.MS_NOSUID | sysc.MS_NOEXEC,
+               "newinstance,ptmxmode=0666,mode=0620")
+    (dev / "shm").mkdir()
+    sysc.mount("shm", str(dev / "shm"), "tmpfs", sysc.MS_NOSUID | sysc.MS_NODEV | sysc.MS_NOEXEC,
+               "mode=1777,size=65536k")
+    for name, target in _DEV_LINKS:
+        (dev / name).symlink_to(target)
+
+
+def _mount_sys(rootfs: Path) -> None:
+    target = rootfs / "sys"
+    target.mkdir(exist_ok=True)
+    flags = sysc.MS_RDONLY | sysc.MS_NOSUID | sysc.MS_NODEV | sysc.MS_NOEXEC
+    try:
+        sysc.mount("sysfs", str(target), "sysfs", flags)
+    except OSError:
+        # sysfs may refuse a fresh mount (a locked-down host); a read-only bind of the host's is
+        # the runc fallback.
+        sysc.mount("/sys", str(target), None, sysc.MS_BIND | sysc.MS_REC)
+        sysc.mount(None, str(target), None, sysc.MS_BIND | sysc.MS_REMOUNT | flags)
+
+
+def _mount_volume(rootfs: Path, mount: dict[str, Any]) -> None:
+    target = resolve_in_root(rootfs, mount["target"])
+    source = Path(mount["source"])
+    if source.is_dir():
+        if target.exists() and not target.is_dir():
+            raise IsolationError(f"mount point {mount['target']} is a file, volume "
+                                 f"{mount['volume']} is a directory")
+        target.mkdir(parents=True, exist_ok=True)
+    else:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.touch(exist_ok=True)
+    flags = sysc.MS_BIND | (sysc.MS_REC if mount["recursive"] else 0)
+    sysc.mount(str(source), str(target), None, flags)
+    if mount["read_only"]:
+        sysc.mount(None, str(target), None, sysc.MS_BIND | sysc.MS_REMOUNT | sysc.MS_RDONLY)
+
+
+def build_rootfs(launch: dict[str, Any]) -> None:
+    """Every mount the app sees, made in its fresh mount namespace, then pivot_root into it."""
+    rootfs = Path(launch["rootfs"])
+    # Nothing we mount may propagate back to the host (a shared / would carry it).
+    sysc.mount(None, "/", None, sysc.MS_REC | sysc.MS_PRIVATE)
+    sysc.mount(str(rootfs), str(rootfs), None, sysc.MS_BIND | sysc.MS_REC)
+    proc = rootfs / "proc"
+    proc.mkdir(exist_ok=True)
+    sysc.mount("proc", str(proc), "proc", sysc.MS_NOSUID | sysc.MS_NODEV | sysc.MS_NOEXEC)
+    _mount_dev(rootfs)
+    _mount_sys(rootfs)
+    for mount in launch["mounts"]:
+        _mount_volume(rootfs, mount)
+    if launch["read_only_rootfs"]:
+        sysc.mount(None, str(rootfs), None, sysc.MS_BIND | sysc.MS_REMOUNT | sysc.MS_RDONLY)
+    pivot_into(rootfs)
+
+
+def pivot_into(rootfs: Path) -> None:
+    """runc's pivot_root(".", "."): the old root is stacked on the new one and detached, so no
+    directory is needed for it and nothing of the host stays reachable."""
+    old_root = os.open("/", os.O_DIRECTORY | os.O_RDONLY | os.O_CLOEXEC)
+    new_root = os.open(rootfs, os.O_DIRECTORY | os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fchdir(new_root)
+        try:
+            sysc.pivot_root(".", ".")
+        except OSError:
+            # pivot_root is impossible from an initramfs root: chroot is the best left.
+            os.chroot(".")
+            os.chdir("/")
+            return
+        os.fchdir(old_root)
+        sysc.umount2(".", sysc.MNT_DETACH)
+        os.chdir("/")
+    finally:
+        os.close(old_root)
+        os.close(new_root)
+
+
+def _report(fd: int, line: str) -> None:
+    with contextlib.suppress(OSError):
+        os.write(fd, (line.replace("\n", " ") + "\n").encode())
+
+
+def run_app(launch_path: str, report_fd: int, go_fd: int) -> int:
+    launch = json.loads(Path(launch_path).read_text())
+    plan = ExecPlan.from_json(launch["plan"])
+    status_fd = os.open(launch["status_path"], os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
+                        0o640)
+    stdio: dict[str, int] | None = launch.get("stdio")
+    log = None
+    if stdio is None:
+        log_dir = os.open(launch["log_dir"], os.O_DIRECTORY | os.O_RDONLY | os.O_CLOEXEC)
+        log = RotatingLog(log_dir, launch["log_name"], launch["log_max_bytes"])
+    try:
+        join_pod_namespaces(launch["namespaces"])
+        sysc.unshare(sysc.CLONE_NEWNS | sysc.CLONE_NEWPID)
+    except (OSError, IsolationError) as exc:
+        _report(report_fd, f"error joining the pod's namespaces: {exc}")
+        return 1
+    pid = os.fork()
+    if pid:
+        _report(report_fd, f"pid {pid}")
+        return 0
+    # The child: pid 1 of the app's pid namespace, its monitor until the end. Its signal
+    # handlers go in first: a SIGTERM that arrives while it builds the rootfs is remembered
+    # (the app is then never started) instead of being dropped, as pid 1 drops unhandled ones.
+    code = 127
+    try:
+        if log is not None:
+            output = Output.to_log(log)
+        else:
+            assert stdio is not None
+            output = Output(stdio["stdin"], stdio["stdout"], stdio["stderr"])
+        executor = Executor(plan, launch_directly, output)
+        try:
+            build_rootfs(launch)
+        except (OSError, IsolationError) as exc:
+            _report(report_fd, f"error setting up the app's rootfs: {exc}")
+            write_status(status_fd, ExitStatus(code=127, failed=f"rootfs: {exc}"))
+            return 127
+        _report(report_fd, "ready")
+        os.close(report_fd)
+        if not os.read(go_fd, 1):
+            write_status(status_fd, ExitStatus(code=127, failed="start cancelled"))
+            return 127
+        os.close(go_fd)
+        status = executor.run()
+        write_status(status_fd, status)
+        code = status.code if status.code is not None else 128 + (status.signal or 0)
+    finally:
+        os._exit(code)  # never return into the caller's stack in a forked child
+
+
+# --- enter ---------------------------------------------------------------------------------------
+
+def enter_app(enter_path: str) -> int:
+    spec = json.loads(Path(enter_path).read_text())
+    plan = ExecPlan.from_json(spec["plan"])
+    pidfd = pidfd_open(spec["pid"])
+    if process_start_time(spec["pid"]) != spec["start_time"]:
+        print(f"jetpack: app {plan.app_name} is not running", file=sys.stderr)
+        return 1
+    # One setns on the pidfd joins all five atomically (Linux 5.8+); the mount namespace brings
+    # the app's root and cwd with it.
+    sysc.setns(pidfd, sysc.CLONE_NEWNS | sysc.CLONE_NEWPID | sysc.CLONE_NEWUTS
+               | sysc.CLONE_NEWIPC | sysc.CLONE_NEWNET)
+    os.close(pidfd)
+    executor = Executor(plan, launch_directly, Output(0, 1, 2))
+    status = executor.run()
+    if status.signal is not None:
+        signal.signal(status.signal, signal.SIG_DFL)
+        os.kill(os.getpid(), status.signal)
+    return status.code if status.code is not None else 1
+
+
+def main(argv: list[str]) -> int:
+    command, *args = argv
+    try:
+        if command == "sandbox":
+            create_sandbox(Path(args[0]), args[1])
+            return 0
+        if command == "app":
+            return run_app(args[0], int(args[1]), int(args[2]))
+        if command == "enter":
+            return enter_app(args[0])
+    except (OSError, IsolationError) as exc:
+        print(f"jetpack stage1: {command}: {exc}", file=sys.stderr)
+        return 1
+    print(f"jetpack stage1: unknown command {command!r}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,38 @@
+"""Pod volumes on the host side: host sources checked as ace.md asks, empty volumes created.
+
+Both isolation drivers use this; mounting them into apps is each driver's own business.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from jetpack.errors import IsolationError
+from jetpack.stage1.base import Volume
+
+
+def check_host_volume(volume: Volume) -> Path:
+    """ace.md: a missing source is an error, and so is a symlink anywhere along its path."""
+    source = Path(volume.source)
+    if not source.is_absolute():
+        raise IsolationError(f"volume {volume.name}: source {volume.source!r} is not absolute")
+    current = Path("/")
+    for part in source.parts[1:]:
+        current = current / part
+        if current.is_symlink():
+            raise IsolationError(f"volume {volume.name}: {current} is a symbolic link",
+                                 hint="name the real path as the volume's source")
+    if not source.exists():
+        raise IsolationError(f"volume {volume.name}: source {source} does not exist")
+    return source
+
+
+def prepare_empty_volume(volumes_dir: Path, volume: Volume) -> Path:
+    """The pod's directory for an empty volume, kept across restarts of the pod."""
+    path = volumes_dir / volume.name
+    volumes_dir.mkdir(parents=True, exist_ok=True)
+    path.mkdir(exist_ok=True)
+    os.chown(path, volume.uid, volume.gid)
+    os.chmod(path, volume.mode)  # chmod after chown: chown clears set-id bits
+    return path

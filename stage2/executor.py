@@ -1,0 +1,224 @@
+"""The in-pod executor: pre-start handlers, the app, post-stop handlers, in order, in one rootfs.
+
+It runs as the app's monitor (pid 1 of the app's pid namespace on Linux, after pivot_root; a host
+process wrapping jexec on FreeBSD): it forwards stop signals to whichever child runs, reaps
+orphans, copies output into the size-bounded log, and writes the final ExitStatus as JSON.
+Everything it needs is imported before the pivot: nothing may be imported lazily in here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import select
+import signal
+import subprocess
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import FrameType
+
+from jetpack.stage2.plan import ExecPlan
+from jetpack.stage2.status import ExitStatus
+
+# Signals passed through to the running child; the first "stop" one also cancels what follows.
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+             signal.SIGUSR2, signal.SIGWINCH)
+STOPPING = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+_CHUNK = 64 * 1024
+
+# A launcher starts one process of the plan (the app or a handler) with the given stdio.
+Launcher = Callable[[Sequence[str], ExecPlan, int, int, int], "subprocess.Popen[bytes]"]
+
+
+def launch_directly(
+    argv: Sequence[str], plan: ExecPlan, stdin: int, stdout: int, stderr: int
+) -> subprocess.Popen[bytes]:
+    """Linux: we already stand in the app's rootfs and namespaces; set credentials and exec."""
+    creds = plan.credentials
+    return subprocess.Popen(
+        list(argv),
+        env=dict(plan.environment),  # PATH lookup of argv[0] uses this env's PATH
+        cwd=plan.working_directory,
+        user=creds.uid,
+        group=creds.gid,
+        extra_groups=list(creds.groups),  # [] drops root's own groups: exactly the plan's
+        stdin=stdin,
+        stdout=stdout,
+        stderr=stderr,
+        close_fds=True,
+    )
+
+
+class RotatingLog:
+    """The app's log file: rotated to ``NAME.1`` past ``max_bytes``, so at most twice that on
+    disk. Opened through a directory fd so rotation works after pivot_root hides the host."""
+
+    def __init__(self, dir_fd: int, name: str, max_bytes: int) -> None:
+        self.dir_fd = dir_fd
+        self.name = name
+        self.max_bytes = max(max_bytes, 1)
+        self.fd = self._open(truncate=False)
+        self.size = os.fstat(self.fd).st_size
+
+    def _open(self, *, truncate: bool) -> int:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+        if truncate:
+            flags |= os.O_TRUNC
+        return os.open(self.name, flags, 0o640, dir_fd=self.dir_fd)
+
+    def write(self, data: bytes) -> None:
+        if self.size and self.size + len(data) > self.max_bytes:
+            os.close(self.fd)
+            os.replace(self.name, self.name + ".1", src_dir_fd=self.dir_fd,
+                       dst_dir_fd=self.dir_fd)
+            self.fd = self._open(truncate=True)
+            self.size = 0
+        view = memoryview(data)
+        while view:
+            written = os.write(self.fd, view)
+            view = view[written:]
+        self.size += len(data)
+
+    def message(self, text: str) -> None:
+        self.write(f"jetpack: {text}\n".encode())
+
+
+@dataclass
+class Output:
+    """Where children's stdio goes: the log (through one pipe, so stdout and stderr keep their
+    relative order) or the caller's own descriptors for a foreground run."""
+
+    stdin: int
+    stdout: int
+    stderr: int
+    log: RotatingLog | None = None
+    pipe_r: int | None = None
+
+    @classmethod
+    def to_log(cls, log: RotatingLog) -> Output:
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(read_end, False)
+        stdin = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        return cls(stdin, write_end, write_end, log, read_end)
+
+    def pump(self) -> None:
+        """Copy what the pipe holds into the log, without blocking."""
+        if self.pipe_r is None or self.log is None:
+            return
+        while True:
+            try:
+                data = os.read(self.pipe_r, min(_CHUNK, self.log.max_bytes))
+            except BlockingIOError:
+                return
+            if not data:
+                return
+            self.log.write(data)
+
+    def message(self, text: str) -> None:
+        if self.log is not None:
+            self.log.message(text)
+        else:
+            with contextlib.suppress(OSError):
+                os.write(self.stderr, f"jetpack: {text}\n".encode())
+
+
+class Executor:
+    """Runs an ExecPlan to its end. One instance per app, in a single-threaded process."""
+
+    def __init__(self, plan: ExecPlan, launch: Launcher, output: Output) -> None:
+        self.plan = plan
+        self.launch = launch
+        self.output = output
+        self.current: subprocess.Popen[bytes] | None = None
+        self.stop_signal: int | None = None
+        self._wakeup_r, wakeup_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        signal.set_wakeup_fd(wakeup_w)
+        signal.signal(signal.SIGCHLD, self._on_child)
+        for signum in FORWARDED:
+            signal.signal(signum, self._forward)
+
+    def _on_child(self, signum: int, frame: FrameType | None) -> None:
+        del signum, frame  # the wakeup fd does the work: select() returns
+
+    def _forward(self, signum: int, frame: FrameType | None) -> None:
+        del frame
+        if signum in STOPPING and self.stop_signal is None:
+            self.stop_signal = signum
+        child = self.current
+        if child is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, signum)
+
+    def run(self) -> ExitStatus:
+        for handler in self.plan.pre_start:
+            status = self._run_one(handler)
+            if status != ExitStatus(code=0):
+                self.output.message(f"pre-start handler {list(handler)} {status}")
+                return ExitStatus(status.code, status.signal, failed=f"pre-start: {status}")
+        if self.stop_signal is not None:
+            status = ExitStatus(signal=self.stop_signal)
+        else:
+            status = self._run_one(self.plan.argv)
+        for handler in self.plan.post_stop:
+            after = self._run_one(handler, stoppable=False)
+            if after != ExitStatus(code=0):
+                self.output.message(f"post-stop handler {list(handler)} {after}")
+        return status
+
+    def _run_one(self, argv: Sequence[str], *, stoppable: bool = True) -> ExitStatus:
+        if stoppable and self.stop_signal is not None:
+            return ExitStatus(signal=self.stop_signal)
+        out = self.output
+        try:
+            child = self.launch(argv, self.plan, out.stdin, out.stdout, out.stderr)
+        except OSError as exc:
+            # ENOENT/EACCES as a shell would report them: 127 not found, 126 not executable.
+            code = 127 if exc.errno == errno.ENOENT else 126
+            out.message(f"cannot execute {argv[0]}: {exc.strerror}")
+            return ExitStatus(code=code, failed=f"exec {argv[0]}: {exc.strerror}")
+        self.current = child
+        if stoppable and self.stop_signal is not None:
+            # The stop arrived while the child was being spawned, before we could forward it.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, self.stop_signal)
+        try:
+            status = self._wait_for(child.pid)
+        finally:
+            self.current = None
+        child.returncode = status.code if status.code is not None else -(status.signal or 0)
+        return status
+
+    def _wait_for(self, pid: int) -> ExitStatus:
+        watched = [self._wakeup_r] + ([self.output.pipe_r] if self.output.pipe_r is not None
+                                      else [])
+        while True:
+            status = self._reap(pid)
+            if status is not None:
+                self.output.pump()
+                return status
+            readable, _, _ = select.select(watched, [], [])
+            if self._wakeup_r in readable:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wakeup_r, 512)
+            self.output.pump()
+
+    @staticmethod
+    def _reap(pid: int) -> ExitStatus | None:
+        """Reap every exited child (we may be pid 1: orphans land on us); ``pid``'s status."""
+        found = None
+        while True:
+            try:
+                reaped, wait_status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return found
+            if reaped == 0:
+                return found
+            if reaped == pid:
+                found = ExitStatus.from_wait_status(wait_status)
+
+
+def write_status(status_fd: int, status: ExitStatus) -> None:
+    os.ftruncate(status_fd, 0)
+    os.pwrite(status_fd, json.dumps(status.to_json()).encode(), 0)

@@ -1,0 +1,380 @@
+"""The Linux isolation driver end to end: real namespaces, real mounts, a real busybox rootfs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from jetpack.errors import IsolationError
+from jetpack.stage1.base import (
+    AppSpec,
+    ExitStatus,
+    MountSpec,
+    SandboxHandle,
+    SandboxSpec,
+    Stdio,
+    Volume,
+)
+from jetpack.stage1.identity import process_start_time
+from jetpack.stage1.linux import LinuxDriver, processes_in_netns
+from jetpack.stage2.plan import DEFAULT_PATH
+
+pytestmark = [pytest.mark.root, pytest.mark.busybox]
+
+POD = "8b1d2a53-6a0c-4c38-9a3e-000000000001"
+
+
+def clone_rootfs(rootfs: Path, name: str) -> Path:
+    """Each app gets its own rootfs, as the pod store gives it a clone of its image."""
+    target = rootfs.parent / name
+    shutil.copytree(rootfs, target, symlinks=True)
+    return target
+
+
+def mounts_under(path: Path) -> list[str]:
+    return [line for line in Path("/proc/self/mountinfo").read_text().splitlines()
+            if str(path) in line]
+
+
+def processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                cmdline = Path(f"/proc/{entry.name}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if text.encode() in cmdline:
+                found.append(int(entry.name))
+    return found
+
+
+def log_contains(path: Path, text: str) -> bool:
+    return path.exists() and text in path.read_text(errors="replace")
+
+
+async def wait_for_text(path: Path, text: str) -> None:
+    """Poll the app's log for ``text`` (a file offers nothing to wait on); the caller's
+    fail_after bounds it."""
+    while not await trio.to_thread.run_sync(log_contains, path, text):  # noqa: ASYNC110 - polling a file written by another process
+        await trio.sleep(0.02)
+
+
+@pytest.fixture
+def driver(root: None) -> LinuxDriver:
+    return LinuxDriver()
+
+
+@pytest.fixture
+async def sandbox(driver: LinuxDriver, tmp_path: Path) -> AsyncIterator[SandboxHandle]:
+    host_dir = tmp_path / "hostdata"
+    host_dir.mkdir()
+    (host_dir / "given").write_text("from the host\n")
+    spec = SandboxSpec(
+        pod_uuid=POD, hostname="testpod", pod_dir=tmp_path / "pod",
+        volumes=(Volume("shared", "empty", mode=0o1777, uid=1000, gid=100),
+                 Volume("data", "host", source=str(host_dir), read_only=True)),
+    )
+    handle = await driver.create_sandbox(spec)
+    yield handle
+    with trio.CancelScope(shield=True):
+        await driver.destroy_sandbox(handle)
+
+
+async def test_app_sees_the_executor_environment(
+    driver: LinuxDriver, sandbox: SandboxHandle, busybox_rootfs: Path
+) -> None:
+    order = "/tmp/order"
+    app = AppSpec(
+        name="envtest", rootfs=busybox_rootfs,
+        exec=("sh", "-c", f"echo app >> {order}; id; pwd; env; hostname; exit 3"),
+        user="user", group="users", supplementary_gids=(1,), working_directory="/home/user",
+        environment=(("GREETING", "hello"),), metadata_url="http://172.23.0.1:1104/token/",
+        pre_start=(("sh", "-c", f"echo pre-start >> {order}"),
+                   ("sh", "-c", f"echo pre-start-2 >> {order}")),
+        post_stop=(("sh", "-c", f"echo post-stop >> {order}"),),
+    )
+    with trio.fail_after(20):
+        process = await driver.start_app(sandbox, app)
+        status = await driver.wait(sandbox, process)
+    process.close()
+    assert status == ExitStatus(code=3)
+    assert process.log_path is not None
+    lines = process.log_path.read_text().splitlines()
+    assert lines[0] == "uid=1000(user) gid=100(users) groups=1(daemon)"
+    assert lines[1] == "/home/user"
+    env = dict(line.split("=", 1) for line in lines[2:] if "=" in line)
+    assert env["PATH"] == DEFAULT_PATH
+    assert env["AC_APP_NAME"] == "envtest"
+    assert env["AC_METADATA_URL"] == "http://172.23.0.1:1104/token"
+    assert env["container"] == "jetpack"
+    assert env["GREETING"] == "hello"
+    assert lines[-1] == "testpod"
+    assert (busybox_rootfs / "tmp/order").read_text().split() == [
+        "pre-start", "pre-start-2", "app", "post-stop"]
+
+
+async def test_user_given_as_path_takes_its_owner(
+    driver: LinuxDriver, sandbox: SandboxHandle, busybox_rootfs: Path
+) -> None:
+    os.chown(busybox_rootfs / "home/user", 1000, 1000)
+    app = AppSpec(name="owner", rootfs=busybox_rootfs, exec=("id",), user="/home/user",
+                  group="/home/user")
+    with trio.fail_after(20):
+        process = await driver.start_app(sandbox, app)
+        assert await driver.wait(sandbox, process) == ExitStatus(code=0)
+    process.close()
+    assert process.log_path is not None
+    assert process.log_path.read_text().startswith("uid=1000(user) gid=1000(user)")
+
+
+async def test_missing_working_directory_fails_clearly(
+    driver: LinuxDriver, sandbox: SandboxHandle, busybox_rootfs: Path
+) -> None:
+    app = AppSpec(name="nowd", rootfs=busybox_rootfs, exec=("true",),
+                  working_directory="/does/not/exist")
+    with pytest.raises(IsolationError, match="working directory /does/not/exist does not exist"):
+        await driver.start_app(sandbox, app)
+
+
+async def test_unknown_user_fails_clearly(
+    driver: LinuxDriver, sandbox: SandboxHandle, busybox_rootfs: Path
+) -> None:
+    app = AppSpec(name="nouser", rootfs=busybox_rootfs, exec=("true",), user="ghost")
+    with pytest.raises(IsolationError, match="user 'ghost' is not in the app's /etc/passwd"):
+        await driver.start_app(sandbox, app)
+
+
+async def test_missing_executable_is_reported_as_127(
+    driver: LinuxDriver, sandbox: SandboxHandle, busybox_rootfs: Path
+) -> None:
+    app = AppSpec(name="noexe", rootfs=busybox_rootfs, exec=("/no/such/binary",))
+    with trio.fail_after(20):
+        process = await driver.start_app(sandbox, app)
+        status = await driver.wait(sandbox, process)
+    process.close()
+    assert status.code == 127
+    assert status.failed is not None
+    assert "/no/such/binary" in status.failed
+
+
+async def test_two_apps_share_an_empty_volume(
+    driver: LinuxDriver, sandbox: SandboxHandle, busybox_rootfs: Path
+) -> None:
+    def app(name: str, mine: str, theirs: str) -> AppSpec:
+        script = (f"stat -c '%a %u %g' /shared; echo {name} > /shared/{mine}; "
+                  f"while [ ! -e /shared/{theirs} ]; do sleep 0.05; done; cat /shared/{theirs}")
+        return AppSpec(name=name, rootfs=clone_rootfs(busybox_rootfs, name),
+                       exec=("sh", "-c", script), user="user", group="user",
+                       mounts=(MountSpec("shared", "/shared"),))
+
+    with trio.fail_after(20):
+        first = await driver.start_app(sandbox, app("first", "a", "b"))
+        second = await driver.start_app(sandbox, app("second", "b", "a"))
+        assert await driver.wait(sandbox, first) == ExitStatus(code=0)
+        assert await driver.wait(sandbox, second) == ExitStatus(code=0)
+    for process in (first, second):
+        process.close()
+    assert first.log_path is not None
+    assert second.log_path is not None
+    assert first.log_path.read_text().split("\n")[:2] == ["1777 1000 100", "second"]
+    assert second.log_path.read_text().split("\n")[:2] == ["1777 1000 100", "first"]
+
+
+async def test_read_only_host_volume_refuses_writes(
+    driver: LinuxDriver, sandbox: SandboxHandle, busybox_rootfs: Path, tmp_path: Path
+) -> None:
+    app = AppSpec(name="writer", rootfs=busybox_rootfs,
+                  exec=("sh", "-c", "cat /data/given; echo x > /data/new"),
+                  mounts=(MountSpec("data", "/data"),))
+    with trio.fail_after(20):
+        process = await driver.start_app(sandbox, app)
+        status = await driver.wait(sandbox, process)
+    process.close()
+    assert status.code != 0
+    assert process.log_path is not None
+    log = process.log_path.read_text()
+    assert "from the host" in log
+    assert "Read-only file system" in log
+    assert not (tmp_path / "hostdata/new").exists()
+
+
+async def test_stop_kills_an_app_that_ignores_sigterm_after_the_grace(
+    driver: LinuxDriver, sandbox: SandboxHandle, busybox_rootfs: Path
+) -> None:
+    app = AppSpec(name="stubborn", rootfs=busybox_rootfs,
+                  exec=("sh", "-c", "trap '' TERM; echo ready; while true; do sleep 1; done"))
+    with trio.fail_after(20):
+        process = await driver.start_app(sandbox, app)
+        assert process.log_path is not None
+        await wait_for_text(process.log_path, "ready")
+        started = trio.current_time()
+        status = await driver.stop(sandbox, process, grace=0.5)
+        elapsed = trio.current_time() - started
+    process.close()
+    assert status == ExitStatus(signal=signal.SIGKILL)
+    assert 0.5 <= elapsed < 5
+    assert process_start_time(process.identity.pid) != process.identity.start_time
+
+
+async def test_stop_ends_a_cooperative_app_with_sigterm_and_runs_post_stop(
+    driver: LinuxDriver, sandbox: SandboxHandle, busybox_rootfs: Path
+) -> None:
+    app = AppSpec(name="polite", rootfs=busybox_rootfs, exec=("sleep", "60"),
+                  post_stop=(("sh", "-c", "echo cleaned > /tmp/post"),))
+    with trio.fail_after(20):
+        process = await driver.start_app(sandbox, app)
+        status = await driver.stop(sandbox, process, grace=10)
+    process.close()
+    assert status == ExitStatus(signal=signal.SIGTERM)
+    assert (busybox_rootfs / "tmp/post").read_text() == "cleaned\n"
+
+
+async def test_enter_runs_inside_the_app(
+    driver: LinuxDriver, sandbox: SandboxHandle, busybox_rootfs: Path, tmp_path: Path
+) -> None:
+    app = AppSpec(name="target", rootfs=busybox_rootfs, exec=("sleep", "60"),
+                  working_directory="/var/www")
+    out_path = tmp_path / "enter.out"
+    with trio.fail_after(20):
+        process = await driver.start_app(sandbox, app)
+        with out_path.open("wb") as out, open(os.devnull, "rb") as devnull:  # noqa: ASYNC230 - opening is instant
+            stdio = Stdio(devnull.fileno(), out.fileno(), out.fileno())
+            status = await driver.enter(
+                sandbox, process, app,
+                ["sh", "-c", "hostname; pwd; id -u; cat /proc/1/cmdline | head -c 0; "
+                             "ls /proc | grep -c '^[0-9]'; exit 5"],
+                user="user", stdio=stdio)
+        await driver.stop(sandbox, process, grace=5)
+    process.close()
+    assert status == ExitStatus(code=5)
+    lines = out_path.read_text().split()
+    assert lines[:3] == ["testpod", "/var/www", "1000"]
+    # Its own pid namespace: the monitor, the app, and what the entered shell runs.
+    assert int(lines[3]) < 10
+
+
+async def test_foreground_app_writes_to_the_given_descriptors(
+    driver: LinuxDriver, sandbox: SandboxHandle, busybox_rootfs: Path, tmp_path: Path
+) -> None:
+    out_path = tmp_path / "fg.out"
+    app = AppSpec(name="fg", rootfs=busybox_rootfs,
+                  exec=("sh", "-c", "echo to-stdout; echo to-stderr >&2"))
+    with (
+        trio.fail_after(20),
+        out_path.open("wb") as out,
+        open(os.devnull, "rb") as devnull,  # noqa: ASYNC230 - opening is instant
+    ):
+        process = await driver.start_app(
+            sandbox, app, stdio=Stdio(devnull.fileno(), out.fileno(), out.fileno()))
+        assert await driver.wait(sandbox, process) == ExitStatus(code=0)
+    process.close()
+    assert process.log_path is None
+    assert out_path.read_text().split() == ["to-stdout", "to-stderr"]
+
+
+async def test_log_is_bounded_by_rotation(
+    driver: LinuxDriver, sandbox: SandboxHandle, busybox_rootfs: Path
+) -> None:
+    app = AppSpec(name="chatty", rootfs=busybox_rootfs, log_max_bytes=4096,
+                  exec=("sh", "-c", "i=0; while [ $i -lt 500 ]; do echo line-$i; "
+                                    "i=$((i+1)); done"))
+    with trio.fail_after(20):
+        process = await driver.start_app(sandbox, app)
+        assert await driver.wait(sandbox, process) == ExitStatus(code=0)
+    process.close()
+    assert process.log_path is not None
+    rotated = process.log_path.with_name("log.1")
+    assert process.log_path.stat().st_size <= 4096
+    assert rotated.stat().st_size <= 4096
+    assert process.log_path.read_text().splitlines()[-1] == "line-499"
+
+
+async def test_destroy_leaves_nothing_behind(
+    driver: LinuxDriver, busybox_rootfs: Path, tmp_path: Path
+) -> None:
+    spec = SandboxSpec(pod_uuid=POD, hostname="doomed", pod_dir=tmp_path / "pod",
+                       volumes=(Volume("scratch", "empty"),))
+    with trio.fail_after(20):
+        handle = await driver.create_sandbox(spec)
+        ns_files = [Path(p) for p in handle.data["namespaces"].values()]
+        net_inode = ns_files[-1].stat().st_ino
+        app = AppSpec(name="lingerer", rootfs=busybox_rootfs,
+                      exec=("sh", "-c", "sleep 60 & sleep 60"),
+                      mounts=(MountSpec("scratch", "/scratch"),))
+        process = await driver.start_app(sandbox_handle := handle, app)
+        assert processes_in_netns(net_inode)
+        assert mounts_under(tmp_path)
+        # Destroy without stopping first: the driver must kill what is left.
+        await driver.destroy_sandbox(sandbox_handle)
+        status = await driver.wait(handle, process)
+    process.close()
+    assert status.signal == signal.SIGKILL
+    assert mounts_under(tmp_path) == []
+    assert processes_in_netns(net_inode) == []
+    assert processes_mentioning(str(tmp_path)) == []
+    assert not any(p.exists() for p in ns_files)
+    assert not (tmp_path / "pod/run").exists()
+    assert (tmp_path / "pod/volumes/scratch").is_dir()  # volumes go with the pod, not the sandbox
+    # Idempotent: a second destroy of a destroyed sandbox is harmless.
+    await driver.destroy_sandbox(handle)
+
+
+async def test_a_new_driver_adopts_a_running_app(
+    sandbox: SandboxHandle, busybox_rootfs: Path
+) -> None:
+    app = AppSpec(name="survivor", rootfs=busybox_rootfs, exec=("sleep", "60"))
+    with trio.fail_after(20):
+        process = await LinuxDriver().start_app(sandbox, app)
+        handle_json = json.loads(json.dumps(sandbox.to_json()))
+        process_json = json.loads(json.dumps(process.to_json()))
+        process.close()
+
+        successor = LinuxDriver()
+        handle = await successor.recover(handle_json)
+        assert handle == sandbox
+        adopted = await successor.recover_app(handle, process_json)
+        assert adopted is not None
+        assert adopted.identity == process.identity
+        status = await successor.stop(handle, adopted, grace=5)
+        adopted.close()
+        assert status == ExitStatus(signal=signal.SIGTERM)
+        assert await successor.last_status(adopted) == status
+        # Once it has exited, the same record is reported gone.
+        assert await successor.recover_app(handle, process_json) is None
+
+
+async def test_a_recycled_pid_is_reported_gone(
+    driver: LinuxDriver, sandbox: SandboxHandle
+) -> None:
+    # Our own pid is alive, but not with this start time: as if the app's pid were reused.
+    record = {"app": "ghost", "pid": os.getpid(),
+              "start_time": (process_start_time(os.getpid()) or 0) + 1,
+              "status_path": "/nonexistent/status", "log_path": None}
+    assert await driver.recover_app(sandbox, record) is None
+
+
+async def test_recover_reports_a_destroyed_sandbox_gone(
+    driver: LinuxDriver, tmp_path: Path
+) -> None:
+    handle = await driver.create_sandbox(
+        SandboxSpec(pod_uuid=POD, hostname="gone", pod_dir=tmp_path / "pod"))
+    await driver.destroy_sandbox(handle)
+    assert await driver.recover(handle.to_json()) is None
+
+
+async def test_missing_host_volume_source_is_refused(
+    driver: LinuxDriver, tmp_path: Path
+) -> None:
+    spec = SandboxSpec(pod_uuid=POD, hostname="x", pod_dir=tmp_path / "pod",
+                       volumes=(Volume("data", "host", source=str(tmp_path / "absent")),))
+    with pytest.raises(IsolationError, match="does not exist"):
+        await driver.create_sandbox(spec)
+    assert mounts_under(tmp_path) == []
