@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import trio
+
+from jetpack.config import Config
+from jetpack.errors import IsolationError
 from jetpack.stage1.base import AppProcess as Stage1Process
 from jetpack.stage1.base import (
     AppSpec,
@@ -20,9 +23,6 @@ from jetpack.stage1.base import (
     SandboxSpec,
     Volume,
 )
-
-from jetpack.config import Config
-from jetpack.errors import IsolationError
 from jetpack.store.pods import AppRecord, PodRecord
 from jetpack.supervisor.runtime import AppProcess, ExitStatus
 
