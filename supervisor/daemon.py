@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import ipaddress
 import os
 import signal
 from collections.abc import AsyncIterator, Callable
@@ -22,11 +23,15 @@ import trio
 
 from jetpack.config import Config, load_config
 from jetpack.errors import JetpackError, StateError, SupervisorError
+from jetpack.keys import load_key
 from jetpack.log import get_logger
+from jetpack.mds.service import MetadataService
+from jetpack.mds.service import serve as serve_metadata
 from jetpack.state import StateDB
 from jetpack.supervisor.api import core_router
 from jetpack.supervisor.control import add_pod_routes
 from jetpack.supervisor.events import EventHub
+from jetpack.supervisor.metadata import ManagerDirectory
 from jetpack.supervisor.pods import PodManager
 from jetpack.supervisor.runtime import PodRuntime
 from jetpack.supervisor.server import ServerHandle, serve
@@ -80,8 +85,10 @@ class Daemon:
     runtime: PodRuntime
     config_path: str | None = None
     overrides: list[str] = field(default_factory=list)
+    mds_bind: list[str] | None = None  # None: the host's pod-network address, mds.port
     manager: PodManager | None = None
     server: ServerHandle | None = None
+    mds_addresses: list[str] = field(default_factory=list)
     keep_pods: bool = False
     _stop: trio.Event = field(default_factory=trio.Event)
 
@@ -124,6 +131,8 @@ class Daemon:
                     self.manager = await nursery.start(manager.run)
                     router = core_router(hub)
                     add_pod_routes(router, manager, self.request_stop)
+                    self.mds_addresses = await nursery.start(
+                        self._serve_metadata, manager, db)
                     nursery.start_soon(self._watch_signals, signals)
                     nursery.start_soon(manager.start_boot_pods)
                     async with trio.open_nursery() as serving:
@@ -143,6 +152,21 @@ class Daemon:
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(db.close)
+
+    def metadata_bind(self) -> list[str]:
+        if self.mds_bind is not None:
+            return self.mds_bind
+        host = ipaddress.IPv4Interface(self.config["jail.network"]).ip
+        return [f"{host}:{self.config['mds.port']}"]
+
+    async def _serve_metadata(
+        self, manager: PodManager, db: StateDB,
+        *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """The metadata service in this loop, on the pod network's host address."""
+        directory = ManagerDirectory(manager, db, load_key(self.config, "mds.token-key"))
+        service = MetadataService(directory, load_key(self.config, "mds.signing-key"))
+        await serve_metadata(service, self.metadata_bind(), task_status=task_status)
 
     async def _watch_signals(self, signals: AsyncIterator[int]) -> None:
         async for signum in signals:

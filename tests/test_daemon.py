@@ -9,12 +9,14 @@ import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 
 from jetpack.cli.client import ControlClient
 from jetpack.config import Config, load_config
 from jetpack.errors import ConflictError, NotFoundError, SupervisorError
+from jetpack.keys import ensure_keys
 from jetpack.state import StateDB
 from jetpack.store.pods import AppRecord, PodRecord, PodStore, new_uuid
 from jetpack.supervisor.daemon import Daemon
@@ -26,8 +28,10 @@ def config(tmp_path: Path) -> Config:
     root = tmp_path / "root"
     root.mkdir()
     StateDB.for_root(root, create=True).close()
-    return load_config(None, [f"root.path={root}", f"supervisor.socket={tmp_path}/s/j.sock",
-                              "pod.stop-timeout=2s"], environ={})
+    config = load_config(None, [f"root.path={root}", f"supervisor.socket={tmp_path}/s/j.sock",
+                                "pod.stop-timeout=2s"], environ={})
+    ensure_keys(config)
+    return config
 
 
 def prepare(config: Config, name: str, restart: str = "never") -> PodRecord:
@@ -45,7 +49,7 @@ def prepare(config: Config, name: str, restart: str = "never") -> PodRecord:
 
 @pytest.fixture
 async def running(config: Config, nursery: trio.Nursery) -> AsyncIterator[Daemon]:
-    daemon = Daemon(config, FakeRuntime())
+    daemon = Daemon(config, FakeRuntime(), mds_bind=["127.0.0.1:0"])
     await nursery.start(daemon.run)
     yield daemon
     daemon.request_stop()
@@ -60,6 +64,11 @@ async def test_socket_is_root_only_and_answers(config: Config, running: Daemon) 
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     info = await client(config).request("GET", "/v1/info")
     assert info["pid"] == os.getpid()
+    # the metadata service runs in the same loop; a host address that is no pod's gets 403
+    (address,) = running.mds_addresses
+    async with httpx.AsyncClient() as http:
+        r = await http.get(f"http://{address}/token/acMetadata/v1/pod/uuid")
+    assert r.status_code == 403
 
 
 async def test_start_stop_list_over_the_api(config: Config, running: Daemon) -> None:
@@ -81,13 +90,13 @@ async def test_start_stop_list_over_the_api(config: Config, running: Daemon) -> 
 
 async def test_a_second_supervisor_is_refused(config: Config, running: Daemon) -> None:
     with pytest.raises(SupervisorError, match="another supervisor is running"):
-        await Daemon(config, FakeRuntime()).run()
+        await Daemon(config, FakeRuntime(), mds_bind=["127.0.0.1:0"]).run()
 
 
 async def test_sigterm_stops_pods_and_exits(config: Config) -> None:
     prepare(config, "web", restart="always")
     runtime = FakeRuntime()
-    daemon = Daemon(config, runtime)
+    daemon = Daemon(config, runtime, mds_bind=["127.0.0.1:0"])
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
             await nursery.start(daemon.run)
@@ -106,14 +115,14 @@ async def test_sigterm_stops_pods_and_exits(config: Config) -> None:
 async def test_keep_pods_then_adopt(config: Config) -> None:
     pod = prepare(config, "kept", restart="on-failure")
     runtime = FakeRuntime({"app": [Behaviour()]})
-    first = Daemon(config, runtime)
+    first = Daemon(config, runtime, mds_bind=["127.0.0.1:0"])
     async with trio.open_nursery() as nursery:
         await nursery.start(first.run)
         await client(config).request("POST", "/v1/pods/kept/start")
         with trio.fail_after(20):
             await client(config).request("POST", "/v1/shutdown", params={"keep_pods": "1"})
     (process,) = runtime.running(pod.uuid)
-    second = Daemon(config, runtime)
+    second = Daemon(config, runtime, mds_bind=["127.0.0.1:0"])
     async with trio.open_nursery() as nursery:
         await nursery.start(second.run)
         assert runtime.running(pod.uuid) == [process]
