@@ -65,9 +65,9 @@ async def test_socket_is_root_only_and_answers(config: Config, running: Daemon) 
     info = await client(config).request("GET", "/v1/info")
     assert info["pid"] == os.getpid()
     # the metadata service runs in the same loop; a host address that is no pod's gets 403
-    (address,) = running.mds_addresses
+    (address,) = running.mds_addresses  # "http://127.0.0.1:PORT"
     async with httpx.AsyncClient() as http:
-        r = await http.get(f"http://{address}/token/acMetadata/v1/pod/uuid")
+        r = await http.get(f"{address}/token/acMetadata/v1/pod/uuid")
     assert r.status_code == 403
 
 
