@@ -12,14 +12,17 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
 import trio
 
-from conftest import REPO, require
 from jetpack.errors import ConflictError, NetworkError
 from jetpack.stage1.network import linux
+from jetpack.stage1.network.ports import PortForward
+
+from conftest import REPO, require
 
 pytestmark = pytest.mark.usefixtures("root")
 
@@ -191,6 +194,12 @@ def test_attach_to_a_missing_namespace_names_it(host: str) -> None:
                          bridge="jetpack0", veth_name="jpmissing", host_netns=host)
 
 
+async def until_ok(ns: str, url: str) -> None:
+    """Wait until ``url`` answers from ``ns`` (callers bound it with fail_after)."""
+    while (await curl(ns, url)).returncode != 0:  # noqa: ASYNC110  # polling another process
+        await trio.sleep(0.05)
+
+
 async def curl(ns: str, url: str) -> subprocess.CompletedProcess[bytes]:
     return await trio.run_process(["ip", "netns", "exec", ns, "curl", "-sS", "-m", "3", url],
                                   capture_stdout=True, capture_stderr=True, check=False)
@@ -205,17 +214,17 @@ async def test_port_forward_reaches_the_pod_on_every_host_address(
     www = tmp_path / "www"
     www.mkdir()
     (www / "index.html").write_text("hello from the pod\n")
-    httpd = subprocess.Popen(["ip", "netns", "exec", pod, "busybox", "httpd", "-f",
-                              "-p", "8080", "-h", str(www)])
-    try:
+    async with trio.open_nursery() as nursery:
+        httpd = await nursery.start(partial(
+            trio.run_process, ["ip", "netns", "exec", pod, "busybox", "httpd", "-f",
+                               "-p", "8080", "-h", str(www)], check=False))
         with trio.fail_after(10):
-            while (await curl(pod, "http://127.0.0.1:8080/")).returncode != 0:
-                await trio.sleep(0.05)
+            await until_ok(pod, "http://127.0.0.1:8080/")
 
         linux.add_port_forwards(pod_uuid, "172.23.0.2", [("tcp", 18080, 8080, None)],
                                 host_netns=host)
         assert linux.port_forwards(host_netns=host) == {
-            pod_uuid: [linux.PortForward("tcp", 18080, 8080, None)]}
+            pod_uuid: [PortForward("tcp", 18080, 8080, None)]}
         for ns, url in ((host, "http://127.0.0.1:18080/"),
                         (host, "http://198.51.100.1:18080/"),
                         (host, "http://172.23.0.1:18080/"),
@@ -240,9 +249,7 @@ async def test_port_forward_reaches_the_pod_on_every_host_address(
         assert linux.port_forwards(host_netns=host) == {}
         for url in ("http://127.0.0.1:18080/", "http://198.51.100.1:18080/"):
             assert (await curl(host, url)).returncode != 0, url
-    finally:
         httpd.kill()
-        httpd.wait()
     linux.detach_pod(veth, host_netns=host)
     assert linux.remove_table(host_netns=host) is True
     assert linux.remove_table(host_netns=host) is False
@@ -254,7 +261,7 @@ def test_forward_on_one_host_ip_only(host: str) -> None:
     linux.add_port_forwards(pod_uuid, "172.23.0.9", [("udp", 5353, 53, "198.51.100.1")],
                             host_netns=host)
     assert linux.port_forwards(host_netns=host) == {
-        pod_uuid: [linux.PortForward("udp", 5353, 53, "198.51.100.1")]}
+        pod_uuid: [PortForward("udp", 5353, 53, "198.51.100.1")]}
     rules = in_ns(host, "nft", "list", "chain", "ip", "jetpack", "portmap").stdout
     assert "ip daddr 198.51.100.1 udp dport 5353 dnat to 172.23.0.9:53" in rules
 
