@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import ctypes
 import os
-import sys
 from collections.abc import Iterable
 
 from jetpack.errors import IsolationError, ValidationError
+from jetpack.hostinfo import platform_kind
 
 # <linux/capability.h>; the numbers are the kernel's ABI.
 CAPABILITIES: dict[str, int] = {
@@ -82,7 +82,7 @@ _CapPair = _CapData * 2
 
 
 def _libc() -> ctypes.CDLL:
-    if not sys.platform.startswith("linux"):
+    if platform_kind() != "linux":
         raise IsolationError("Linux capabilities exist only on Linux")
     return ctypes.CDLL(None, use_errno=True)
 
