@@ -133,23 +133,26 @@ def keep_capabilities() -> None:
     _prctl(_PR_SET_KEEPCAPS, 1, what="prctl(PR_SET_KEEPCAPS)")
 
 
-def apply_capabilities(names: Iterable[str]) -> None:
+def apply_capabilities(names: Iterable[str], *, keep_sys_admin_until_exec: bool = False) -> None:
     """Limit this process, and what it execs next, to capabilities ``names``.
 
     Call in the child after setuid/setgid and right before exec: it drops every other
     capability from the bounding set (nothing can regain it), sets permitted, effective and
     inheritable to ``names``, and for a non-root user raises them as ambient so that they
-    survive the exec.
+    survive the exec. ``keep_sys_admin_until_exec`` leaves CAP_SYS_ADMIN effective until the
+    exec (which drops it, since the bounding and ambient sets lack it) so that a seccomp filter
+    can still be loaded without no_new_privs.
     """
     wanted = {CAPABILITIES[canonical_name(n)] for n in names}
     mask = sum(1 << cap for cap in wanted)
+    now = mask | (1 << CAPABILITIES["CAP_SYS_ADMIN"] if keep_sys_admin_until_exec else 0)
     _, permitted, inheritable = _capget()
     # Dropping from the bounding set needs CAP_SETPCAP in the effective set.
     _capset(permitted, permitted, inheritable)
     for cap in range(_last_cap() + 1):
         if cap not in wanted and _prctl(_PR_CAPBSET_READ, cap, what="PR_CAPBSET_READ") == 1:
             _prctl(_PR_CAPBSET_DROP, cap, what=f"prctl(PR_CAPBSET_DROP, {cap})")
-    _capset(mask, mask, mask)
+    _capset(now, now, mask)
     _prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, what="PR_CAP_AMBIENT_CLEAR_ALL")
     if os.geteuid() != 0:
         # exec() of a file without file capabilities gives a non-root user only its ambient set.
