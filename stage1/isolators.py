@@ -1,0 +1,171 @@
+"""From an app's and its pod's appc isolators to what stage1 applies: the ``IsolatorPlan``.
+
+Pure: it validates and decides, the drivers apply (cgroups/rctl, capabilities, seccomp). An
+isolator jetpack does not know or does not enforce becomes a warning, never silently dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from jetpack.errors import ValidationError
+from jetpack.hostinfo import PlatformKind, platform_kind
+from jetpack.stage1.capabilities import capability_set
+from jetpack.stage1.cgroups import DEFAULT_PIDS_LIMIT, Limits, parse_bytes, parse_millicores
+from jetpack.stage1.seccomp import SeccompFilter, seccomp_filter
+
+MEMORY = "resource/memory"
+CPU = "resource/cpu"
+CAPS_RETAIN = "os/linux/capabilities-retain-set"
+CAPS_REMOVE = "os/linux/capabilities-remove-set"
+NO_NEW_PRIVILEGES = "os/linux/no-new-privileges"
+SECCOMP_RETAIN = "os/linux/seccomp-retain-set"
+SECCOMP_REMOVE = "os/linux/seccomp-remove-set"
+SYSCTL = "os/unix/sysctl"
+
+RESOURCES = (MEMORY, CPU)
+APP_ONLY = (CAPS_RETAIN, CAPS_REMOVE, NO_NEW_PRIVILEGES, SECCOMP_RETAIN, SECCOMP_REMOVE)
+LINUX_ONLY = APP_ONLY
+# Known to appc, not enforced by jetpack (yet): reported, never silently dropped.
+NOT_ENFORCED = ("resource/block-bandwidth", "resource/block-iops",
+                "resource/network-bandwidth", "os/linux/selinux-context",
+                "os/linux/apparmor-profile")
+KNOWN = (*RESOURCES, *APP_ONLY, SYSCTL, *NOT_ENFORCED)
+# Only namespaced sysctls: a pod's network namespace owns net.*, its IPC namespace these.
+SYSCTL_PREFIXES = ("net.", "kernel.msg", "kernel.sem", "kernel.shm", "fs.mqueue.")
+
+
+@dataclass(frozen=True)
+class IsolatorPlan:
+    """What stage1 applies for one app (limits also feed the pod's cgroup or rctl rules)."""
+
+    limits: Limits
+    capabilities: frozenset[str]
+    seccomp: SeccompFilter | None
+    no_new_privileges: bool = False
+    sysctls: Mapping[str, str] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+
+def _by_name(isolators: Iterable[Mapping[str, Any]], path: str) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for index, isolator in enumerate(isolators):
+        where = f"{path}[{index}]"
+        name = isolator.get("name") if isinstance(isolator, Mapping) else None
+        if not isinstance(name, str) or not name:
+            raise ValidationError(f"{where}.name", "an isolator needs a name")
+        if "value" not in isolator:
+            raise ValidationError(f"{where}.value", f"isolator {name} needs a value")
+        if name in found and name in KNOWN:
+            raise ValidationError(where, f"isolator {name} may appear only once")
+        found[name] = isolator["value"]
+    return found
+
+
+def _object(value: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ValidationError(where, "must be an object")
+    return value
+
+
+def _names(value: Any, where: str) -> list[str]:
+    items = _object(value, where).get("set")
+    if not isinstance(items, list) or not items or not all(isinstance(i, str) for i in items):
+        raise ValidationError(f"{where}.set", "must be a non-empty list of strings")
+    return list(items)
+
+
+def _limit(value: Any, where: str) -> str | int | float | None:
+    limit = _object(value, where).get("limit")
+    if limit is not None and not isinstance(limit, str | int | float):
+        raise ValidationError(f"{where}.limit", "must be a quantity")
+    return limit
+
+
+def plan_isolators(
+    app_isolators: Sequence[Mapping[str, Any]] = (),
+    pod_isolators: Sequence[Mapping[str, Any]] = (),
+    *,
+    pids_limit: int | None = DEFAULT_PIDS_LIMIT,
+    platform: PlatformKind | None = None,
+    path: str = "app.isolators",
+) -> IsolatorPlan:
+    """The plan for one app: app isolators override the pod's for resources."""
+    platform = platform or platform_kind()
+    warnings: list[str] = []
+    app = _by_name(app_isolators, path)
+    pod = _by_name(pod_isolators, "isolators")
+    for name in pod:
+        if name in APP_ONLY:
+            warnings.append(f"isolator {name} applies to apps only; ignored at pod level")
+    merged = {**{k: v for k, v in pod.items() if k not in APP_ONLY}, **app}
+    for name in merged:
+        if name not in KNOWN:
+            warnings.append(f"unknown isolator {name} ignored")
+        elif name in NOT_ENFORCED:
+            warnings.append(f"isolator {name} is not enforced by jetpack; ignored")
+        elif platform != "linux" and name in LINUX_ONLY:
+            warnings.append(f"isolator {name} is Linux-only; ignored on {platform}")
+
+    where = {name: f"{path}[{name}]" for name in merged}
+    memory = _limit(merged[MEMORY], where[MEMORY]) if MEMORY in merged else None
+    cpu = _limit(merged[CPU], where[CPU]) if CPU in merged else None
+    limits = Limits(
+        memory_bytes=None if memory is None else parse_bytes(memory, path=where[MEMORY]),
+        cpu_millicores=None if cpu is None else parse_millicores(cpu, path=where[CPU]),
+        pids=pids_limit,
+    )
+
+    capabilities = capability_set(
+        retain=_names(app[CAPS_RETAIN], where[CAPS_RETAIN]) if CAPS_RETAIN in app else None,
+        remove=_names(app[CAPS_REMOVE], where[CAPS_REMOVE]) if CAPS_REMOVE in app else None,
+    )
+    no_new_privileges = app.get(NO_NEW_PRIVILEGES, False)
+    if not isinstance(no_new_privileges, bool):
+        raise ValidationError(where[NO_NEW_PRIVILEGES], "must be true or false")
+
+    seccomp_value = app.get(SECCOMP_RETAIN, app.get(SECCOMP_REMOVE))
+    errno = None
+    if seccomp_value is not None:
+        errno_where = where.get(SECCOMP_RETAIN, where.get(SECCOMP_REMOVE, path))
+        errno = _object(seccomp_value, errno_where).get("errno") or None
+        if errno is not None and not isinstance(errno, str):
+            raise ValidationError(f"{errno_where}.errno", "must be an errno name")
+    seccomp = seccomp_filter(
+        retain=_names(app[SECCOMP_RETAIN], where[SECCOMP_RETAIN])
+        if SECCOMP_RETAIN in app else None,
+        remove=_names(app[SECCOMP_REMOVE], where[SECCOMP_REMOVE])
+        if SECCOMP_REMOVE in app else None,
+        errno=errno,
+    )
+
+    sysctls: dict[str, str] = {}
+    if SYSCTL in merged:
+        for key, value in _object(merged[SYSCTL], where[SYSCTL]).items():
+            if not key.startswith(SYSCTL_PREFIXES) or not isinstance(value, str):
+                warnings.append(f"sysctl {key} is not namespaced to the pod; ignored")
+                continue
+            sysctls[key] = value
+    return IsolatorPlan(limits, capabilities, seccomp, no_new_privileges, sysctls,
+                        tuple(warnings))
+
+
+def pod_limits(pod_isolators: Sequence[Mapping[str, Any]],
+               app_plans: Sequence[IsolatorPlan],
+               *, pids_limit: int | None = DEFAULT_PIDS_LIMIT) -> Limits:
+    """The pod-wide cgroup/rctl limits: the pod's own resource isolators, else the sum of its
+    apps' limits when every app has one (one unlimited app leaves the pod unlimited)."""
+    pod = _by_name(pod_isolators, "isolators")
+    memory = _limit(pod[MEMORY], f"isolators[{MEMORY}]") if MEMORY in pod else None
+    cpu = _limit(pod[CPU], f"isolators[{CPU}]") if CPU in pod else None
+    memory_bytes = None if memory is None else parse_bytes(memory)
+    millicores = None if cpu is None else parse_millicores(cpu)
+    if app_plans and memory_bytes is None and \
+            all(p.limits.memory_bytes is not None for p in app_plans):
+        memory_bytes = sum(p.limits.memory_bytes or 0 for p in app_plans)
+    if app_plans and millicores is None and \
+            all(p.limits.cpu_millicores is not None for p in app_plans):
+        millicores = sum(p.limits.cpu_millicores or 0 for p in app_plans)
+    return Limits(memory_bytes=memory_bytes, cpu_millicores=millicores, pids=pids_limit)

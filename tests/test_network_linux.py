@@ -1,0 +1,309 @@
+"""Linux pod networking for real: a bridge, veths, nftables forwards, all inside network
+namespaces made for the test (one plays the host), so the machine's own network is never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+
+import pytest
+import trio
+
+from jetpack.errors import ConflictError, NetworkError
+from jetpack.stage1.network import linux
+from jetpack.stage1.network.ports import PortForward
+
+from conftest import REPO, require
+
+pytestmark = pytest.mark.usefixtures("root")
+
+HOST_CIDR = "172.23.0.1/16"
+
+
+def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{argv} exited {proc.returncode}: {proc.stderr}")
+    return proc
+
+
+def delete_netns(name: str) -> None:
+    pids = sh("ip", "netns", "pids", name, check=False).stdout.split()
+    for pid in pids:
+        try:
+            os.kill(int(pid), 9)
+        except ProcessLookupError:
+            pass
+    sh("ip", "netns", "del", name, check=False)
+    assert not Path(f"/run/netns/{name}").exists()
+
+
+@pytest.fixture(scope="module")
+def tools() -> None:
+    for tool in ("ip", "nft", "nsenter", "sysctl", "curl"):
+        require(shutil.which(tool) is not None, f"{tool} on PATH")
+
+
+@pytest.fixture
+def make_netns(tools: None) -> Iterator[Callable[..., str]]:
+    """Makes fresh named network namespaces (lo up); kills their processes and deletes them."""
+    made: list[str] = []
+
+    def make(role: str, suffix: str = "") -> str:
+        name = f"jp-{role}{suffix or secrets.token_hex(4)}"
+        sh("ip", "netns", "add", name)
+        made.append(name)
+        sh("ip", "-n", name, "link", "set", "lo", "up")
+        return name
+
+    yield make
+    for name in reversed(made):
+        delete_netns(name)
+
+
+@pytest.fixture
+def host(make_netns: Callable[..., str]) -> str:
+    """A namespace playing the host, with an "external" address 198.51.100.1 on a veth whose
+    other end (198.51.100.2) sits in a client namespace, named by ``client_of(host)``."""
+    suffix = secrets.token_hex(4)
+    name = make_netns("h", suffix)
+    client = make_netns("c", suffix)
+    sh("ip", "-n", name, "link", "add", "ext0", "type", "veth", "peer", "name", "eth0",
+       "netns", f"/run/netns/{client}")
+    sh("ip", "-n", name, "addr", "add", "198.51.100.1/24", "dev", "ext0")
+    sh("ip", "-n", name, "link", "set", "ext0", "up")
+    sh("ip", "-n", client, "addr", "add", "198.51.100.2/24", "dev", "eth0")
+    sh("ip", "-n", client, "link", "set", "eth0", "up")
+    return name
+
+
+def client_of(host: str) -> str:
+    return "jp-c" + host.removeprefix("jp-h")
+
+
+def in_ns(ns: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return sh("ip", "netns", "exec", ns, *argv, check=check)
+
+
+def links(ns: str) -> list[str]:
+    return [link["ifname"] for link in json.loads(sh("ip", "-n", ns, "-j", "link").stdout)]
+
+
+def ipv4_of(ns: str) -> list[str]:
+    out = json.loads(sh("ip", "-n", ns, "-j", "-4", "addr").stdout)
+    return sorted(info["local"] for link in out for info in link.get("addr_info", []))
+
+
+def tables(ns: str) -> str:
+    return in_ns(ns, "nft", "list", "tables").stdout
+
+
+def attach(host: str, pod_ns: str, ip: str) -> tuple[str, str]:
+    pod_uuid = str(uuid.uuid4())
+    veth = linux.veth_name(pod_uuid)
+    linux.attach_pod(f"/run/netns/{pod_ns}", ip, 16, "172.23.0.1",
+                     bridge="jetpack0", veth_name=veth, host_netns=host)
+    return pod_uuid, veth
+
+
+def test_veth_name_is_short_and_derived_from_the_uuid() -> None:
+    pod_uuid = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
+    name = linux.veth_name(pod_uuid)
+    assert name == "jp0f1e2d3c4b5a6"
+    assert len(name) <= 15
+
+
+def test_bridge_is_created_reused_and_removed(host: str) -> None:
+    address = linux.ensure_bridge("jetpack0", HOST_CIDR, host_netns=host)
+    assert str(address) == HOST_CIDR
+    assert "172.23.0.1" in ipv4_of(host)
+    route_localnet = in_ns(host, "sysctl", "-n", "net.ipv4.conf.jetpack0.route_localnet")
+    assert route_localnet.stdout.strip() == "1"
+    # An existing bridge keeps its own address: nothing is added or replaced.
+    again = linux.ensure_bridge("jetpack0", "10.99.0.1/24", host_netns=host)
+    assert str(again) == HOST_CIDR
+    assert "10.99.0.1" not in ipv4_of(host)
+    assert linux.remove_bridge("jetpack0", host_netns=host) is True
+    assert "jetpack0" not in links(host)
+    assert linux.remove_bridge("jetpack0", host_netns=host) is False
+
+
+def test_a_device_that_is_not_a_bridge_is_refused(host: str) -> None:
+    with pytest.raises(NetworkError, match="not a bridge"):
+        linux.ensure_bridge("ext0", HOST_CIDR, host_netns=host)
+
+
+def test_ensure_bridge_in_the_callers_own_namespace(host: str) -> None:
+    """host_netns=None acts on the calling process's namespace (run here inside ``host``)."""
+    code = ("from jetpack.stage1.network import linux; "
+            f"print(linux.ensure_bridge('jpt0', '{HOST_CIDR}'))")
+    out = in_ns(host, "env", f"PYTHONPATH={REPO}", sys.executable, "-c", code)
+    assert out.stdout.strip() == HOST_CIDR
+    assert "jpt0" in links(host)
+
+
+async def test_two_pods_ping_each_other_and_the_host(host: str,
+                                                    make_netns: Callable[..., str]) -> None:
+    linux.ensure_bridge("jetpack0", HOST_CIDR, host_netns=host)
+    linux.ensure_firewall(HOST_CIDR, host_netns=host)
+    pod_a, pod_b = make_netns("p"), make_netns("p")
+    _, veth_a = attach(host, pod_a, "172.23.0.2")
+    _, veth_b = attach(host, pod_b, "172.23.0.3")
+
+    assert ipv4_of(pod_a) == ["127.0.0.1", "172.23.0.2"]
+    assert ipv4_of(pod_b) == ["127.0.0.1", "172.23.0.3"]
+    assert sorted(linux.bridge_ports("jetpack0", host_netns=host)) == sorted([veth_a, veth_b])
+    for pod, target in ((pod_a, "172.23.0.3"), (pod_b, "172.23.0.2"),
+                        (pod_a, "172.23.0.1"), (pod_b, "172.23.0.1")):
+        ping = await trio.run_process(
+            ["ip", "netns", "exec", pod, "busybox", "ping", "-c", "1", "-W", "3", target],
+            capture_stdout=True, capture_stderr=True, check=False)
+        assert ping.returncode == 0, (pod, target, ping.stdout, ping.stderr)
+
+    with pytest.raises(ConflictError, match="still has pods attached"):
+        linux.remove_bridge("jetpack0", host_netns=host)
+    assert linux.detach_pod(veth_a, host_netns=host) is True
+    assert linux.detach_pod(veth_a, host_netns=host) is False  # idempotent
+    assert ipv4_of(pod_a) == ["127.0.0.1"]
+    linux.detach_pod(veth_b, host_netns=host)
+    assert not [name for name in links(host) if name.startswith("jp")]
+    assert linux.remove_bridge("jetpack0", host_netns=host) is True
+
+
+def test_a_failed_attach_leaves_no_veth(host: str, make_netns: Callable[..., str]) -> None:
+    pod = make_netns("p")
+    with pytest.raises(NetworkError, match="nosuchbr"):
+        linux.attach_pod(f"/run/netns/{pod}", "172.23.0.2", 16, "172.23.0.1",
+                         bridge="nosuchbr", veth_name="jpfailing", host_netns=host)
+    assert "jpfailing" not in links(host)
+    assert "eth0" not in links(pod)
+
+
+def test_attach_to_a_missing_namespace_names_it(host: str) -> None:
+    with pytest.raises(NetworkError, match="/run/netns/jp-missing"):
+        linux.attach_pod("/run/netns/jp-missing", "172.23.0.2", 16, "172.23.0.1",
+                         bridge="jetpack0", veth_name="jpmissing", host_netns=host)
+
+
+async def until_ok(ns: str, url: str) -> None:
+    """Wait until ``url`` answers from ``ns`` (callers bound it with fail_after)."""
+    while (await curl(ns, url)).returncode != 0:  # noqa: ASYNC110  # polling another process
+        await trio.sleep(0.05)
+
+
+async def curl(ns: str, url: str) -> subprocess.CompletedProcess[bytes]:
+    return await trio.run_process(["ip", "netns", "exec", ns, "curl", "-sS", "-m", "3", url],
+                                  capture_stdout=True, capture_stderr=True, check=False)
+
+
+async def test_port_forward_reaches_the_pod_on_every_host_address(
+        host: str, make_netns: Callable[..., str], tmp_path: Path) -> None:
+    linux.ensure_bridge("jetpack0", HOST_CIDR, host_netns=host)
+    linux.ensure_firewall(HOST_CIDR, host_netns=host)
+    pod = make_netns("p")
+    pod_uuid, veth = attach(host, pod, "172.23.0.2")
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "index.html").write_text("hello from the pod\n")
+    async with trio.open_nursery() as nursery:
+        httpd = await nursery.start(partial(
+            trio.run_process, ["ip", "netns", "exec", pod, "busybox", "httpd", "-f",
+                               "-p", "8080", "-h", str(www)], check=False))
+        with trio.fail_after(10):
+            await until_ok(pod, "http://127.0.0.1:8080/")
+
+        linux.add_port_forwards(pod_uuid, "172.23.0.2", [("tcp", 18080, 8080, None)],
+                                host_netns=host)
+        assert linux.port_forwards(host_netns=host) == {
+            pod_uuid: [PortForward("tcp", 18080, 8080, None)]}
+        for ns, url in ((host, "http://127.0.0.1:18080/"),
+                        (host, "http://198.51.100.1:18080/"),
+                        (host, "http://172.23.0.1:18080/"),
+                        (client_of(host), "http://198.51.100.1:18080/")):
+            got = await curl(ns, url)
+            assert got.returncode == 0, (ns, url, got.stderr)
+            assert got.stdout == b"hello from the pod\n"
+        forward = in_ns(host, "sysctl", "-n", "net.ipv4.ip_forward").stdout.strip()
+        assert forward == "1"
+
+        # Adding again replaces the pod's rules rather than duplicating them.
+        linux.add_port_forwards(pod_uuid, "172.23.0.2", [("tcp", 18080, 8080, None)],
+                                host_netns=host)
+        assert len(linux.port_forwards(host_netns=host)[pod_uuid]) == 1
+        # Another pod cannot take the same host port.
+        with pytest.raises(ConflictError, match=pod_uuid):
+            linux.add_port_forwards(str(uuid.uuid4()), "172.23.0.3",
+                                    [("tcp", 18080, 80, None)], host_netns=host)
+
+        assert linux.remove_port_forwards(pod_uuid, host_netns=host) == 1
+        assert linux.remove_port_forwards(pod_uuid, host_netns=host) == 0
+        assert linux.port_forwards(host_netns=host) == {}
+        for url in ("http://127.0.0.1:18080/", "http://198.51.100.1:18080/"):
+            assert (await curl(host, url)).returncode != 0, url
+        httpd.kill()
+    linux.detach_pod(veth, host_netns=host)
+    assert linux.remove_table(host_netns=host) is True
+    assert linux.remove_table(host_netns=host) is False
+    assert "jetpack" not in tables(host)
+
+
+def test_forward_on_one_host_ip_only(host: str) -> None:
+    pod_uuid = str(uuid.uuid4())
+    linux.add_port_forwards(pod_uuid, "172.23.0.9", [("udp", 5353, 53, "198.51.100.1")],
+                            host_netns=host)
+    assert linux.port_forwards(host_netns=host) == {
+        pod_uuid: [PortForward("udp", 5353, 53, "198.51.100.1")]}
+    rules = in_ns(host, "nft", "list", "chain", "ip", "jetpack", "portmap").stdout
+    assert "ip daddr 198.51.100.1 udp dport 5353 dnat to 172.23.0.9:53" in rules
+
+
+@pytest.mark.parametrize("bad", [("sctp", 1, 2, None), ("tcp", 0, 80, None),
+                                 ("tcp", 80, 70000, None), ("tcp", 80, 80, "::1")])
+def test_malformed_forwards_are_refused(host: str, bad: tuple[str, int, int, str | None]) -> None:
+    with pytest.raises(NetworkError, match="port forward"):
+        linux.add_port_forwards(str(uuid.uuid4()), "172.23.0.2", [bad], host_netns=host)
+    assert "jetpack" not in tables(host)
+
+
+def test_nat_masquerades_only_the_pod_network_and_leaves_other_tables(host: str) -> None:
+    in_ns(host, "nft", "add", "table", "inet", "someoneelse")
+    in_ns(host, "nft", "add", "chain", "inet", "someoneelse", "c")
+    linux.ensure_firewall(HOST_CIDR, nat=True, host_netns=host)
+    outbound = in_ns(host, "nft", "list", "chain", "ip", "jetpack", "outbound").stdout
+    assert "ip saddr 172.23.0.0/16 ip daddr != 172.23.0.0/16 masquerade" in outbound
+    assert in_ns(host, "sysctl", "-n", "net.ipv4.ip_forward").stdout.strip() == "1"
+    # Switching NAT off again (config reload) empties the chain; idempotent either way.
+    linux.ensure_firewall(HOST_CIDR, nat=False, host_netns=host)
+    linux.ensure_firewall(HOST_CIDR, nat=False, host_netns=host)
+    outbound = in_ns(host, "nft", "list", "chain", "ip", "jetpack", "outbound").stdout
+    assert "masquerade" not in outbound
+    guard = in_ns(host, "nft", "list", "chain", "ip", "jetpack", "guard").stdout
+    assert guard.count("drop") == 1
+    linux.remove_table(host_netns=host)
+    assert "someoneelse" in tables(host)
+
+
+def test_nat_reaches_outside_through_the_host(host: str,
+                                              make_netns: Callable[..., str]) -> None:
+    linux.ensure_bridge("jetpack0", HOST_CIDR, host_netns=host)
+    linux.ensure_firewall(HOST_CIDR, nat=True, host_netns=host)
+    pod = make_netns("p")
+    _, veth = attach(host, pod, "172.23.0.2")
+    client = client_of(host)
+    # The client has no route back to 172.23/16: only a masqueraded ping gets answered.
+    ping = in_ns(pod, "busybox", "ping", "-c", "1", "-W", "3", "198.51.100.2", check=False)
+    assert ping.returncode == 0, ping.stdout + ping.stderr
+    linux.ensure_firewall(HOST_CIDR, nat=False, host_netns=host)
+    ping = in_ns(pod, "busybox", "ping", "-c", "1", "-W", "1", "198.51.100.2", check=False)
+    assert ping.returncode != 0
+    del client
+    linux.detach_pod(veth, host_netns=host)
