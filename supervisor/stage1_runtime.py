@@ -8,6 +8,7 @@ so starting a pod reads no manifest. Log files live at ``<root>/pods/<uuid>/logs
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -56,20 +57,34 @@ def sandbox_spec(config: Config, pod: PodRecord) -> SandboxSpec:
     )
 
 
+class PodNetworkPlan(Protocol):
+    def expect(self, pod_uuid: str, ip: str | None,
+               forwards: list[tuple[str, int, int, str | None]]) -> None: ...
+
+
 class Stage1Runtime:
     def __init__(self, config: Config, driver: IsolationDriver, rootfs: RootfsProvider,
-                 metadata_url: Any = None) -> None:
+                 network: PodNetworkPlan | None = None,
+                 metadata_url: Callable[[PodRecord], str] | None = None) -> None:
         self.config = config
         self.driver = driver
         self.rootfs = rootfs
-        self.metadata_url = metadata_url  # Callable[[PodRecord], str] | None
+        self.network = network
+        self.metadata_url = metadata_url
         self._limiter = trio.CapacityLimiter(2)
         self._live: dict[tuple[str, int], Stage1Process] = {}
 
     async def _thread(self, fn: Any, *args: Any) -> Any:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
 
+    def _expect_network(self, pod: PodRecord) -> None:
+        if self.network is not None:
+            forwards = [(p["protocol"], int(p["host_port"]), int(p["pod_port"]), p.get("host_ip"))
+                        for p in pod.options.get("ports", [])]
+            self.network.expect(pod.uuid, pod.ip, forwards)
+
     async def create_sandbox(self, pod: PodRecord) -> dict[str, Any]:
+        self._expect_network(pod)
         handle = await self.driver.create_sandbox(sandbox_spec(self.config, pod))
         return handle.to_json()
 
@@ -86,11 +101,33 @@ class Stage1Runtime:
     async def start_app(self, pod: PodRecord, sandbox: dict[str, Any], app: AppRecord
                         ) -> AppProcess:
         rootfs = await self._thread(self.rootfs.mount_app, pod.uuid, app.name)
+        if not pod.options.get("keep_image_etc"):
+            await self._thread(self._write_etc, pod, rootfs)
         spec = self._app_spec(pod, app, rootfs)
         process = await self.driver.start_app(SandboxHandle.from_json(sandbox), spec)
         self._live[(pod.uuid, process.identity.pid)] = process
         return AppProcess(app.name, process.identity.pid, str(process.identity.start_time),
                           state={"sandbox": sandbox, "process": process.to_json()})
+
+    def _write_etc(self, pod: PodRecord, rootfs: Path) -> None:
+        """The pod's /etc/resolv.conf and /etc/hosts in the app's rootfs (its own clone)."""
+        from jetpack.stage1.network.etc import pod_hosts, pod_resolv_conf
+
+        etc = rootfs / "etc"
+        try:
+            etc.mkdir(mode=0o755, exist_ok=True)
+            for name, text in (("resolv.conf", pod_resolv_conf(self.config)),
+                               ("hosts", pod_hosts(pod.name, pod.ip))):
+                target = etc / name
+                if target.is_symlink():  # never write through a link the image planted
+                    target.unlink()
+                tmp = etc / f".{name}.jetpack"
+                tmp.write_text(text)
+                tmp.chmod(0o644)
+                tmp.replace(target)
+        except OSError as exc:
+            raise IsolationError(f"pod {pod.name}: cannot write {exc.filename}: "
+                                 f"{exc.strerror}") from None
 
     def _process(self, pod: PodRecord, process: AppProcess) -> Stage1Process:
         live = self._live.get((pod.uuid, process.pid))
@@ -119,6 +156,7 @@ class Stage1Runtime:
         await self.driver.signal(SandboxHandle.from_json(process.state["sandbox"]), live, signum)
 
     async def destroy_sandbox(self, pod: PodRecord, sandbox: dict[str, Any]) -> None:
+        self._expect_network(pod)
         try:
             if sandbox:
                 await self.driver.destroy_sandbox(SandboxHandle.from_json(sandbox))
@@ -130,6 +168,7 @@ class Stage1Runtime:
                       ) -> dict[str, AppProcess] | None:
         if not sandbox:
             return None
+        self._expect_network(pod)
         handle = await self.driver.recover(sandbox)
         if handle is None:
             return None
@@ -147,3 +186,26 @@ class Stage1Runtime:
                                          state={"sandbox": handle.to_json(),
                                                 "process": live.to_json()})
         return found
+
+
+def open_runtime(config: Config) -> Stage1Runtime:
+    """The runtime ``jetpack daemon`` uses: the configured storage, isolation and network."""
+    import ipaddress
+
+    from jetpack.keys import load_key
+    from jetpack.mds.identity import pod_token
+    from jetpack.stage1.drivers import isolation_driver
+    from jetpack.stage1.network.hook import pod_network
+    from jetpack.storage import open_storage
+
+    network = pod_network(config)
+    network.setup_host()
+    driver = isolation_driver(config, network=network)
+    host = ipaddress.IPv4Interface(config["jail.network"]).ip
+    port = config["mds.port"]
+    token_key = load_key(config, "mds.token-key")
+
+    def metadata_url(pod: PodRecord) -> str:
+        return f"http://{host}:{port}/{pod_token(token_key, pod.uuid)}"
+
+    return Stage1Runtime(config, driver, open_storage(config), network, metadata_url)
