@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 
 def state_dir() -> Path:
@@ -25,7 +25,7 @@ def state_dir() -> Path:
     return Path(value)
 
 
-def fail(tool: str, message: str, code: int = 1) -> None:
+def fail(tool: str, message: str, code: int = 1) -> NoReturn:
     print(f"{tool}: {message}", file=sys.stderr)
     sys.exit(code)
 
