@@ -22,6 +22,7 @@ def state_dir() -> Path:
     value = os.environ.get("JETPACK_STANDIN_STATE")
     if not value:
         fail("stand-in", "JETPACK_STANDIN_STATE is not set (stand-ins only run under tests)")
+    assert value is not None  # fail() does not return
     return Path(value)
 
 
