@@ -31,6 +31,18 @@ COMMANDS: dict[str, Command] = {
     "config": Command("setup", "print the merged configuration, or one key's value"),
     "version": Command("setup", "print jetpack's version"),
     "help": Command("setup", "show help for jetpack or one command"),
+    "import": Command("images", "import an ACI file (or - for stdin); prints the image ID"),
+    "images": Command("images", "list images"),
+    "show-image": Command("images", "show an image's record and manifest (JSON)"),
+    "image-manifest": Command("images", "print an image's manifest"),
+    "destroy-image": Command("images", "remove images no pod uses (--force: even then)"),
+    "export": Command("images", "write an image as an ACI (--flat: dependencies rendered in)"),
+    "tag": Command("images", "point NAME@TAG at an image"),
+    "untag": Command("images", "remove a tag"),
+    "prepare": Command("prepare", "make a pod from images; prints its UUID"),
+    "destroy": Command("prepare", "remove pods (a running one is stopped first)"),
+    "gc": Command("images", "remove leftovers, long-exited pods (--images: unused images)"),
+    "logs": Command("logs", "print an app's output (-f: follow)"),
     # the event log (following needs the supervisor; --no-follow reads the database)
     "events": Command("events", "print the event log, or follow it live"),
     "list": Command("pods", "list pods with their state, address and apps"),
@@ -40,6 +52,8 @@ COMMANDS: dict[str, Command] = {
     "daemon": Command("pods", "run the supervisor in the foreground"),
     "daemon-stop": Command("pods", "stop the supervisor (--keep-pods leaves pods running)",
                            supervisor=True),
+    "run": Command("prepare", "run a pod (or images) in the foreground; exits with its status",
+                   supervisor=True),
     "start": Command("pods", "start a prepared or exited pod (detached)", supervisor=True),
     "stop": Command("pods", "stop a running pod", supervisor=True),
     "restart": Command("pods", "stop, then start a pod", supervisor=True),
@@ -157,7 +171,7 @@ def _dispatch(args: list[str]) -> int:
 
 # Commands whose trailing arguments are taken verbatim (a command line to run): argparse's
 # intermixed parsing would steal their options.
-_VERBATIM = {"build", "exec", "help"}
+_VERBATIM = {"build", "exec", "help", "prepare", "run"}
 
 
 def _intermixable(name: str) -> bool:

@@ -1,11 +1,19 @@
-"""The ``zfs`` storage driver: a dataset per image sealed with ``@seal``, clones per pod app.
+"""The ``zfs`` storage driver: a dataset per image sealed with ``@seal`` and ``readonly=on``,
+a clone of it per pod app, and an image whose first dependency is present starts as a clone of
+that dependency's ``@seal`` (as the original jetpack did).
 
-Uses py-libzfs when it imports (FreeBSD's port), else the ``zfs(8)`` command; command failures
-are translated into ``StorageError`` naming the dataset and zfs's own message.
+Layout: ``<root.zfs>/images/<id>`` (mounted at ``<root>/images/<id>``), staging datasets
+``<root.zfs>/images/tmp-*`` (with a ``.lock`` file beside their mountpoint), and
+``<root.zfs>/pods/<uuid>/apps/<app>`` clones. py-libzfs is not used: the ``zfs(8)`` command is,
+with errors translated into ``StorageError`` naming the dataset and zfs's own message.
+zfs-fuse reports datasets busy for a moment after use: renames unmount first, destroys retry.
 """
 
 from __future__ import annotations
 
+import os
+import secrets
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -13,11 +21,17 @@ from pathlib import Path
 from typing import ClassVar
 
 from jetpack.config import Config
-from jetpack.errors import StorageError
-from jetpack.storage.base import StorageCapabilities
+from jetpack.errors import NotFoundError, StorageError
+from jetpack.storage.base import (
+    TMP_PREFIX,
+    StagingTree,
+    StorageCapabilities,
+    lock_staging,
+    staging_abandoned,
+)
+from jetpack.storage.mounts import mounts_under, unmount_all
 
-# zfs-fuse reports a just-unmounted dataset as busy for a moment; destroy retries this long.
-BUSY_RETRY_SECONDS = 5.0
+BUSY_RETRY_SECONDS = 15.0
 
 
 class ZfsCommand:
@@ -41,29 +55,40 @@ class ZfsCommand:
             raise StorageError(f"zfs {' '.join(args)}: {message}")
         return proc.stdout
 
+    def retry_busy(self, *args: str) -> str:
+        deadline = time.monotonic() + BUSY_RETRY_SECONDS
+        while True:
+            try:
+                return self.run(*args)
+            except StorageError as exc:
+                if "busy" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
     def exists(self, dataset: str) -> bool:
-        try:
-            self.run("list", "-H", "-o", "name", dataset)
-        except StorageError:
-            return False
-        return True
+        proc = subprocess.run([self.executable, "list", "-H", "-o", "name", dataset],
+                              capture_output=True, check=False)
+        return proc.returncode == 0
 
     def get(self, dataset: str, prop: str) -> str:
         return self.run("get", "-H", "-p", "-o", "value", prop, dataset).strip()
 
-    def destroy(self, dataset: str, *, recursive: bool = False) -> None:
-        args = ["destroy", *(["-r"] if recursive else []), dataset]
+    def children(self, dataset: str) -> list[str]:
+        out = self.run("list", "-H", "-o", "name", "-d", "1", "-r", dataset)
+        return [line for line in out.splitlines() if line and line != dataset]
+
+    def destroy(self, dataset: str) -> None:
+        """``zfs destroy -r``, retried while zfs-fuse calls it busy; gone already is fine."""
         deadline = time.monotonic() + BUSY_RETRY_SECONDS
-        while True:
+        while self.exists(dataset):
             try:
-                self.run(*args)
-                return
+                self.run("destroy", "-r", dataset)
             except StorageError as exc:
                 if not self.exists(dataset):
                     return
                 if "busy" not in str(exc) or time.monotonic() > deadline:
                     raise
-                time.sleep(0.1)
+                time.sleep(0.2)
 
 
 @dataclass
@@ -104,3 +129,136 @@ class ZfsStorage:
             (self.root / "tmp").mkdir(exist_ok=True, mode=0o700)
         except OSError as exc:
             raise StorageError(f"cannot create {self.root / 'tmp'}: {exc}") from None
+
+    # --- images --------------------------------------------------------------------------
+
+    def _image_ds(self, image_id: str) -> str:
+        return f"{self.dataset}/images/{image_id}"
+
+    def image_path(self, image_id: str) -> Path:
+        return self.root / "images" / image_id
+
+    def has_image(self, image_id: str) -> bool:
+        return self.zfs.exists(self._image_ds(image_id))
+
+    def new_staging(self, parent: str | None = None) -> StagingTree:
+        name = f"{TMP_PREFIX}{secrets.token_hex(8)}"
+        dataset = f"{self.dataset}/images/{name}"
+        path = self.root / "images" / name
+        try:
+            lock_fd = lock_staging(path)
+        except OSError as exc:
+            raise StorageError(f"cannot lock {path}: {exc.strerror}") from None
+        try:
+            if parent is None:
+                self.zfs.run("create", dataset)
+            else:
+                origin = f"{self._image_ds(parent)}@seal"
+                if not self.zfs.exists(origin):
+                    raise NotFoundError(f"image {parent} has no @seal snapshot")
+                self.zfs.run("clone", "-o", "readonly=off", origin, dataset)
+        except BaseException:
+            path.with_name(name + ".lock").unlink(missing_ok=True)
+            os.close(lock_fd)
+            raise
+        return StagingTree(dataset, path, lock_fd)
+
+    def seal_image(self, staging: StagingTree, image_id: str) -> str:
+        target = self._image_ds(image_id)
+        try:
+            self.zfs.retry_busy("umount", staging.name)
+            self.zfs.retry_busy("rename", staging.name, target)
+            self.zfs.run("mount", target)
+            self.zfs.run("snapshot", f"{target}@seal")
+            self.zfs.run("set", "readonly=on", target)
+        finally:
+            staging.path.with_name(staging.path.name + ".lock").unlink(missing_ok=True)
+            staging.release()
+        return target
+
+    def discard(self, staging: StagingTree) -> None:
+        try:
+            self.zfs.destroy(staging.name)
+        finally:
+            staging.path.with_name(staging.path.name + ".lock").unlink(missing_ok=True)
+            staging.release()
+
+    def destroy_image(self, image_id: str) -> None:
+        dataset = self._image_ds(image_id)
+        if not self.zfs.exists(dataset):
+            return
+        clones = self.zfs.get(f"{dataset}@seal", "clones") \
+            if self.zfs.exists(f"{dataset}@seal") else ""
+        if clones and clones != "-":
+            raise StorageError(f"image {image_id} has dependent clones: {clones}")
+        self.zfs.destroy(dataset)
+
+    def image_size(self, image_id: str) -> int:
+        return int(self.zfs.get(self._image_ds(image_id), "used"))
+
+    def origin(self, image_id: str) -> str:
+        return self.zfs.get(self._image_ds(image_id), "origin")
+
+    # --- pods ----------------------------------------------------------------------------
+
+    def _pod_ds(self, pod_uuid: str) -> str:
+        return f"{self.dataset}/pods/{pod_uuid}"
+
+    def clone_for_app(self, image_id: str, pod_uuid: str, app: str) -> str:
+        origin = f"{self._image_ds(image_id)}@seal"
+        if not self.zfs.exists(origin):
+            raise NotFoundError(f"image {image_id} has no @seal snapshot")
+        apps = f"{self._pod_ds(pod_uuid)}/apps"
+        if not self.zfs.exists(apps):
+            opts = [arg for k, v in sorted(self.pod_props.items()) for arg in ("-o", f"{k}={v}")]
+            self.zfs.run("create", "-p", *opts, apps)
+        clone = f"{apps}/{app}"
+        self.zfs.run("clone", "-o", "readonly=off", origin, clone)
+        return clone
+
+    def mount_app(self, pod_uuid: str, app: str) -> Path:
+        clone = f"{self._pod_ds(pod_uuid)}/apps/{app}"
+        if not self.zfs.exists(clone):
+            raise NotFoundError(f"pod {pod_uuid} has no app {app}")
+        if self.zfs.get(clone, "mounted") != "yes":
+            self.zfs.run("mount", clone)
+        return self.root / "pods" / pod_uuid / "apps" / app / "rootfs"
+
+    def unmount_pod(self, pod_uuid: str) -> None:
+        """ZFS clones stay mounted between runs; nothing else is mounted by storage."""
+
+    def destroy_pod(self, pod_uuid: str) -> None:
+        pod_dir = self.root / "pods" / pod_uuid
+        # Mounts that are not the pod's datasets (stage1's leftovers) go first.
+        datasets = self._pod_ds(pod_uuid)
+        if pod_dir.exists():
+            ours = set()
+            if self.zfs.exists(datasets):
+                out = self.zfs.run("list", "-H", "-o", "mountpoint", "-r", datasets)
+                ours = {line for line in out.splitlines() if line}
+            for mount in mounts_under(pod_dir):
+                if str(mount) not in ours:
+                    unmount_all(mount)
+        self.zfs.destroy(datasets)
+        shutil.rmtree(pod_dir, ignore_errors=True)
+
+    def cleanup_leftovers(self) -> list[str]:
+        removed: list[str] = []
+        images = f"{self.dataset}/images"
+        if not self.zfs.exists(images):
+            return removed
+        for dataset in self.zfs.children(images):
+            name = dataset.rsplit("/", 1)[-1]
+            if not name.startswith(TMP_PREFIX):
+                continue
+            path = self.root / "images" / name
+            if staging_abandoned(path):
+                self.zfs.destroy(dataset)
+                path.with_name(name + ".lock").unlink(missing_ok=True)
+                removed.append(dataset)
+        for lock in (self.root / "images").glob(f"{TMP_PREFIX}*.lock"):
+            stem = lock.name[: -len(".lock")]
+            if not self.zfs.exists(f"{images}/{stem}") and staging_abandoned(
+                    lock.with_name(stem)):
+                lock.unlink(missing_ok=True)
+        return removed

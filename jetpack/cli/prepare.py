@@ -1,0 +1,161 @@
+"""``prepare``, ``run`` and ``destroy``: making pods from images, running them in the
+foreground through the supervisor, and removing them."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from jetpack.cli.context import Context
+
+HELP_POD = """pod options (anywhere): --name NAME, --restart never|on-failure[:N]|always,
+  -p NAME:HOSTPORT, -v NAME,kind=host|empty[,source=/p,readOnly=true...], -a KEY=VALUE,
+  -f POD_MANIFEST|-, --keep-etc (keep the image's resolv.conf and hosts)
+app options (after their image): --app-name NAME, --exec 'CMD ARGS', --user U, --group G,
+  -e NAME=VALUE, -w DIR, -m VOLUME[:MOUNTPOINT|:/path]; IMAGE -- ARGS... gives argv"""
+
+
+def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
+    if name == "destroy":
+        parser.add_argument("pods", nargs="+", metavar="POD")
+        return
+    parser.epilog = HELP_POD
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    if name == "run":
+        parser.epilog += "\nrun also takes: --rm (destroy after exit), -t (interactive)"
+    parser.add_argument("words", nargs=argparse.REMAINDER, metavar="IMAGE|OPTION")
+
+
+def run(ctx: Context, name: str, args: argparse.Namespace) -> int:
+    from jetpack.store.images import ImageStore
+
+    images = ImageStore(ctx.config, ctx.state)
+    if name == "destroy":
+        from jetpack.store.lifecycle import destroy_pod
+        from jetpack.store.pods import PodStore
+
+        store = PodStore(ctx.state)
+        for ref in args.pods:
+            pod = store.resolve(ref)
+            destroy_pod(ctx.config, ctx.state, images, pod, stop_through_supervisor(ctx))
+            print(f"destroyed {pod.uuid}")
+        return 0
+    from jetpack.store.prepare import options_from_manifest, parse_command_line, prepare_pod
+
+    options, extra = parse_command_line(args.words)
+    if name == "run" and len(options.apps) == 1 and extra["manifest"] is None:
+        existing = _existing_pod(ctx, options.apps[0].image)
+        if existing is not None:
+            return _run_foreground(ctx, images, existing, rm=extra["rm"], tty=extra["tty"])
+    if extra["manifest"] is not None:
+        text = sys.stdin.read() if extra["manifest"] == "-" else \
+            Path(extra["manifest"]).read_text()
+        options = options_from_manifest(text, options)
+    pod = prepare_pod(ctx.config, ctx.state, images, options)
+    if name == "prepare":
+        print(pod.uuid)
+        return 0
+    return _run_foreground(ctx, images, pod.uuid, rm=extra["rm"], tty=extra["tty"])
+
+
+def stop_through_supervisor(ctx: Context) -> Any:
+    from jetpack.cli.client import ControlClient
+    from jetpack.store.pods import PodRecord
+
+    client = ControlClient(ctx.config.path("supervisor.socket"))
+
+    def stop(pod: PodRecord) -> None:
+        client.request_sync("POST", f"/v1/pods/{pod.uuid}/stop", timeout=None)
+
+    return stop
+
+
+def _existing_pod(ctx: Context, ref: str) -> str | None:
+    """``run POD`` when the word names a prepared pod rather than an image."""
+    from jetpack.errors import JetpackError
+    from jetpack.store.pods import PodStore
+
+    try:
+        return PodStore(ctx.state).resolve(ref).uuid
+    except JetpackError:
+        return None
+
+
+def _run_foreground(ctx: Context, images: Any, pod_uuid: str, *, rm: bool, tty: bool) -> int:
+    """Start through the supervisor, stream every app's log, return the exit status."""
+    import trio
+
+    from jetpack.cli.client import ControlClient
+    from jetpack.cli.logs import log_path
+    from jetpack.errors import UsageError
+    from jetpack.store.pods import PodStore
+
+    if tty:
+        raise UsageError("run -t (an interactive terminal) is not available yet",
+                         hint="use 'jetpack console POD' on a running pod")
+    client = ControlClient(ctx.config.path("supervisor.socket"))
+    store = PodStore(ctx.state)
+    pod = store.get(pod_uuid)
+    paths = {a.name: log_path(ctx.config, pod.uuid, a.name) for a in pod.apps}
+    offsets = {app: (p.stat().st_size if p.exists() else 0) for app, p in paths.items()}
+    prefix = len(paths) > 1
+    out = sys.stdout.buffer
+
+    def pump() -> None:
+        for app, path in paths.items():
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                continue
+            if size < offsets[app]:
+                offsets[app] = 0
+            if size == offsets[app]:
+                continue
+            with path.open("rb") as f:
+                f.seek(offsets[app])
+                data = f.read()
+            offsets[app] += len(data)
+            if prefix:
+                data = b"".join(f"{app}| ".encode() + line
+                                for line in data.splitlines(keepends=True))
+            out.write(data)
+        out.flush()
+
+    async def main() -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        async with trio.open_nursery() as nursery:
+            async def follow() -> None:
+                while True:
+                    pump()
+                    await trio.sleep(0.05)
+
+            nursery.start_soon(follow)
+            await client.request("POST", f"/v1/pods/{pod.uuid}/start")
+            result = await client.request("GET", f"/v1/pods/{pod.uuid}/wait")
+            nursery.cancel_scope.cancel()
+        pump()
+        return result
+
+    try:
+        final = trio.run(main)
+    finally:
+        if rm:
+            from jetpack.store.lifecycle import destroy_pod
+
+            destroy_pod(ctx.config, ctx.state, images, store.get(pod.uuid),
+                        stop_through_supervisor(ctx))
+    return exit_status(final)
+
+
+def exit_status(pod: dict[str, Any]) -> int:
+    """The first non-zero app status (a signal as 128+N, as shells report it), else 0."""
+    for app in pod.get("apps", []):
+        if app.get("signal"):
+            return 128 + int(app["signal"])
+        if app.get("exit_status"):
+            return int(app["exit_status"])
+    if pod.get("state") == "failed":
+        return 1
+    return 0

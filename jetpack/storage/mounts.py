@@ -1,0 +1,56 @@
+"""Mount-table helpers shared by the storage drivers: what is mounted under a path, and
+unmounting it before anything below is removed (never rm -rf through a live mount)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from jetpack.errors import StorageError
+from jetpack.hostinfo import platform_kind
+
+
+def _unescape(field: str) -> str:
+    return field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n") \
+        .replace("\\134", "\\")
+
+
+def mounts_under(path: Path) -> list[Path]:
+    """Mount points at or below ``path``, deepest first."""
+    prefix = str(path).rstrip("/")
+    found: list[Path] = []
+    if platform_kind() == "linux":
+        try:
+            lines = Path("/proc/self/mountinfo").read_text().splitlines()
+        except OSError:
+            return []
+        for line in lines:
+            target = _unescape(line.split()[4])
+            if target == prefix or target.startswith(prefix + "/"):
+                found.append(Path(target))
+    else:
+        out = subprocess.run(["mount", "-p"], capture_output=True, text=True, check=False)
+        for line in out.stdout.splitlines():
+            parts = line.split()
+            if len(parts) > 1 and (parts[1] == prefix or parts[1].startswith(prefix + "/")):
+                found.append(Path(parts[1]))
+    return sorted(set(found), key=lambda p: len(p.parts), reverse=True)
+
+
+def unmount_all(path: Path) -> None:
+    """Unmount everything at or below ``path``; raise if anything stays mounted."""
+    for target in mounts_under(path):
+        proc = subprocess.run(["umount", str(target)], capture_output=True, text=True,
+                              check=False)
+        if proc.returncode != 0 and target in mounts_under(target):
+            lazy = ["umount", "-l", str(target)] if platform_kind() == "linux" \
+                else ["umount", "-f", str(target)]
+            subprocess.run(lazy, capture_output=True, check=False)
+    left = mounts_under(path)
+    if left:
+        raise StorageError(f"cannot unmount {', '.join(map(str, left))}")
+
+
+def is_mountpoint(path: Path) -> bool:
+    return os.path.ismount(path)

@@ -1,0 +1,68 @@
+"""Pod removal and garbage collection from the command line: ``destroy`` (stopping a running
+pod through the supervisor first), ``gc`` of long-exited pods and of the unused pod network."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from jetpack.config import Config
+from jetpack.errors import ConflictError, SupervisorError
+from jetpack.state import StateDB
+from jetpack.store.images import ImageStore
+from jetpack.store.pods import PodRecord, PodStore
+
+LIVE = ("starting", "running", "stopping")
+
+
+def destroy_pod(config: Config, state: StateDB, images: ImageStore, pod: PodRecord,
+                stop: Callable[[PodRecord], None] | None = None) -> None:
+    """Stop the pod (``stop``: through the supervisor) when it runs, then remove its clones,
+    files and row (which releases its address and forwards)."""
+    store = PodStore(state)
+    if pod.state in LIVE:
+        if stop is None:
+            raise ConflictError(f"pod {pod.name} is {pod.state}", hint="stop it first")
+        try:
+            stop(pod)
+        except SupervisorError as exc:
+            raise ConflictError(
+                f"pod {pod.name} is {pod.state} and the supervisor cannot stop it: {exc}",
+                hint="start the supervisor ('jetpack daemon'): it reconciles pods left behind",
+            ) from None
+        pod = store.get(pod.uuid)
+        if pod.state in LIVE:
+            raise ConflictError(f"pod {pod.name} is still {pod.state}")
+    images.destroy_pod_clones(pod.uuid)
+    with state.transaction() as tx:
+        store.delete(tx, pod)
+
+
+def gc_pods(config: Config, state: StateDB, images: ImageStore, grace: float) -> list[str]:
+    """Destroy pods that exited (or failed) longer than ``grace`` seconds ago."""
+    done = []
+    cutoff = time.time() - grace
+    for pod in PodStore(state).all():
+        if pod.state in ("exited", "failed") and (pod.exited or pod.created) < cutoff:
+            destroy_pod(config, state, images, pod)
+            done.append(f"removed pod {pod.uuid} ({pod.name})")
+    return done
+
+
+def gc_network(config: Config, state: StateDB) -> list[str]:
+    """Remove the pod bridge and jetpack's firewall table when no pod is running."""
+    from jetpack.hostinfo import platform_kind
+
+    running = [p.name for p in PodStore(state).all() if p.state in LIVE]
+    if running:
+        return [f"network kept: pods running ({', '.join(running)})"]
+    if platform_kind() != "linux":
+        return []
+    from jetpack.stage1.network import linux
+
+    done = []
+    if linux.remove_table():
+        done.append("removed nftables table jetpack")
+    if linux.remove_bridge(config["jail.interface"]):
+        done.append(f"removed bridge {config['jail.interface']}")
+    return done
