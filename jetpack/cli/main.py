@@ -104,7 +104,8 @@ def command_parser(name: str) -> tuple[ArgumentParser, object]:
     """The parser of one command and its module (imported now)."""
     command = COMMANDS[name]
     module = importlib.import_module(f"jetpack.cli.{command.module}")
-    parser = ArgumentParser(prog=f"jetpack {name}", description=command.summary)
+    parser = ArgumentParser(prog=f"jetpack {name}", description=command.summary,
+                            allow_abbrev=False)
     module.add_arguments(name, parser)
     return parser, module
 
@@ -160,8 +161,13 @@ def _dispatch(args: list[str]) -> int:
     if options.help:
         command_args = ["--help"]
     parser, module = command_parser(name)
-    parsed = parser.parse_intermixed_args(command_args) if _intermixable(name) \
-        else parser.parse_args(command_args)
+    if name in _RAW:
+        parsed, rest = parser.parse_known_args(command_args)
+        parsed.words = rest
+    elif name in _VERBATIM:
+        parsed = parser.parse_args(command_args)
+    else:
+        parsed = parser.parse_intermixed_args(command_args)
     from jetpack.cli.context import Context
 
     ctx = Context(config_path=options.config, overrides=options.overrides)
@@ -171,11 +177,9 @@ def _dispatch(args: list[str]) -> int:
 
 # Commands whose trailing arguments are taken verbatim (a command line to run): argparse's
 # intermixed parsing would steal their options.
-_VERBATIM = {"build", "exec", "help", "prepare", "run"}
-
-
-def _intermixable(name: str) -> bool:
-    return name not in _VERBATIM
+_VERBATIM = {"build", "exec", "help"}
+# Commands that read their own words (pod options anywhere, app options after their image).
+_RAW = {"prepare", "run"}
 
 
 def _split_global(args: list[str]) -> tuple[list[str], list[str]]:

@@ -25,7 +25,7 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     if name == "run":
         parser.epilog += "\nrun also takes: --rm (destroy after exit), -t (interactive)"
-    parser.add_argument("words", nargs=argparse.REMAINDER, metavar="IMAGE|OPTION")
+    parser.usage = f"jetpack {name} IMAGE [APP OPTIONS] [IMAGE...] [POD OPTIONS]"
 
 
 def run(ctx: Context, name: str, args: argparse.Namespace) -> int:
