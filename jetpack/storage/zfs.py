@@ -168,9 +168,11 @@ class ZfsStorage:
         try:
             self.zfs.retry_busy("umount", staging.name)
             self.zfs.retry_busy("rename", staging.name, target)
-            self.zfs.run("mount", target)
             self.zfs.run("snapshot", f"{target}@seal")
+            # readonly before mounting, and mounted ro: zfs-fuse otherwise reports a
+            # temporary readonly=off for the mount (the files are read-only either way)
             self.zfs.run("set", "readonly=on", target)
+            self.zfs.run("mount", "-o", "ro", target)
         finally:
             staging.path.with_name(staging.path.name + ".lock").unlink(missing_ok=True)
             staging.release()
