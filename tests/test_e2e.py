@@ -1,0 +1,268 @@
+"""End to end on Linux with the real runtime: a supervisor process, busybox pods in real
+namespaces on a real bridge, the metadata service, restart policies with real processes,
+kill -9 and adoption, SIGTERM, and nothing left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from acis import aci_from_dir, aci_from_entries, dir_entry, file_entry, manifest, manifest_entry
+
+from conftest import REPO, Jetpack, write_conf
+
+
+@dataclass
+class Host:
+    jp: Jetpack
+    tmp: Path
+    bridge: str
+    network: str
+    log: Path
+    daemon: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.daemon = subprocess.Popen(
+                [sys.executable, "-m", "jetpack.cli.main", "-c", str(self.jp.conf), "daemon"],
+                env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=log, stderr=subprocess.STDOUT)
+        sock = self.tmp / "jp.sock"
+        deadline = time.monotonic() + 30
+        while not sock.exists():
+            assert self.daemon.poll() is None, self.log.read_text()
+            assert time.monotonic() < deadline, "the supervisor did not start"
+            time.sleep(0.05)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.daemon is not None
+        self.daemon.send_signal(sig)
+        code = self.daemon.wait(timeout=60)
+        self.daemon = None
+        return code
+
+    def pod(self, ref: str) -> dict[str, object]:
+        (found,) = [p for p in json.loads(self.jp("list", "--json").stdout)
+                    if ref in (p["uuid"], p["name"])]
+        return found
+
+    def wait_for(self, what: str, check: object, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while not check():  # type: ignore[operator]
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.05)
+
+    def events(self, pod: str | None = None) -> list[dict[str, object]]:
+        args = ["events", "--no-follow", "--json"] + (["--pod", pod] if pod else [])
+        return [json.loads(line) for line in self.jp(*args).stdout.splitlines()]
+
+
+def busybox_image(tmp: Path, rootfs: Path, name: str, app: dict[str, object] | None = None,
+                  **extra: object) -> Path:
+    data = manifest(name, **({"app": app} if app else {}), **extra)
+    return aci_from_dir(tmp, rootfs, data, tmp / f"{name.replace('/', '_')}.aci")
+
+
+@pytest.fixture
+def host(root: None, busybox_rootfs: Path, tmp_path: Path) -> Iterator[Host]:
+    tag = secrets.token_hex(3)
+    bridge = f"jpt{tag}"
+    network = f"172.31.{int(tag[:2], 16)}.1/24"
+    conf = write_conf(tmp_path / "jetpack.conf", **{
+        "root.path": str(tmp_path / "root"), "supervisor.socket": str(tmp_path / "jp.sock"),
+        "jail.interface": bridge, "jail.network": network, "pod.stop-timeout": "3s",
+        "restart.delay": "100ms", "restart.reset-after": "5s"})
+    jp = Jetpack(conf, tmp_path / "root")
+    jp("init")
+    jp("import", str(busybox_image(tmp_path, busybox_rootfs, "example.com/busybox",
+                                   {"exec": ["/bin/sh"], "user": "0", "group": "0"})))
+    h = Host(jp, tmp_path, bridge, network, tmp_path / "daemon.log")
+    try:
+        yield h
+    finally:
+        if h.daemon is not None:
+            h.stop()
+        for pod in json.loads(jp("list", "--json").stdout):
+            jp("destroy", pod["uuid"], check=False)
+        jp("gc", "--network", check=False)
+        leftover = subprocess.run(["ip", "link", "show", bridge], capture_output=True)
+        if leftover.returncode == 0:
+            subprocess.run(["ip", "link", "del", bridge], check=False)
+        with Path("/proc/self/mountinfo").open() as mountinfo:
+            assert str(tmp_path) not in mountinfo.read(), "mounts left behind"
+
+
+def run_sh(host: Host, script: str, *extra: str, check: bool = True
+           ) -> subprocess.CompletedProcess[str]:
+    return host.jp("run", "--rm", "example.com/busybox", "--exec", f"/bin/sh -c '{script}'",
+                   *extra, check=check)
+
+
+def test_run_prints_output_and_returns_status(host: Host) -> None:
+    host.start()
+    pod = host.jp("prepare", "example.com/busybox", "--name", "envtest", "--user", "user",
+                  "--group", "users", "-w", "/tmp", "-e", "GREETING=hi", "--exec",
+                  "/bin/sh -c 'id; pwd; env; hostname; exit 3'").stdout.split()[-1]
+    out = host.jp("run", pod, check=False)
+    assert out.returncode == 3, out.stderr
+    assert "uid=1000(user) gid=100(users)" in out.stdout
+    assert "\n/tmp\n" in out.stdout
+    assert "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" in out.stdout
+    assert "AC_APP_NAME=busybox" in out.stdout
+    assert "GREETING=hi" in out.stdout
+    assert "\nenvtest\n" in out.stdout  # hostname = pod name
+    assert host.pod("envtest")["apps"][0]["exit_status"] == 3  # type: ignore[index]
+    types = [e["type"] for e in host.events(pod)]
+    assert types == ["pod.prepared", "pod.starting", "app.started", "pod.started",
+                     "app.exited", "pod.exited"]
+    assert host.events(pod)[4]["exit_status"] == 3
+
+
+def test_metadata_service_from_inside_pods(host: Host) -> None:
+    host.start()
+    script = ('wget -qO- "$AC_METADATA_URL/acMetadata/v1/pod/uuid"; echo; '
+              'wget -qO- "$AC_METADATA_URL/acMetadata/v1/apps/$AC_APP_NAME/image/id"; echo; '
+              'wget -qO- --post-data content=hello "$AC_METADATA_URL/acMetadata/v1/pod/hmac/sign"')
+    pod = host.jp("prepare", "example.com/busybox", "--exec", f"/bin/sh -c '{script}'"
+                  ).stdout.split()[-1]
+    out = host.jp("run", pod)
+    uuid, image_id, signature = out.stdout.splitlines()[:3]
+    assert uuid == pod
+    assert image_id.startswith("sha512-")
+    # verify A's signature from pod B: 200 (wget exits 0), a tampered one: 403 (exit 1)
+    verify = ('wget -qO- --post-data "content=hello&uuid={u}&signature={s}" '
+              '"$AC_METADATA_URL/acMetadata/v1/pod/hmac/verify"')
+    import urllib.parse
+
+    good = verify.format(u=pod, s=urllib.parse.quote(signature, safe=""))
+    tampered = ("B" if signature[0] == "A" else "A") + signature[1:]
+    bad = verify.format(u=pod, s=urllib.parse.quote(tampered, safe=""))
+    assert run_sh(host, good).returncode == 0
+    assert run_sh(host, bad, check=False).returncode == 1
+    # a pod without its own token gets 403; the host (no pod address) gets 403 too
+    steal = f'wget -qO- "http://{host.network.split("/")[0]}:1104/x/acMetadata/v1/pod/uuid"'
+    assert run_sh(host, steal, check=False).returncode == 1
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(f"http://{host.network.split('/')[0]}:1104/x/acMetadata/v1/pod/uuid",
+                               timeout=10)
+    assert info.value.code == 403
+    info.value.close()
+
+
+def test_pods_reach_each_other_and_the_host(host: Host) -> None:
+    host.start()
+    server = host.jp("prepare", "example.com/busybox", "--name", "server", "--exec",
+                     "/bin/sleep 60").stdout.split()[-1]
+    host.jp("start", server)
+    server_ip = host.pod("server")["ip"]
+    gateway = host.network.split("/")[0]
+    out = run_sh(host, f"ping -c1 -W5 {server_ip} && ping -c1 -W5 {gateway} && ip -4 -o addr")
+    addresses = [line.split()[3] for line in out.stdout.splitlines() if " inet " in line]
+    assert len([a for a in addresses if not a.startswith("127.")]) == 1
+    assert f"{server_ip}/" not in out.stdout.split("ip -4")[-1]  # sees only its own address
+
+
+def test_port_forward_and_removal(host: Host) -> None:
+    page = aci_from_entries(host.tmp / "web.aci", [
+        manifest_entry(manifest("example.com/web", dependencies=[
+            {"imageName": "example.com/busybox"}], app={
+                "exec": ["/usr/sbin/httpd", "-f", "-p", "8080", "-h", "/www"],
+                "user": "0", "group": "0",
+                "ports": [{"name": "http", "protocol": "tcp", "port": 8080}]})),
+        dir_entry("rootfs"), dir_entry("rootfs/www"),
+        file_entry("rootfs/www/index.html", b"hello from the pod\n")])
+    host.jp("import", str(page))
+    host.start()
+    port = 20000 + secrets.randbelow(20000)
+    pod = host.jp("prepare", "example.com/web", "-p", f"http:{port}").stdout.split()[-1]
+    clash = host.jp("prepare", "example.com/web", "-p", f"http:{port}", check=False)
+    assert clash.returncode == 1
+    assert "already forwarded" in clash.stderr
+    host.jp("start", pod)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                body = response.read()
+            break
+        except OSError:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    assert body == b"hello from the pod\n"
+    host.jp("destroy", pod)
+    with pytest.raises(OSError):
+        urllib.request.urlopen(url, timeout=3)
+    rules = subprocess.run(["nft", "list", "table", "ip", "jetpack"], capture_output=True,
+                           text=True).stdout
+    assert pod not in rules
+
+
+def test_on_failure_restarts_with_real_processes(host: Host) -> None:
+    host.start()
+    pod = host.jp("prepare", "example.com/busybox", "--restart", "on-failure:3", "--exec",
+                  "/bin/sh -c 'echo attempt; exit 1'").stdout.split()[-1]
+    out = host.jp("run", pod, check=False)
+    assert out.returncode == 1
+    assert out.stdout.count("attempt") == 4
+    assert host.pod(pod)["state"] == "failed"
+    restarts = [e for e in host.events(pod) if e["type"] == "app.restarting"]
+    assert [e["attempt"] for e in restarts] == [1, 2, 3]
+    delays = [float(e["delay"]) for e in restarts]  # type: ignore[arg-type]
+    assert delays == sorted(delays) and delays[0] < delays[-1]
+
+
+def test_kill9_supervisor_adopts_and_applies_policy(host: Host) -> None:
+    host.start()
+    pods = []
+    for name in ("one", "two"):
+        pods.append(host.jp("prepare", "example.com/busybox", "--name", name, "--restart",
+                            "always", "--exec", "/bin/sleep 300").stdout.split()[-1])
+        host.jp("start", name)
+    pids = {p: host.pod(p)["apps"][0] for p in pods}  # type: ignore[index]
+    host.stop(signal.SIGKILL)
+    for pod in pods:
+        assert host.pod(pod)["state"] == "running"
+    sleepers = subprocess.run(["pgrep", "-f", "sleep 300"], capture_output=True, text=True)
+    assert len(sleepers.stdout.split()) == 2  # the apps survived
+    host.start()
+    for pod in pods:
+        host.wait_for("adoption", lambda p=pod: any(
+            e["type"] == "pod.adopted" for e in host.events(p)))
+    sleepers = subprocess.run(["pgrep", "-f", "sleep 300"], capture_output=True, text=True)
+    assert len(sleepers.stdout.split()) == 2  # not started twice
+    # killing an adopted app triggers its restart policy
+    victim = sleepers.stdout.split()[0]
+    os.kill(int(victim), signal.SIGKILL)
+    host.wait_for("a restart", lambda: any(e["type"] == "app.restarting"
+                                           for p in pods for e in host.events(p)))
+    host.wait_for("two sleepers again", lambda: len(subprocess.run(
+        ["pgrep", "-f", "sleep 300"], capture_output=True, text=True).stdout.split()) == 2)
+    del pids
+    # SIGTERM stops both gracefully and exits 0
+    started = time.monotonic()
+    assert host.stop(signal.SIGTERM) == 0
+    assert time.monotonic() - started < 3 + 15
+    for pod in pods:
+        assert host.pod(pod)["state"] == "exited"
+    assert subprocess.run(["pgrep", "-f", "sleep 300"], capture_output=True).returncode == 1
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    for pod in pods:
+        assert f"jp{pod.replace('-', '')[:13]}" not in links
+
+
+def test_no_supervisor_is_a_clear_error(host: Host) -> None:
+    pod = host.jp("prepare", "example.com/busybox").stdout.split()[-1]
+    out = host.jp("start", pod, check=False)
+    assert out.returncode == 1
+    assert "no supervisor is running" in out.stderr
+    assert "jetpack daemon" in out.stderr
