@@ -47,7 +47,7 @@ done
 "${jetpack[@]}" images
 
 sock=$("${jetpack[@]}" config supervisor.socket)
-if ! "${jetpack[@]}" list >/dev/null 2>&1 || [ ! -S "$sock" ]; then
+if ! "${jetpack[@]}" status >/dev/null 2>&1; then
     echo "== starting the supervisor (log: /var/log/jetpack.log)"
     mkdir -p /var/log
     nohup "${jetpack[@]}" daemon --pidfile /run/jetpack.pid >>/var/log/jetpack.log 2>&1 &
@@ -61,8 +61,9 @@ echo "== jetpack run jetpack.example/showenv (foreground)"
 "${jetpack[@]}" run --rm jetpack.example/showenv
 
 echo "== jetpack prepare + start jetpack.example/httpd, port http -> 8080 on the host"
-old=$("${jetpack[@]}" list -q --name quickstart-httpd 2>/dev/null || true)
-[ -z "$old" ] || "${jetpack[@]}" destroy "$old" >/dev/null
+if "${jetpack[@]}" list --json | grep -q '"name": "quickstart-httpd"'; then
+    "${jetpack[@]}" destroy quickstart-httpd >/dev/null
+fi
 pod=$("${jetpack[@]}" prepare --name quickstart-httpd --restart always -p http:8080 jetpack.example/httpd | tail -n 1)
 "${jetpack[@]}" start "$pod"
 echo "== wget http://127.0.0.1:8080/"

@@ -50,6 +50,7 @@ COMMANDS: dict[str, Command] = {
     "disable": Command("pods", "stop starting a pod with the supervisor"),
     # need the supervisor
     "daemon": Command("pods", "run the supervisor in the foreground"),
+    "status": Command("pods", "say whether a supervisor runs, and its pid", supervisor=True),
     "daemon-stop": Command("pods", "stop the supervisor (--keep-pods leaves pods running)",
                            supervisor=True),
     "run": Command("prepare", "run a pod (or images) in the foreground; exits with its status",

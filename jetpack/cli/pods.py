@@ -27,6 +27,8 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
         if name == "enable":
             parser.add_argument("--priority", type=int, metavar="N",
                                 help="boot order: lower starts first (default 99)")
+    elif name == "status":
+        parser.add_argument("--json", action="store_true", help="print a JSON object")
     elif name == "daemon":
         parser.add_argument("--pidfile", metavar="PATH", help="write the supervisor's pid here")
     elif name == "daemon-stop":
@@ -41,6 +43,15 @@ def run(ctx: Context, name: str, args: argparse.Namespace) -> int:
         return _daemon(ctx, args)
     if name in ("enable", "disable"):
         return _enable(ctx, args, enable=name == "enable")
+    if name == "status":
+        info = _client(ctx).request_sync("GET", "/v1/info")
+        if getattr(args, "json", False):
+            ctx.print_json(info)
+        else:
+            print(f"supervisor pid {info['pid']}, jetpack {info['version']}, "
+                  f"event log at seq {info['events']['last_seq']}, "
+                  f"{info['events']['subscribers']} event subscribers")
+        return 0
     if name == "daemon-stop":
         client = _client(ctx)
         client.request_sync("POST", "/v1/shutdown",

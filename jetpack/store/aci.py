@@ -295,14 +295,14 @@ class _Extractor:
                                  ) from None
         if not member.issym():
             os.chmod(target, member.mode & 0o7777)  # after chown: chown clears set-id bits
+        setxattr = getattr(os, "setxattr", None)  # Linux only; FreeBSD has extattr(2)
         for key, value in member.pax_headers.items():
-            if key.startswith("SCHILY.xattr."):
+            if key.startswith("SCHILY.xattr.") and setxattr is not None:
                 try:
-                    os.setxattr(target, key[len("SCHILY.xattr."):],
-                                value.encode("utf-8", "surrogateescape"),
-                                follow_symlinks=False)
+                    setxattr(target, key[len("SCHILY.xattr."):],
+                             value.encode("utf-8", "surrogateescape"), follow_symlinks=False)
                 except OSError:
-                    pass  # the filesystem or platform has no such xattrs: kept where possible
+                    pass  # the filesystem has no such xattrs: kept where possible
         os.utime(target, (member.mtime, member.mtime), follow_symlinks=False)
 
     def finish(self) -> None:
