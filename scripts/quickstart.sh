@@ -28,8 +28,11 @@ fi
 
 python=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e .
+echo "== installing jetpack into .venv (log: .venv/install.log)"
+if ! .venv/bin/python -m pip install -q -e . >.venv/install.log 2>&1; then
+    cat .venv/install.log >&2
+    exit 1
+fi
 jetpack=(.venv/bin/jetpack)
 if [ -n "${JETPACK_ZFS_DATASET:-}" ]; then
     jetpack+=(-o storage.driver=zfs -o "root.zfs=$JETPACK_ZFS_DATASET")

@@ -27,8 +27,10 @@ python=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$python" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e '.[test]'
+if ! .venv/bin/python -m pip install -q -e '.[test]' >.venv/install.log 2>&1; then
+    cat .venv/install.log >&2
+    exit 1
+fi
 
 # --- zfs-fuse: start it unless running; after a killed daemon, lazily unmount stale mounts ---
 started_zfs_pid=""
