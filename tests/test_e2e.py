@@ -266,3 +266,49 @@ def test_no_supervisor_is_a_clear_error(host: Host) -> None:
     assert out.returncode == 1
     assert "no supervisor is running" in out.stderr
     assert "jetpack daemon" in out.stderr
+
+
+def test_isolators_memory_pids_and_capabilities(host: Host) -> None:
+    host.start()
+    limited = aci_from_entries(host.tmp / "limited.aci", [
+        manifest_entry(manifest("example.com/limited", dependencies=[
+            {"imageName": "example.com/busybox"}], app={
+                "exec": ["/bin/dd", "if=/dev/zero", "of=/dev/null", "bs=200M", "count=1"],
+                "user": "0", "group": "0",
+                "isolators": [{"name": "resource/memory", "value": {"limit": "64M"}},
+                              {"name": "example.com/unknown", "value": True}]})),
+        dir_entry("rootfs")])
+    host.jp("import", str(limited))
+    prepared = host.jp("prepare", "example.com/limited")
+    assert "unknown isolator example.com/unknown" in prepared.stderr  # warned, not dropped
+    pod = prepared.stdout.split()[-1]
+    out = host.jp("run", pod, check=False)
+    assert out.returncode == 128 + signal.SIGKILL, (out.stdout, out.stderr)  # the OOM killer
+    assert host.pod(pod)["apps"][0]["signal"] == signal.SIGKILL  # type: ignore[index]
+    # a fork bomb stops at the pod's pids limit (1024): the shell's fork fails, and the host
+    # goes on
+    bomb = host.jp("prepare", "example.com/busybox", "--exec",
+                   "/bin/sh -c 'while true; do sleep 600 & done'").stdout.split()[-1]
+    pids = Path("/sys/fs/cgroup/pids/jetpack") / bomb
+    out = host.jp("run", bomb, check=False, timeout=300)
+    assert "can't fork" in out.stdout or "fork" in out.stdout.lower(), out.stdout[-500:]
+    assert out.returncode != 0
+    assert subprocess.run(["true"]).returncode == 0  # the host can still fork
+    assert not pids.exists()  # torn down with the pod
+    # capabilities: NET_RAW is in the default set (ping works); removed, raw sockets fail
+    gateway = host.network.split("/")[0]
+    assert run_sh(host, f"ping -c1 -W5 {gateway}").returncode == 0
+    no_raw = aci_from_entries(host.tmp / "noraw.aci", [
+        manifest_entry(manifest("example.com/noraw", dependencies=[
+            {"imageName": "example.com/busybox"}], app={
+                "exec": ["/bin/ping", "-c1", "-W2", gateway], "user": "0", "group": "0",
+                "isolators": [{"name": "os/linux/capabilities-remove-set",
+                               "value": {"set": ["CAP_NET_RAW"]}},
+                              {"name": "os/linux/no-new-privileges", "value": True}]})),
+        dir_entry("rootfs")])
+    host.jp("import", str(no_raw))
+    out = host.jp("run", "--rm", "example.com/noraw", check=False)
+    assert out.returncode != 0
+    assert "permitted" in out.stdout.lower() or "permission" in out.stdout.lower(), out.stdout
+    cgroups = [p for p in Path("/sys/fs/cgroup").glob("*/jetpack/*")]
+    assert all(p.name not in (pod,) for p in cgroups)
