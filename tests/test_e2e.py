@@ -310,5 +310,5 @@ def test_isolators_memory_pids_and_capabilities(host: Host) -> None:
     out = host.jp("run", "--rm", "example.com/noraw", check=False)
     assert out.returncode != 0
     assert "permitted" in out.stdout.lower() or "permission" in out.stdout.lower(), out.stdout
-    cgroups = [p for p in Path("/sys/fs/cgroup").glob("*/jetpack/*")]
+    cgroups = list(Path("/sys/fs/cgroup").glob("*/jetpack/*"))
     assert all(p.name not in (pod,) for p in cgroups)
