@@ -312,3 +312,36 @@ def test_isolators_memory_pids_and_capabilities(host: Host) -> None:
     assert "permitted" in out.stdout.lower() or "permission" in out.stdout.lower(), out.stdout
     cgroups = list(Path("/sys/fs/cgroup").glob("*/jetpack/*"))
     assert all(p.name not in (pod,) for p in cgroups)
+
+
+def test_exec_console_ps_and_shared_volumes(host: Host, tmp_path: Path) -> None:
+    host.start()
+    source = tmp_path / "ro-source"
+    source.mkdir()
+    (source / "hello").write_text("from the host\n")
+    pod = host.jp(
+        "prepare", "--name", "pair",
+        "example.com/busybox", "--app-name", "writer", "-m", "shared:/shared", "-m",
+        "ro:/ro", "--exec", "/bin/sh -c 'echo written > /shared/note; "
+        "touch /ro/x 2>/dev/null && echo ro-writable || echo ro-refused; sleep 300'",
+        "example.com/busybox", "--app-name", "reader", "-m", "shared:/data",
+        "--exec", "/bin/sleep 300",
+        "-v", "shared,kind=empty,mode=0777", "-v", f"ro,kind=host,source={source},readOnly=true",
+    ).stdout.split()[-1]
+    host.jp("start", pod)
+    host.wait_for("the writer", lambda: "ro-" in host.jp("logs", "pair:writer").stdout)
+    assert "ro-refused" in host.jp("logs", "pair:writer").stdout
+    out = host.jp("exec", "pair:reader", "--", "/bin/sh", "-c", "cat /data/note; hostname")
+    assert out.stdout.splitlines() == ["written", "pair"]
+    out = host.jp("exec", "pair:writer", "--", "/bin/cat", "/ro/hello")
+    assert out.stdout == "from the host\n"
+    code = host.jp("exec", "pair:reader", "--", "/bin/sh", "-c", "exit 7", check=False)
+    assert code.returncode == 7
+    console = host.jp("console", "pair:reader", input="id -u; echo $HOSTNAME; exit 0\n")
+    assert "0" in console.stdout.split()
+    ps = json.loads(host.jp("ps", "pair", "--json").stdout)
+    assert {p["app"] for p in ps if "sleep 300" in p["command"]} == {"writer", "reader"}
+    host.jp("stop", pod)
+    out = host.jp("exec", "pair:reader", "--", "/bin/true", check=False)
+    assert out.returncode == 1
+    assert "not running" in out.stderr
