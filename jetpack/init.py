@@ -22,6 +22,8 @@ def initialize(config: Config) -> list[str]:
     except OSError as exc:
         raise StateError(f"cannot create state root {root}: {exc.strerror}") from None
     storage.init()
+    # what an interrupted import (Ctrl-C, kill -9) left in the tmp area
+    done += [f"removed leftover {path}" for path in storage.cleanup_leftovers()]
     fresh = not (root / "jetpack.db").exists()
     StateDB.for_root(root, create=True).close()
     if fresh:

@@ -111,8 +111,9 @@ HOSTILE = {
                   "appears twice"),
     "no-manifest": ([dir_entry("rootfs"), file_entry("rootfs/a")], "no manifest"),
     "big-manifest": ([file_entry("manifest", b" " * (2 << 20)), dir_entry("rootfs")],
-                     "manifest is"),
-    "bad-manifest": ([file_entry("manifest", b"{not json"), dir_entry("rootfs")], "JSON"),
+                     "'manifest' is 2097152 bytes"),
+    "bad-manifest": ([file_entry("manifest", b"{not json"), dir_entry("rootfs")],
+                     "archive entry 'manifest' is not a valid image manifest"),
     "no-rootfs": ([], "no rootfs"),
 }
 

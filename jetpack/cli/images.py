@@ -49,13 +49,9 @@ def run(ctx: Context, name: str, args: argparse.Namespace) -> int:
 
     store = ImageStore(ctx.config, ctx.state)
     if name == "import":
-        from jetpack.errors import ImageError
-
         sig = Path(args.sig) if args.sig else None
         source = sys.stdin.buffer if args.file == "-" else Path(args.file)
-        record = store.import_aci(source, sig=sig)
-        if args.name and record.name != args.name:
-            raise ImageError(f"the image is named {record.name}, not {args.name}")
+        record = store.import_aci(source, sig=sig, expect_name=args.name)
         print(record.id)
         return 0
     if name == "images":

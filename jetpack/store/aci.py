@@ -5,7 +5,9 @@ refusing anything that could write outside it.
 Refused, with an ImageError naming the entry: absolute paths and ``..``; entries outside
 ``manifest`` and ``rootfs/``; writing through a symlink (one planted earlier in the archive
 included); hard links to anything but a regular file already extracted from the archive;
-duplicate entries; a missing, non-regular or oversized manifest; a truncated or corrupt stream.
+duplicate entries; a missing, non-regular or oversized manifest; a truncated or corrupt stream
+(a tar stream must end with tar's end-of-archive block: tarfile alone takes a bad header or an
+early end at a member boundary for the end of the archive, silently dropping the rest).
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ import lzma
 import os
 import stat
 import tarfile
+import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, Self
 
 from jetpack.errors import ImageError
 
@@ -93,8 +96,8 @@ class _Decompressor:
         try:
             if _ended(self._engine):
                 if data:
-                    raise ImageError("corrupt archive: data after the end of the compressed "
-                                     "stream")
+                    raise _StreamError("corrupt archive: data after the end of the "
+                                       "compressed stream")
                 return b""
             out = self._engine.decompress(data)
             # gzip allows several members back to back (pigz, cat a.gz b.gz): go on with each
@@ -106,7 +109,7 @@ class _Decompressor:
                 out += self._engine.decompress(rest)
             return out
         except (zlib.error, OSError, lzma.LZMAError, EOFError) as exc:
-            raise ImageError(f"corrupt {self.kind} stream: {exc}") from None
+            raise _StreamError(f"corrupt {self.kind} stream: {exc}") from None
 
     def read(self, size: int) -> bytes:
         while len(self._pending) < size and not self._eof:
@@ -124,7 +127,7 @@ class _Decompressor:
         if engine is None:
             return
         if not _ended(engine):
-            raise ImageError(f"truncated archive: the {self.kind} stream ends early")
+            raise _StreamError(f"truncated archive: the {self.kind} stream ends early")
 
 
 class _HashingReader(io.RawIOBase):
@@ -156,6 +159,41 @@ class _HashingReader(io.RawIOBase):
             pass
 
 
+class _StreamError(ImageError):
+    """The byte stream is broken (truncated, corrupt); the message gains the entry it hit."""
+
+
+class _HeaderError(_StreamError):
+    """A tar header that is neither a member nor the end-of-archive block."""
+
+
+class _StrictTarInfo(tarfile.TarInfo):
+    """Tells a clean end of archive (a zero block) from a bad or missing header, which
+    ``TarFile.next`` would otherwise both take for the end."""
+
+    @classmethod
+    def fromtarfile(cls, archive: tarfile.TarFile) -> Self:
+        offset = archive.fileobj.tell() if archive.fileobj is not None else -1
+        try:
+            return super().fromtarfile(archive)
+        except tarfile.HeaderError as exc:
+            # tarfile's subclasses of HeaderError are private (not in typeshed): told by name
+            kind = type(exc).__name__
+            if kind == "EOFHeaderError":
+                if isinstance(archive, _StrictTarFile):
+                    archive.ended_cleanly = True
+                raise
+            if kind in ("EmptyHeaderError", "TruncatedHeaderError"):
+                raise _HeaderError(f"truncated archive: the tar stream ends at byte {offset} "
+                                   "without its end-of-archive block") from None
+            raise _HeaderError(f"corrupt archive: bad tar header at byte {offset} ({exc})"
+                               ) from None
+
+
+class _StrictTarFile(tarfile.TarFile):
+    ended_cleanly = False
+
+
 @dataclass(frozen=True)
 class ExtractedACI:
     image_id: str  # sha512-<hex of the decompressed tar>
@@ -185,6 +223,13 @@ class _Extractor:
         self.explicit: set[str] = set()  # names the archive itself listed
         self.dirs: list[tuple[Path, tarfile.TarInfo]] = []
         self.manifest: bytes | None = None
+        self.last = ""  # the last entry read, to say where a broken stream broke
+
+    def where(self, *, after: bool = False) -> str:
+        """Where a broken stream broke: in (or after) the last entry read."""
+        if not self.last:
+            return ""
+        return f" ({'after' if after else 'at'} archive entry {self.last!r})"
 
     def _parent_dirs(self, name: str, raw: str) -> None:
         """Every parent must be a directory this archive made (or one we make now)."""
@@ -204,6 +249,7 @@ class _Extractor:
 
     def add(self, member: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
         raw = member.name
+        self.last = raw
         name = _clean_name(raw)
         if name in self.explicit:
             raise ImageError(f"archive entry {raw!r} appears twice")
@@ -251,8 +297,8 @@ class _Extractor:
         if not member.isreg():
             raise ImageError(f"archive entry {raw!r}: the manifest must be a regular file")
         if member.size > MAX_MANIFEST:
-            raise ImageError(f"the manifest is {member.size} bytes; at most {MAX_MANIFEST} "
-                             "are allowed")
+            raise ImageError(f"archive entry {raw!r} is {member.size} bytes; a manifest may "
+                             f"have at most {MAX_MANIFEST}")
         source = tar.extractfile(member)
         assert source is not None  # a regular file always has content
         self.manifest = source.read()
@@ -328,22 +374,31 @@ def extract_aci(
     ``tee`` receives the archive's bytes as read (to keep the ACI for export). On any error,
     ``dest`` may hold a partial tree: the caller discards it.
     """
+    extractor = _Extractor(dest, same_owner=os.geteuid() == 0)
     try:
         decompressor = _Decompressor(source, tee, progress)
         reader = _HashingReader(decompressor)
-        extractor = _Extractor(dest, same_owner=os.geteuid() == 0)
         buffered = io.BufferedReader(reader, buffer_size=CHUNK)
-        with tarfile.open(fileobj=buffered, mode="r|", errorlevel=2) as tar:
+        with _StrictTarFile.open(fileobj=buffered, mode="r|", errorlevel=2,
+                                 tarinfo=_StrictTarInfo) as tar:
             for member in tar:
                 extractor.add(member, tar)
+            if not tar.ended_cleanly:
+                raise _HeaderError("truncated archive: the tar stream has no end-of-archive "
+                                   "block")
         # tar's end-of-archive blocks and padding belong to the hashed bytes too
         while buffered.read(CHUNK):
             pass
         extractor.finish()
+    except _StreamError as exc:
+        after = isinstance(exc, _HeaderError)
+        raise ImageError(f"{exc}{extractor.where(after=after)}") from None
     except tarfile.ReadError as exc:
-        raise ImageError(f"not a valid tar archive (or truncated): {exc}") from None
+        if not extractor.last:
+            raise ImageError(f"not a valid tar archive (or truncated): {exc}") from None
+        raise ImageError(f"truncated or corrupt archive: {exc}{extractor.where()}") from None
     except (tarfile.TarError, EOFError) as exc:
-        raise ImageError(f"corrupt or truncated archive: {exc}") from None
+        raise ImageError(f"corrupt or truncated archive: {exc}{extractor.where()}") from None
     except OSError as exc:
         raise ImageError(f"cannot extract the image: {exc.strerror or exc} "
                          f"({exc.filename or dest})") from None
@@ -351,3 +406,15 @@ def extract_aci(
     assert manifest is not None
     return ExtractedACI("sha512-" + reader.sha512.hexdigest(), manifest, reader.size,
                         decompressor.kind)
+
+
+def write_aci(tree: Path, manifest: bytes, out: Path) -> None:
+    """Write ``manifest`` and ``tree/rootfs`` as a gzip-compressed ACI at ``out`` (owners,
+    modes, times, symlinks, hard links and devices kept; entries in sorted order)."""
+    with tarfile.open(out, "w:gz", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("manifest")
+        info.size = len(manifest)
+        info.mode = 0o644
+        info.mtime = int(time.time())
+        tar.addfile(info, io.BytesIO(manifest))
+        tar.add(tree / "rootfs", arcname="rootfs", recursive=True)

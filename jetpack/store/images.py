@@ -8,14 +8,15 @@ cannot be written the tree is removed again.
 
 from __future__ import annotations
 
+import fcntl
+import importlib
 import json
 import os
-import re
 import shutil
-import stat
 import sys
-import tarfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,22 +28,21 @@ from jetpack.errors import (
     AmbiguousError,
     ConflictError,
     ImageError,
-    JetpackError,
     NotFoundError,
-    UsageError,
+    StorageError,
+    TrustError,
+    ValidationError,
 )
-from jetpack.hostinfo import appc_arch, appc_os
 from jetpack.state import StateDB
 from jetpack.state.db import now
 from jetpack.storage import open_storage
 from jetpack.storage.base import StagingTree, StorageDriver
-from jetpack.store.aci import extract_aci
+from jetpack.store.aci import ExtractedACI, extract_aci, write_aci
 from jetpack.store.prepare import ResolvedImage
+from jetpack.store.refs import format_labels, labels_match, parse_image_ref, parse_tag
+from jetpack.store.render import apply_layer, apply_whitelist
 
 ACI_FILE = "image.aci"
-_FULL_ID = re.compile(r"^sha512-[0-9a-f]{128}$")
-_ID_PREFIX = re.compile(r"^sha512-[0-9a-f]{8,127}$")
-_TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -75,25 +75,6 @@ class ImageRecord:
 def _record(row: Any) -> ImageRecord:
     return ImageRecord(row["id"], row["name"], json.loads(row["labels"]), row["manifest"],
                        row["size"], row["created"], row["storage"], row["source"])
-
-
-def parse_reference(ref: str) -> tuple[str, dict[str, str]]:
-    """``name[:version][,label=value...]`` as (name, labels)."""
-    head, *rest = ref.split(",")
-    labels = {}
-    for item in rest:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UsageError(f"image reference {ref!r}: {item!r} is not label=value")
-        labels[key] = value
-    name, sep, version = head.partition(":")
-    if sep:
-        if not version:
-            raise UsageError(f"image reference {ref!r}: empty version after ':'")
-        labels["version"] = version
-    if not name:
-        raise UsageError(f"image reference {ref!r} has no name")
-    return name, labels
 
 
 class Progress:
@@ -149,29 +130,27 @@ class ImageStore:
         """An image by full ID, unique ID prefix, ``name@tag``, or
         ``name[:version][,label=value...]`` (os/arch default to the host's; the most recently
         imported match wins)."""
-        ref = ref.strip()
-        if _FULL_ID.match(ref):
-            return self.get(ref)
-        if _ID_PREFIX.match(ref):
+        parsed = parse_image_ref(ref)
+        if parsed.kind == "id":
+            return self.get(parsed.text)
+        if parsed.kind == "prefix":
             rows = self.state.query("SELECT * FROM images WHERE id LIKE ? ORDER BY id",
-                                    (ref + "%",))
+                                    (parsed.text + "%",))
             if len(rows) == 1:
                 return _record(rows[0])
             if len(rows) > 1:
-                raise AmbiguousError(f"image ID prefix {ref} is ambiguous",
+                raise AmbiguousError(f"image ID prefix {parsed.text} is ambiguous",
                                      [f"{r['id']} {r['name']}" for r in rows])
-            raise NotFoundError(f"no image with an ID starting {ref}")
-        if "@" in ref:
-            name, _, tag = ref.partition("@")
+            raise NotFoundError(f"no image with an ID starting {parsed.text}")
+        if parsed.kind == "tag":
             rows = self.state.query(
                 "SELECT images.* FROM tags JOIN images ON images.id = tags.image_id"
-                " WHERE tags.name = ? AND tags.tag = ?", (name, tag))
+                " WHERE tags.name = ? AND tags.tag = ?", (parsed.name, parsed.tag))
             if not rows:
-                raise NotFoundError(f"no image tagged {ref}", hint="'jetpack images' lists tags")
+                raise NotFoundError(f"no image tagged {parsed.text}",
+                                    hint="'jetpack images' lists tags")
             return _record(rows[0])
-        name, wanted = parse_reference(ref)
-        wanted.update(labels or {})
-        return self._by_name(ref, name, wanted)
+        return self._by_name(parsed.text, parsed.name, {**parsed.labels, **(labels or {})})
 
     def _by_name(self, ref: str, name: str, wanted: dict[str, str]) -> ImageRecord:
         rows = self.state.query("SELECT * FROM images WHERE name = ? ORDER BY created DESC, id",
@@ -179,20 +158,12 @@ class ImageStore:
         if not rows:
             raise NotFoundError(f"no image named {name}",
                                 hint="'jetpack images' lists them; 'jetpack fetch' gets one")
-        host = {"os": appc_os(), "arch": appc_arch()}
-        candidates = []
-        for row in rows:
-            record = _record(row)
-            if any(record.labels.get(k) != v for k, v in wanted.items()):
-                continue
-            if any(k not in wanted and k in record.labels and record.labels[k] != v
-                   for k, v in host.items()):
-                continue
-            candidates.append(record)
+        records = [_record(row) for row in rows]
+        candidates = [r for r in records if labels_match(r.labels, wanted)]
         if not candidates:
-            listing = [f"{_record(r).id[:19]} {r['name']} {r['labels']}" for r in rows]
-            raise NotFoundError(f"no image matches {ref}; images named {name}: "
-                                + "; ".join(listing))
+            raise NotFoundError(
+                f"no image matches {ref}; images named {name}:\n"
+                + "\n".join(f"  {r.id[:23]} {format_labels(r.labels)}" for r in records))
         return candidates[0]
 
     def resolve_image(self, ref: str, labels: dict[str, str] | None = None) -> ResolvedImage:
@@ -222,12 +193,13 @@ class ImageStore:
     # --- import --------------------------------------------------------------------------
 
     def import_aci(self, source: Path | BinaryIO, *, source_name: str = "",
-                   sig: Path | None = None) -> ImageRecord:
-        """Import an ACI (a path, or a stream such as stdin); the same ACI twice is a no-op."""
-        if sig is not None:
-            if not isinstance(source, Path):
-                raise UsageError("--sig needs the ACI as a file, not a stream")
-            self._verify(source, sig)
+                   sig: Path | None = None, expect_name: str | None = None) -> ImageRecord:
+        """Import an ACI (a path, or a stream such as stdin); the same ACI twice is a no-op
+        that returns the image already there.
+
+        ``sig``: a detached signature checked (by the trust module) against the archive as read,
+        before anything becomes visible. ``expect_name``: refuse an image named otherwise.
+        """
         if isinstance(source, Path):
             try:
                 size = source.stat().st_size
@@ -235,28 +207,13 @@ class ImageStore:
             except OSError as exc:
                 raise ImageError(f"cannot read {source}: {exc.strerror}") from None
             with handle:
-                return self._import(handle, source_name or str(source), size)
-        return self._import(source, source_name or "-", None)
+                return self._import(handle, source_name or str(source), size, sig, expect_name)
+        return self._import(source, source_name or "-", None, sig, expect_name)
 
-    def _verify(self, aci: Path, sig: Path) -> None:
-        try:
-            from jetpack import trust  # type: ignore[attr-defined,unused-ignore]  # arrives with discovery
-        except ImportError:
-            raise JetpackError("signature checks are not available in this build",
-                               hint="import without --sig") from None
-        with aci.open("rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
-            name = None
-            for member in tar:
-                if member.name.lstrip("./") == "manifest":
-                    data = tar.extractfile(member)
-                    name = ImageManifest.from_json(data.read() if data else b"").name
-                    break
-        if name is None:
-            raise ImageError(f"{aci} has no manifest")
-        trust.verify_detached(self.config, name, aci, sig)
-
-    def _import(self, stream: BinaryIO, source_name: str, size: int | None) -> ImageRecord:
+    def _import(self, stream: BinaryIO, source_name: str, size: int | None,
+                sig: Path | None, expect_name: str | None) -> ImageRecord:
         staging = self.storage.new_staging()
+        tree = staging
         progress = Progress("import", size)
         try:
             try:
@@ -266,34 +223,74 @@ class ImageStore:
                     extracted = extract_aci(stream, staging.path, tee=tee, progress=progress)
             finally:
                 progress.done()
-            manifest = ImageManifest.from_json(extracted.manifest)
-            existing = self.find(extracted.image_id)
-            if existing is not None and self.storage.has_image(existing.id):
+            manifest = parse_manifest(extracted.manifest)
+            if expect_name is not None and manifest.name != expect_name:
+                raise ImageError(f"the image is named {manifest.name}, not {expect_name}")
+            if sig is not None:
+                # The archive as read (kept for export) is what the signature must cover.
+                verify_signature(self.config, manifest.name, staging.path / ACI_FILE, sig)
+            if self.find(extracted.image_id) is not None and \
+                    self.storage.has_image(extracted.image_id):
                 self.storage.discard(staging)
-                return existing
-            tree = staging
+                return self.get(extracted.image_id)
             if manifest.dependencies:
                 tree = self._render(staging, manifest)
-            location = self.storage.seal_image(tree, extracted.image_id)
+            return self._seal_and_record(tree, extracted, manifest, source_name)
         except BaseException:
-            self.storage.discard(staging)
+            self.storage.discard(tree)
+            if tree is not staging:
+                self.storage.discard(staging)
             raise
-        record = ImageRecord(extracted.image_id, manifest.name, manifest.labels,
-                             manifest.to_json(), extracted.size, now(), location, source_name)
-        try:
-            with self.state.transaction() as tx:
-                tx.execute("DELETE FROM images WHERE id = ?", (record.id,))
-                tx.execute(
-                    "INSERT INTO images (id, name, labels, manifest, size, created, storage,"
-                    " source) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (record.id, record.name, json.dumps(record.labels), record.manifest,
-                     record.size, record.created, record.storage, record.source))
-                tx.event("image.imported", image=record.id, name=record.name,
-                         labels=record.labels, size=record.size)
-        except BaseException:
-            self.storage.destroy_image(record.id)
-            raise
+
+    def _seal_and_record(self, tree: StagingTree, extracted: ExtractedACI,
+                         manifest: ImageManifest, source_name: str) -> ImageRecord:
+        """Seal the tree under its ID and record it with its event; one importer at a time,
+        so two imports of the same ACI end as one image."""
+        image_id = extracted.image_id
+        with self._seal_lock():
+            existing = self.find(image_id)
+            if existing is not None and self.storage.has_image(image_id):
+                self.storage.discard(tree)
+                return existing
+            if self.storage.has_image(image_id):
+                # sealed by an import killed before its row was written: complete or not,
+                # this tree replaces it
+                self.storage.destroy_image(image_id)
+            location = self.storage.seal_image(tree, image_id)
+            record = ImageRecord(image_id, manifest.name, manifest.labels,
+                                 extracted.manifest.decode(), extracted.size, now(), location,
+                                 source_name)
+            try:
+                with self.state.transaction() as tx:
+                    tx.execute(
+                        "INSERT INTO images (id, name, labels, manifest, size, created, storage,"
+                        " source) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET"
+                        " name = excluded.name, labels = excluded.labels,"
+                        " manifest = excluded.manifest, size = excluded.size,"
+                        " created = excluded.created, storage = excluded.storage,"
+                        " source = excluded.source",
+                        (record.id, record.name, json.dumps(record.labels), record.manifest,
+                         record.size, record.created, record.storage, record.source))
+                    tx.event("image.imported", image=record.id, name=record.name,
+                             labels=record.labels, size=record.size)
+            except BaseException:
+                self.storage.destroy_image(image_id)
+                raise
         return record
+
+    @contextmanager
+    def _seal_lock(self) -> Iterator[None]:
+        """An flock on the images directory: held from the existence check to the commit."""
+        try:
+            fd = os.open(self.storage.root / "images", os.O_RDONLY | os.O_CLOEXEC)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            raise StorageError(f"cannot lock {self.storage.root / 'images'}: {exc.strerror}"
+                               ) from None
+        try:
+            yield
+        finally:
+            os.close(fd)
 
     # --- rendering -----------------------------------------------------------------------
 
@@ -360,10 +357,8 @@ class ImageStore:
         return record
 
     def tag(self, ref: str, target: str) -> ImageRecord:
+        name, tag = parse_tag(target)
         record = self.resolve(ref)
-        name, sep, tag = target.partition("@")
-        if not sep or not _TAG.match(tag):
-            raise UsageError(f"bad tag {target!r}: expected NAME@TAG")
         with self.state.transaction() as tx:
             tx.execute("INSERT OR REPLACE INTO tags (name, tag, image_id) VALUES (?, ?, ?)",
                        (name, tag, record.id))
@@ -371,9 +366,7 @@ class ImageStore:
         return record
 
     def untag(self, target: str) -> None:
-        name, sep, tag = target.partition("@")
-        if not sep:
-            raise UsageError(f"bad tag {target!r}: expected NAME@TAG")
+        name, tag = parse_tag(target)
         with self.state.transaction() as tx:
             if tx.execute("DELETE FROM tags WHERE name = ? AND tag = ?", (name, tag)
                           ).rowcount == 0:
@@ -400,7 +393,7 @@ class ImageStore:
                                      hint="export it with --flat")
                 shutil.copyfile(original, tmp)
             else:
-                write_flat_aci(tree, record.parsed(), tmp)
+                write_aci(tree, flat_manifest(record.parsed()), tmp)
             os.replace(tmp, out)
         except OSError as exc:
             raise ImageError(f"cannot write {out}: {exc.strerror}") from None
@@ -418,86 +411,31 @@ class ImageStore:
         return removed
 
 
-def write_flat_aci(tree: Path, manifest: ImageManifest, out: Path) -> None:
+def flat_manifest(manifest: ImageManifest) -> bytes:
+    """The manifest of a rendered image exported on its own: no dependencies, and no
+    pathWhitelist (rendering applied it already)."""
     flat = ImageManifest(name=manifest.name, ac_version=manifest.ac_version,
                          labels=manifest.labels, app=manifest.app,
                          annotations=manifest.annotations)
-    data = flat.to_json(indent=2).encode()
-    with tarfile.open(out, "w:gz", format=tarfile.PAX_FORMAT) as tar:
-        info = tarfile.TarInfo("manifest")
-        info.size = len(data)
-        info.mode = 0o644
-        info.mtime = int(time.time())
-        import io
-
-        tar.addfile(info, io.BytesIO(data))
-        tar.add(tree / "rootfs", arcname="rootfs", recursive=True)
+    return flat.to_json(indent=2).encode()
 
 
-# --- layers --------------------------------------------------------------------------------
+def parse_manifest(data: bytes) -> ImageManifest:
+    """The archive's manifest, validated; a rejection names the entry and the rule broken."""
+    try:
+        return ImageManifest.from_json(data)
+    except ValidationError as exc:
+        raise ImageError(f"archive entry 'manifest' is not a valid image manifest: {exc}"
+                         ) from None
 
 
-def _remove(path: Path) -> None:
-    if path.is_symlink() or not path.is_dir():
-        path.unlink()
-    else:
-        shutil.rmtree(path)
-
-
-def apply_layer(src: Path, dst: Path) -> None:
-    """Put ``src``'s tree over ``dst``: files replace, directories merge, and a path present
-    in ``dst`` as something else (a symlink to a directory included) is removed first, never
-    followed (ace.md rendering)."""
-    for top, dirs, files in os.walk(src):
-        rel = Path(top).relative_to(src)
-        for name in dirs + files:
-            s, d = Path(top) / name, dst / rel / name
-            st = os.lstat(s)
-            if os.path.lexists(d):
-                dst_dir = stat.S_ISDIR(os.lstat(d).st_mode)
-                if not (stat.S_ISDIR(st.st_mode) and dst_dir):
-                    _remove(d)
-            if stat.S_ISDIR(st.st_mode):
-                if not os.path.lexists(d):
-                    os.mkdir(d, 0o700)
-                _copy_meta(s, d, st)
-                continue
-            if stat.S_ISLNK(st.st_mode):
-                os.symlink(os.readlink(s), d)
-            elif stat.S_ISREG(st.st_mode):
-                shutil.copyfile(s, d, follow_symlinks=False)
-            else:
-                os.mknod(d, st.st_mode, st.st_rdev)
-            _copy_meta(s, d, st)
-    # directories' times after their content
-    for top, dirs, _ in os.walk(src, topdown=False):
-        for name in dirs:
-            s = Path(top) / name
-            st = os.lstat(s)
-            os.utime(dst / s.relative_to(src), ns=(st.st_atime_ns, st.st_mtime_ns))
-
-
-def _copy_meta(src: Path, dst: Path, st: os.stat_result) -> None:
-    os.chown(dst, st.st_uid, st.st_gid, follow_symlinks=False)
-    if not stat.S_ISLNK(st.st_mode):
-        os.chmod(dst, stat.S_IMODE(st.st_mode))
-    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
-
-
-def apply_whitelist(rootfs: Path, whitelist: list[str] | tuple[str, ...]) -> None:
-    """Remove every path not in the whitelist (the directories leading to a kept path stay)."""
-    keep = {p.rstrip("/") or "/" for p in whitelist}
-    parents = set()
-    for path in keep:
-        parts = Path(path).parts
-        for i in range(1, len(parts)):
-            parents.add(str(Path(*parts[:i])))
-    for top, dirs, files in os.walk(rootfs, topdown=False):
-        for name in files + dirs:
-            full = Path(top) / name
-            rel = "/" + str(full.relative_to(rootfs))
-            if rel in keep or rel in parents:
-                continue
-            if any(rel.startswith(k + "/") for k in keep if k != "/"):
-                continue
-            _remove(full)
+def verify_signature(config: Config, image_name: str, aci: Path, sig: Path) -> None:
+    """Check ``sig`` over ``aci`` with the keys trusted for ``image_name`` (jetpack.trust)."""
+    try:
+        trust = importlib.import_module("jetpack.trust")
+    except ModuleNotFoundError as exc:
+        if exc.name != "jetpack.trust":
+            raise
+        raise TrustError("signature checks are not available: this jetpack has no trust "
+                         "module yet", hint="import without --sig") from None
+    trust.verify_detached(config, image_name, aci, sig)
