@@ -485,7 +485,8 @@ def _copy_meta(src: Path, dst: Path, st: os.stat_result) -> None:
 
 
 def apply_whitelist(rootfs: Path, whitelist: list[str] | tuple[str, ...]) -> None:
-    """Remove every path not in the whitelist (the directories leading to a kept path stay)."""
+    """Remove every path not in the whitelist (the directories leading to a kept path stay;
+    a listed directory does not keep what is under it)."""
     keep = {p.rstrip("/") or "/" for p in whitelist}
     parents = set()
     for path in keep:
@@ -496,8 +497,7 @@ def apply_whitelist(rootfs: Path, whitelist: list[str] | tuple[str, ...]) -> Non
         for name in files + dirs:
             full = Path(top) / name
             rel = "/" + str(full.relative_to(rootfs))
+            # The whitelist is the complete set (appc): a listed directory keeps only itself.
             if rel in keep or rel in parents:
-                continue
-            if any(rel.startswith(k + "/") for k in keep if k != "/"):
                 continue
             _remove(full)
