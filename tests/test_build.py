@@ -101,9 +101,11 @@ def validate_aci(aci: Path) -> ImageManifest:
     assert all(n == "manifest" or n == "rootfs/" or n.startswith("rootfs/") for n in listed)
     with tarfile.open(aci, "r:gz") as tar:
         names = tar.getnames()
-        assert names.count("manifest") == 1 and len(set(names)) == len(names)
+        assert names.count("manifest") == 1
+        assert len(set(names)) == len(names)
         for member in tar.getmembers():
-            assert not member.name.startswith("/") and ".." not in Path(member.name).parts
+            assert not member.name.startswith("/")
+            assert ".." not in Path(member.name).parts
             if member.issym() or member.islnk():
                 assert member.name.startswith("rootfs/")
         data = tar.extractfile("manifest")
@@ -167,11 +169,13 @@ def build_export_reimport(jp: Jetpack, tmp_path: Path, busybox: Path, *,
     assert exported.dependencies == manifest.dependencies
     with tarfile.open(aci, "r:gz") as tar:
         layer = {n for n in tar.getnames() if n.startswith("rootfs/")}
-    assert "rootfs/etc/hello" in layer and "rootfs/bin/busybox" not in layer
+    assert "rootfs/etc/hello" in layer
+    assert "rootfs/bin/busybox" not in layer
     flat = tmp_path / "flat.aci"
     jp("export", "--flat", child_id, str(flat))
     flat_manifest = validate_aci(flat)
-    assert flat_manifest.dependencies == () and flat_manifest.path_whitelist == ()
+    assert flat_manifest.dependencies == ()
+    assert flat_manifest.path_whitelist == ()
     with tarfile.open(flat, "r:gz") as tar:
         assert "rootfs/bin/busybox" in tar.getnames()
         assert "rootfs/etc/group" not in tar.getnames()
@@ -203,7 +207,8 @@ def test_build_export_reimport_zfs(root: None, busybox: Path, jetpack_zfs: Jetpa
     build_export_reimport(jetpack_zfs, tmp_path, busybox, destroy=False)
 
 
-@pytest.mark.parametrize("case", ["exit", "no-template", "bad-template", "signal"])
+@pytest.mark.parametrize("case", ["exit", "no-template", "bad-template", "template-deps",
+                                  "signal"])
 def test_failed_build_leaves_nothing(root: None, busybox: Path, jetpack_dir: Jetpack,
                                      tmp_path: Path, case: str) -> None:
     jp = jetpack_dir
@@ -215,6 +220,9 @@ def test_failed_build_leaves_nothing(root: None, busybox: Path, jetpack_dir: Jet
         "no-template": ("echo no manifest", CHILD, "left no manifest.json"),
         "bad-template": ("cp template.json manifest.json", {"name": "Not A Name!"},
                          "bad manifest template"),
+        "template-deps": ("cp template.json manifest.json",
+                          {**CHILD, "dependencies": [{"imageName": "example.com/other"}]},
+                          "a build fills it in"),
         "signal": ("cp template.json manifest.json; kill -9 $$", CHILD, "signal 9"),
     }[case]
     ctx = build_dir(tmp_path, script, template)
@@ -231,11 +239,14 @@ def test_failed_build_leaves_nothing(root: None, busybox: Path, jetpack_dir: Jet
 def test_build_usage_errors(root: None, jetpack_dir: Jetpack, tmp_path: Path) -> None:
     jetpack_dir("init")
     proc = jetpack_dir("build", "busybox", str(tmp_path), check=False)
-    assert proc.returncode == 2 and "a command are needed" in proc.stderr
+    assert proc.returncode == 2
+    assert "a command are needed" in proc.stderr
     proc = jetpack_dir("build", "--from-dir", str(tmp_path), check=False)
-    assert proc.returncode == 2 and "one manifest template" in proc.stderr
+    assert proc.returncode == 2
+    assert "one manifest template" in proc.stderr
     proc = jetpack_dir("build", "no.such/image", str(tmp_path), "true", check=False)
-    assert proc.returncode != 0 and "no image named no.such/image" in proc.stderr
+    assert proc.returncode != 0
+    assert "no image named no.such/image" in proc.stderr
 
 
 def test_freebsd_base_script_parses() -> None:

@@ -56,10 +56,13 @@ def manifest_from_template(template: Any, *, parent: ImageRecord | None = None,
                    if not (isinstance(a, dict) and a.get("name") == "created")]
     data["annotations"] = [*annotations, {"name": "created", "value": created}]
     if parent is not None:
+        for key in ("dependencies", "pathWhitelist"):
+            if key in data:
+                raise ImageError(f"the manifest template has {key}: a build fills it in")
         dependency: dict[str, Any] = {"imageName": parent.name, "imageID": parent.id}
         if parent.labels:
             dependency["labels"] = [{"name": k, "value": v} for k, v in parent.labels.items()]
-        data["dependencies"] = [dependency, *(data.get("dependencies") or [])]
+        data["dependencies"] = [dependency]
     if path_whitelist:
         data["pathWhitelist"] = path_whitelist
     try:
