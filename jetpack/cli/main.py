@@ -36,6 +36,7 @@ COMMANDS: dict[str, Command] = {
     "show-image": Command("images", "show an image's record and manifest (JSON)"),
     "image-manifest": Command("images", "print an image's manifest"),
     "destroy-image": Command("images", "remove images no pod uses (--force: even then)"),
+    "build": Command("build", "build an image: PARENT BUILD_DIR COMMAND..., or --from-dir"),
     "export": Command("images", "write an image as an ACI (--flat: dependencies rendered in)"),
     "tag": Command("images", "point NAME@TAG at an image"),
     "untag": Command("images", "remove a tag"),
