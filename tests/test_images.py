@@ -323,3 +323,15 @@ def test_image_in_use_is_not_destroyed(root: None, jetpack_dir: Jetpack,
     kinds = [json.loads(e)["type"] for e in
              jetpack_dir("events", "--no-follow", "--json").stdout.splitlines()]
     assert kinds == ["image.imported", "pod.prepared", "pod.destroyed", "image.removed"]
+
+
+def test_destroy_image_on_zfs(jetpack_zfs: Jetpack, zfs_dataset: str, tmp_path: Path) -> None:
+    base, mid, top = layered(tmp_path)
+    jetpack_zfs("init")
+    base_id = jetpack_zfs("import", str(base)).stdout.split()[-1]
+    jetpack_zfs("import", str(mid))
+    top_id = jetpack_zfs("import", str(top)).stdout.split()[-1]
+    jetpack_zfs("destroy-image", top_id)
+    jetpack_zfs("destroy-image", base_id)  # no clone of it is left
+    names = zfs("list", "-H", "-t", "all", "-o", "name", "-r", f"{zfs_dataset}/images").split()
+    assert not [n for n in names if top_id in n or base_id in n]

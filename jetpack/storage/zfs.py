@@ -189,10 +189,12 @@ class ZfsStorage:
         dataset = self._image_ds(image_id)
         if not self.zfs.exists(dataset):
             return
-        clones = self.zfs.get(f"{dataset}@seal", "clones") \
-            if self.zfs.exists(f"{dataset}@seal") else ""
-        if clones and clones != "-":
-            raise StorageError(f"image {image_id} has dependent clones: {clones}")
+        # zfs-fuse has no "clones" property: find clones by their origin instead
+        out = self.zfs.run("list", "-H", "-o", "name,origin", "-r", self.dataset)
+        clones = [line.split("\t")[0] for line in out.splitlines()
+                  if line.endswith(f"\t{dataset}@seal")]
+        if clones:
+            raise StorageError(f"image {image_id} has dependent clones: {', '.join(clones)}")
         self.zfs.destroy(dataset)
 
     def image_size(self, image_id: str) -> int:
