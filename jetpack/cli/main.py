@@ -59,6 +59,8 @@ COMMANDS: dict[str, Command] = {
                            supervisor=True),
     "run": Command("prepare", "run a pod (or images) in the foreground; exits with its status",
                    supervisor=True),
+    "attach": Command("attach", "attach this terminal to an app started with run -t",
+                      supervisor=True),
     "start": Command("pods", "start a prepared or exited pod (detached)", supervisor=True),
     "stop": Command("pods", "stop a running pod", supervisor=True),
     "restart": Command("pods", "stop, then start a pod", supervisor=True),
