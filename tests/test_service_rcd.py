@@ -151,8 +151,10 @@ def test_start_status_reload_stop(freebsd: FreeBSDLayout) -> None:
     # daemon(8) got the rc.d script's flags, and jetpack_flags went to `jetpack daemon`.
     [invocation] = freebsd.daemon_invocations()
     assert invocation["keep_fds_open"] is False
-    assert invocation["syslog"] is True and invocation["syslog_tag"] == "jetpack"
-    assert invocation["restart"] is True and invocation["restart_delay"] == 5
+    assert invocation["syslog"] is True
+    assert invocation["syslog_tag"] == "jetpack"
+    assert invocation["restart"] is True
+    assert invocation["restart_delay"] == 5
     assert invocation["child_pidfile"] == "/var/run/jetpack.pid"
     assert invocation["parent_pidfile"] == "/var/run/jetpack_daemon.pid"
     assert invocation["argv"] == [
@@ -162,7 +164,7 @@ def test_start_status_reload_stop(freebsd: FreeBSDLayout) -> None:
 
     [[_, pid, ppid, argv]] = started(freebsd)
     daemon_pid = freebsd.pid("jetpack_daemon.pid")
-    wait_until(lambda: (freebsd.run / "jetpack.pid").exists(), "the supervisor's pid file")
+    wait_until((freebsd.run / "jetpack.pid").exists, "the supervisor's pid file")
     assert int(pid) == freebsd.pid("jetpack.pid")
     assert int(ppid) == daemon_pid
     assert json.loads(argv)[-3:] == ["daemon", "--pidfile", "/var/run/jetpack/supervisor.pid"]
@@ -181,11 +183,12 @@ def test_start_status_reload_stop(freebsd: FreeBSDLayout) -> None:
     out = freebsd.rc("reload")
     assert out.returncode == 0, out.stderr
     wait_until(lambda: "HUP" in freebsd.events(), "SIGHUP to reach the supervisor")
-    assert alive(int(pid)) and alive(daemon_pid)
+    assert alive(int(pid))
+    assert alive(daemon_pid)
     assert len(started(freebsd)) == 1
 
     # The supervisor's output went to syslog under the jetpack tag.
-    wait_until(lambda: (freebsd.top / "syslog").exists(), "the supervisor's output in syslog")
+    wait_until((freebsd.top / "syslog").exists, "the supervisor's output in syslog")
     assert "jetpack[" in (freebsd.top / "syslog").read_text()
     assert "supervisor serving" in (freebsd.top / "syslog").read_text()
 
@@ -197,7 +200,8 @@ def test_start_status_reload_stop(freebsd: FreeBSDLayout) -> None:
     assert "Stopping jetpack." in out.stdout
     assert f"Waiting for PIDS: {daemon_pid}" in out.stdout
     assert freebsd.events()[-2:] == ["TERM", "exited"]
-    assert not alive(int(pid)) and not alive(daemon_pid)
+    assert not alive(int(pid))
+    assert not alive(daemon_pid)
     assert not (freebsd.run / "jetpack.pid").exists()
     assert not (freebsd.run / "jetpack_daemon.pid").exists()
 
@@ -254,7 +258,8 @@ def test_supervisor_that_dies_is_restarted(freebsd: FreeBSDLayout) -> None:
 
     out = freebsd.rc("stop")
     assert out.returncode == 0, out.stderr
-    assert not alive(second) and not alive(daemon_pid)
+    assert not alive(second)
+    assert not alive(daemon_pid)
 
 
 def test_restart_delay_no_lets_daemon_exit(freebsd: FreeBSDLayout) -> None:
