@@ -295,6 +295,25 @@ def test_reload_when_stopped_says_so(freebsd: FreeBSDLayout) -> None:
     assert "jetpack is not running." in out.stdout
 
 
+def test_reload_never_signals_a_stranger(freebsd: FreeBSDLayout) -> None:
+    """A supervisor pid file naming a process daemon(8) did not start gets no signal."""
+    enabled(freebsd)
+    assert freebsd.rc("start").returncode == 0
+    wait_until(lambda: started(freebsd) != [], "the supervisor to start")
+    wait_until((freebsd.run / "jetpack.pid").exists, "the supervisor's pid file")
+    with subprocess.Popen(["sleep", "60"]) as stranger:
+        try:
+            (freebsd.run / "jetpack.pid").write_text(str(stranger.pid))
+            out = freebsd.rc("reload")
+            assert out.returncode == 1
+            assert "no supervisor runs under daemon(8) pid" in out.stderr
+            assert stranger.poll() is None
+        finally:
+            stranger.kill()
+    assert "HUP" not in freebsd.events()
+    assert freebsd.rc("stop").returncode == 0
+
+
 @pytest.mark.parametrize("shell", SHELLS)
 @pytest.mark.parametrize("script", [SCRIPT, STANDINS / "rc.subr"], ids=["rc.d", "rc.subr"])
 def test_scripts_parse(shell: str, script: Path) -> None:
