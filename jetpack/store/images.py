@@ -9,7 +9,6 @@ cannot be written the tree is removed again.
 from __future__ import annotations
 
 import fcntl
-import importlib
 import json
 import os
 import shutil
@@ -30,7 +29,6 @@ from jetpack.errors import (
     ImageError,
     NotFoundError,
     StorageError,
-    TrustError,
     ValidationError,
 )
 from jetpack.state import StateDB
@@ -431,11 +429,6 @@ def parse_manifest(data: bytes) -> ImageManifest:
 
 def verify_signature(config: Config, image_name: str, aci: Path, sig: Path) -> None:
     """Check ``sig`` over ``aci`` with the keys trusted for ``image_name`` (jetpack.trust)."""
-    try:
-        trust = importlib.import_module("jetpack.trust")
-    except ModuleNotFoundError as exc:
-        if exc.name != "jetpack.trust":
-            raise
-        raise TrustError("signature checks are not available: this jetpack has no trust "
-                         "module yet", hint="import without --sig") from None
-    trust.verify_detached(config, image_name, aci, sig)
+    from jetpack.trust import verify_detached
+
+    verify_detached(config, image_name, aci, sig)
