@@ -19,7 +19,7 @@ import trio
 from jetpack.appc import ImageManifest
 from jetpack.config import Config
 from jetpack.discovery import Discovery, client
-from jetpack.errors import FetchError, ImageError, JetpackError, NotFoundError, UsageError
+from jetpack.errors import FetchError, ImageError, NotFoundError, UsageError
 from jetpack.hostinfo import appc_arch, appc_os
 from jetpack.store.images import ImageRecord, ImageStore, Progress
 from jetpack.store.refs import parse_name_labels as parse_reference
@@ -131,22 +131,21 @@ class Fetcher:
                 await download(http, aci_url, aci)
                 if not self.insecure.image:
                     await download(http, asc_url, asc)
-            if expected is not None:
-                name = await trio.to_thread.run_sync(manifest_name, aci)
-                if name != expected:
-                    raise ImageError(f"{aci_url} holds image {name}, not {expected}")
-            return await self._import(aci, asc, aci_url)
+            return await self._import(aci, asc, aci_url, expected)
         finally:
             aci.unlink(missing_ok=True)
             asc.unlink(missing_ok=True)
 
-    async def _import(self, aci: Path, asc: Path, source: str) -> ImageRecord:
+    async def _import(self, aci: Path, asc: Path, source: str, expected: str | None = None
+                      ) -> ImageRecord:
+        """Verify, then import. Fetched by name, the signature is checked against the keys of
+        that name before anything in the archive is read; the manifest must then name it."""
+
         def work() -> ImageRecord:
             if not self.insecure.image:
-                verify_detached(self.config, manifest_name(aci), aci, asc)
+                verify_detached(self.config, expected or manifest_name(aci), aci, asc)
+            if expected is not None and (name := manifest_name(aci)) != expected:
+                raise ImageError(f"{source} holds image {name}, not {expected}")
             return self.store.import_aci(aci, source_name=source)
 
-        try:
-            return await trio.to_thread.run_sync(work)
-        except JetpackError:
-            raise
+        return await trio.to_thread.run_sync(work)
