@@ -140,11 +140,13 @@ class Daemon:
                                                                   router))
                         log.info("supervisor ready", pid=os.getpid(),
                                  root=str(self.config.root))
+                        await _sd_notify("READY=1", f"MAINPID={os.getpid()}")
                         task_status.started(self)
                         await self._stop.wait()
                         # Trigger: no new clients; then pods stop (or are left); the server
                         # returns once open requests are answered (its graceful deadline).
                         self.server.shutdown()
+                        await _sd_notify("STOPPING=1")
                         await self._stop_pods(manager)
                         serving.cancel_scope.deadline = trio.current_time() + 10
                     nursery.cancel_scope.cancel()
@@ -171,7 +173,9 @@ class Daemon:
     async def _watch_signals(self, signals: AsyncIterator[int]) -> None:
         async for signum in signals:
             if signum == signal.SIGHUP:
+                await _sd_notify("RELOADING=1")
                 self.reload()
+                await _sd_notify("READY=1")
             else:
                 log.info("signal received", signal=signal.Signals(signum).name)
                 self.request_stop(keep_pods=signum == signal.SIGUSR2)
@@ -194,6 +198,16 @@ async def _record(db: StateDB, type_: str, **payload: Any) -> None:
 
     with trio.CancelScope(shield=True):
         await trio.to_thread.run_sync(write)
+
+
+async def _sd_notify(*lines: str) -> None:
+    """Tell systemd (Type=notify units) when we serve, reload and stop; no-op elsewhere."""
+    from jetpack.sdnotify import notify
+
+    try:
+        await trio.to_thread.run_sync(notify, "\n".join(lines))
+    except JetpackError as exc:
+        log.warning("sd_notify failed", error=str(exc))
 
 
 def write_pidfile(path: Path) -> Callable[[], None]:

@@ -133,3 +133,23 @@ async def test_keep_pods_then_adopt(config: Config) -> None:
     assert "pod.adopted" in types
     assert types.count("app.started") == 1  # adopted, never started twice
     assert PodStore(db).get(pod.uuid).state == "exited"
+
+
+async def test_ready_is_notified_to_systemd(
+    config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(tmp_path / "notify"))
+    listener.setblocking(False)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
+    try:
+        daemon = Daemon(config, FakeRuntime(), mds_bind=["127.0.0.1:0"])
+        async with trio.open_nursery() as nursery:
+            await nursery.start(daemon.run)
+            assert b"READY=1" in listener.recv(4096)
+            daemon.request_stop()
+        assert b"STOPPING=1" in listener.recv(4096)
+    finally:
+        listener.close()
