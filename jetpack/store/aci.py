@@ -107,6 +107,10 @@ class _Decompressor:
                     break
                 self._engine = zlib.decompressobj(16 + zlib.MAX_WBITS)
                 out += self._engine.decompress(rest)
+            if self.kind != "gzip" and _ended(self._engine) and \
+                    getattr(self._engine, "unused_data", b""):
+                raise _StreamError("corrupt archive: data after the end of the compressed "
+                                   "stream")
             return out
         except (zlib.error, OSError, lzma.LZMAError, EOFError) as exc:
             raise _StreamError(f"corrupt {self.kind} stream: {exc}") from None
