@@ -189,11 +189,19 @@ class ZfsStorage:
         dataset = self._image_ds(image_id)
         if not self.zfs.exists(dataset):
             return
-        clones = self.zfs.get(f"{dataset}@seal", "clones") \
-            if self.zfs.exists(f"{dataset}@seal") else ""
-        if clones and clones != "-":
-            raise StorageError(f"image {image_id} has dependent clones: {clones}")
+        clones = self.clones_of(f"{dataset}@seal")
+        if clones:
+            raise StorageError(f"image {image_id} has dependent clones: {', '.join(clones)}")
         self.zfs.destroy(dataset)
+
+    def clones_of(self, snapshot: str) -> list[str]:
+        """Datasets cloned from ``snapshot`` (told by ``origin``: zfs-fuse has no ``clones``
+        property)."""
+        out = self.zfs.run("list", "-H", "-o", "name,origin", "-t", "filesystem", "-r",
+                           self.dataset)
+        return sorted(name for name, _, origin in
+                      (line.partition("\t") for line in out.splitlines())
+                      if origin == snapshot)
 
     def image_size(self, image_id: str) -> int:
         return int(self.zfs.get(self._image_ds(image_id), "used"))
