@@ -93,6 +93,10 @@ class AppSpec:
     read_only_rootfs: bool = False
     log_path: Path | None = None  # None: the driver's default under pod_dir/run
     log_max_bytes: int = 8 << 20  # the log rotates to ``<log>.1`` past this size
+    # What stage1 applies in the app's process before exec (stage1.isolators.IsolatorPlan as
+    # JSON: capabilities, seccomp, no_new_privileges) and the cgroup directories it joins.
+    isolators: Mapping[str, Any] = field(default_factory=dict)
+    cgroup_dirs: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -111,6 +115,8 @@ class AppSpec:
             "read_only_rootfs": self.read_only_rootfs,
             "log_path": None if self.log_path is None else str(self.log_path),
             "log_max_bytes": self.log_max_bytes,
+            "isolators": dict(self.isolators),
+            "cgroup_dirs": list(self.cgroup_dirs),
         }
 
     @classmethod
@@ -131,6 +137,8 @@ class AppSpec:
             read_only_rootfs=data["read_only_rootfs"],
             log_path=None if data["log_path"] is None else Path(data["log_path"]),
             log_max_bytes=data["log_max_bytes"],
+            isolators=dict(data.get("isolators") or {}),
+            cgroup_dirs=tuple(data.get("cgroup_dirs") or ()),
         )
 
 

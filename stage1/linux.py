@@ -203,6 +203,8 @@ class LinuxDriver(MonitoredApps):
             "log_dir": str(log_path.parent),
             "log_name": log_path.name,
             "log_max_bytes": app.log_max_bytes,
+            "isolators": dict(app.isolators),
+            "cgroup_dirs": list(app.cgroup_dirs),
             "stdio": None if stdio is None else {"stdin": 0, "stdout": 1, "stderr": 2},
         }
         (app_dir / "launch.json").write_text(json.dumps(launch))

@@ -25,6 +25,7 @@ from typing import Any
 
 from jetpack.errors import IsolationError
 from jetpack.stage1 import linux_sys as sysc
+from jetpack.stage1.apply import isolated_launcher, join_cgroups
 from jetpack.stage1.identity import pidfd_open, process_start_time
 from jetpack.stage2.executor import Executor, Output, RotatingLog, launch_directly, write_status
 from jetpack.stage2.paths import resolve_in_root
@@ -200,7 +201,14 @@ def run_app(launch_path: str, report_fd: int, go_fd: int) -> int:
         else:
             assert stdio is not None
             output = Output(stdio["stdin"], stdio["stdout"], stdio["stderr"])
-        executor = Executor(plan, launch_directly, output)
+        try:
+            join_cgroups(launch.get("cgroup_dirs") or [])
+            launcher = isolated_launcher(launch.get("isolators") or {}) or launch_directly
+        except (OSError, IsolationError) as exc:
+            _report(report_fd, f"error applying the app's isolators: {exc}")
+            write_status(status_fd, ExitStatus(code=127, failed=f"isolators: {exc}"))
+            return 127
+        executor = Executor(plan, launcher, output)
         try:
             build_rootfs(launch)
         except (OSError, IsolationError) as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno as errno_codes
+import functools
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -99,7 +100,9 @@ def seccomp_filter(
     return SeccompFilter("remove", DEFAULT_REMOVE_SET, "EPERM")
 
 
+@functools.cache
 def _libseccomp() -> ctypes.CDLL:
+    """Loaded once (and before pivot_root by linux_init: the app's rootfs has no libseccomp)."""
     if platform_kind() != "linux":
         raise IsolationError("seccomp exists only on Linux")
     path = ctypes.util.find_library("seccomp") or "libseccomp.so.2"

@@ -15,6 +15,7 @@ import errno
 import grp
 import logging
 import os
+import secrets
 import socket
 import stat
 from collections.abc import Awaitable, Callable
@@ -235,7 +236,9 @@ def _bind_unix(path: Path, group: str) -> tuple[socket.socket, Path]:
     except OSError as exc:
         raise SupervisorError(f"cannot create {path.parent}: {exc.strerror}") from None
     _refuse_if_served(path)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    # Unique per server, not per process: a server torn down while the next one binds (in
+    # the same process) must never remove the newcomer's socket.
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
     with contextlib.suppress(FileNotFoundError):
         temporary.unlink()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

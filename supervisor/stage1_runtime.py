@@ -85,17 +85,46 @@ class Stage1Runtime:
 
     async def create_sandbox(self, pod: PodRecord) -> dict[str, Any]:
         self._expect_network(pod)
-        handle = await self.driver.create_sandbox(sandbox_spec(self.config, pod))
-        return handle.to_json()
+        cgroup_dirs = await self._thread(self._create_cgroup, pod)
+        try:
+            handle = await self.driver.create_sandbox(sandbox_spec(self.config, pod))
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self._thread(self._remove_cgroup, pod)
+            raise
+        return {**handle.to_json(), "cgroup_dirs": cgroup_dirs}
 
-    def _app_spec(self, pod: PodRecord, app: AppRecord, rootfs: Path) -> AppSpec:
+    def _create_cgroup(self, pod: PodRecord) -> list[str]:
+        """The pod's cgroup with its limits (Linux); apps join it before they start."""
+        if self.driver.name != "linux":
+            return []
+        from jetpack.stage1.cgroups import Limits, PodCgroup
+
+        raw = pod.options.get("limits") or {}
+        limits = Limits(memory_bytes=raw.get("memory_bytes"),
+                        cpu_millicores=raw.get("cpu_millicores"),
+                        pids=raw.get("pids", Limits().pids))
+        cgroup = PodCgroup.for_pod(pod.uuid)
+        cgroup.create(limits)
+        return [str(d) for d in cgroup.directories()]
+
+    def _remove_cgroup(self, pod: PodRecord) -> None:
+        if self.driver.name != "linux":
+            return
+        from jetpack.stage1.cgroups import PodCgroup
+
+        PodCgroup.for_pod(pod.uuid).remove()
+
+    def _app_spec(self, pod: PodRecord, app: AppRecord, rootfs: Path,
+                  cgroup_dirs: list[str]) -> AppSpec:
         stored = json.loads(app.spec) if app.spec else {}
         if not stored:
             raise IsolationError(f"pod {pod.name}: app {app.name} has no launch plan "
                                  "(prepared by an older jetpack?)")
         url = self.metadata_url(pod) if self.metadata_url is not None else ""
         stored.update(rootfs=str(rootfs), metadata_url=url,
-                      log_path=str(app_log_path(self.config, pod.uuid, app.name)))
+                      log_path=str(app_log_path(self.config, pod.uuid, app.name)),
+                      cgroup_dirs=cgroup_dirs)
         return AppSpec.from_json(stored)
 
     async def start_app(self, pod: PodRecord, sandbox: dict[str, Any], app: AppRecord
@@ -103,7 +132,7 @@ class Stage1Runtime:
         rootfs = await self._thread(self.rootfs.mount_app, pod.uuid, app.name)
         if not pod.options.get("keep_image_etc"):
             await self._thread(self._write_etc, pod, rootfs)
-        spec = self._app_spec(pod, app, rootfs)
+        spec = self._app_spec(pod, app, rootfs, list(sandbox.get("cgroup_dirs", [])))
         process = await self.driver.start_app(SandboxHandle.from_json(sandbox), spec)
         self._live[(pod.uuid, process.identity.pid)] = process
         return AppProcess(app.name, process.identity.pid, str(process.identity.start_time),
@@ -162,6 +191,7 @@ class Stage1Runtime:
                 await self.driver.destroy_sandbox(SandboxHandle.from_json(sandbox))
         finally:
             with trio.CancelScope(shield=True):
+                await self._thread(self._remove_cgroup, pod)
                 await self._thread(self.rootfs.unmount_pod, pod.uuid)
 
     async def recover(self, pod: PodRecord, sandbox: dict[str, Any]

@@ -266,3 +266,117 @@ def test_no_supervisor_is_a_clear_error(host: Host) -> None:
     assert out.returncode == 1
     assert "no supervisor is running" in out.stderr
     assert "jetpack daemon" in out.stderr
+
+
+def test_isolators_memory_pids_and_capabilities(host: Host) -> None:
+    host.start()
+    limited = aci_from_entries(host.tmp / "limited.aci", [
+        manifest_entry(manifest("example.com/limited", dependencies=[
+            {"imageName": "example.com/busybox"}], app={
+                "exec": ["/bin/dd", "if=/dev/zero", "of=/dev/null", "bs=200M", "count=1"],
+                "user": "0", "group": "0",
+                "isolators": [{"name": "resource/memory", "value": {"limit": "64M"}},
+                              {"name": "example.com/unknown", "value": True}]})),
+        dir_entry("rootfs")])
+    host.jp("import", str(limited))
+    prepared = host.jp("prepare", "example.com/limited")
+    assert "unknown isolator example.com/unknown" in prepared.stderr  # warned, not dropped
+    pod = prepared.stdout.split()[-1]
+    out = host.jp("run", pod, check=False)
+    assert out.returncode == 128 + signal.SIGKILL, (out.stdout, out.stderr)  # the OOM killer
+    assert host.pod(pod)["apps"][0]["signal"] == signal.SIGKILL  # type: ignore[index]
+    # a fork bomb stops at the pod's pids limit (1024): the shell's fork fails, and the host
+    # goes on
+    bomb = host.jp("prepare", "example.com/busybox", "--exec",
+                   "/bin/sh -c 'while true; do sleep 600 & done'").stdout.split()[-1]
+    pids = Path("/sys/fs/cgroup/pids/jetpack") / bomb
+    out = host.jp("run", bomb, check=False, timeout=300)
+    assert "can't fork" in out.stdout or "fork" in out.stdout.lower(), out.stdout[-500:]
+    assert out.returncode != 0
+    assert subprocess.run(["true"]).returncode == 0  # the host can still fork
+    assert not pids.exists()  # torn down with the pod
+    # capabilities: NET_RAW is in the default set (ping works); removed, raw sockets fail
+    gateway = host.network.split("/")[0]
+    assert run_sh(host, f"ping -c1 -W5 {gateway}").returncode == 0
+    no_raw = aci_from_entries(host.tmp / "noraw.aci", [
+        manifest_entry(manifest("example.com/noraw", dependencies=[
+            {"imageName": "example.com/busybox"}], app={
+                "exec": ["/bin/ping", "-c1", "-W2", gateway], "user": "0", "group": "0",
+                "isolators": [{"name": "os/linux/capabilities-remove-set",
+                               "value": {"set": ["CAP_NET_RAW"]}},
+                              {"name": "os/linux/no-new-privileges", "value": True}]})),
+        dir_entry("rootfs")])
+    host.jp("import", str(no_raw))
+    out = host.jp("run", "--rm", "example.com/noraw", check=False)
+    assert out.returncode != 0
+    assert "permitted" in out.stdout.lower() or "permission" in out.stdout.lower(), out.stdout
+    cgroups = list(Path("/sys/fs/cgroup").glob("*/jetpack/*"))
+    assert all(p.name not in (pod,) for p in cgroups)
+
+
+def test_exec_console_ps_and_shared_volumes(host: Host, tmp_path: Path) -> None:
+    host.start()
+    source = tmp_path / "ro-source"
+    source.mkdir()
+    (source / "hello").write_text("from the host\n")
+    pod = host.jp(
+        "prepare", "--name", "pair",
+        "example.com/busybox", "--app-name", "writer", "-m", "shared:/shared", "-m",
+        "ro:/ro", "--exec", "/bin/sh -c 'echo written > /shared/note; "
+        "touch /ro/x 2>/dev/null && echo ro-writable || echo ro-refused; sleep 300'",
+        "example.com/busybox", "--app-name", "reader", "-m", "shared:/data",
+        "--exec", "/bin/sleep 300",
+        "-v", "shared,kind=empty,mode=0777", "-v", f"ro,kind=host,source={source},readOnly=true",
+    ).stdout.split()[-1]
+    host.jp("start", pod)
+    host.wait_for("the writer", lambda: "ro-" in host.jp("logs", "pair:writer").stdout)
+    assert "ro-refused" in host.jp("logs", "pair:writer").stdout
+    out = host.jp("exec", "pair:reader", "--", "/bin/sh", "-c", "cat /data/note; hostname")
+    assert out.stdout.splitlines() == ["written", "pair"]
+    out = host.jp("exec", "pair:writer", "--", "/bin/cat", "/ro/hello")
+    assert out.stdout == "from the host\n"
+    code = host.jp("exec", "pair:reader", "--", "/bin/sh", "-c", "exit 7", check=False)
+    assert code.returncode == 7
+    console = host.jp("console", "pair:reader", input="id -u; echo $HOSTNAME; exit 0\n")
+    assert "0" in console.stdout.split()
+    ps = json.loads(host.jp("ps", "pair", "--json").stdout)
+    assert {p["app"] for p in ps if "sleep 300" in p["command"]} == {"writer", "reader"}
+    host.jp("stop", pod)
+    out = host.jp("exec", "pair:reader", "--", "/bin/true", check=False)
+    assert out.returncode == 1
+    assert "not running" in out.stderr
+
+
+def test_events_follower_exactly_once_across_kill9(host: Host) -> None:
+    host.start()
+    with (host.tmp / "follower.out").open("wb") as out, \
+            (host.tmp / "follower.err").open("wb") as err:
+        follower = subprocess.Popen(
+            [sys.executable, "-m", "jetpack.cli.main", "-c", str(host.jp.conf), "events",
+             "--json", "--since", "0"], stdout=out, stderr=err,
+            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    try:
+        first = host.jp("prepare", "example.com/busybox", "--exec", "/bin/true"
+                        ).stdout.split()[-1]
+        host.jp("run", first)
+        host.stop(signal.SIGKILL)  # no close frame, no supervisor.stopped
+        host.jp("prepare", "example.com/busybox", "--exec", "/bin/true")  # written meanwhile
+        host.start()
+        second = host.jp("prepare", "example.com/busybox", "--exec", "/bin/true"
+                         ).stdout.split()[-1]
+        host.jp("run", second)
+        logged = [e["seq"] for e in host.events()]
+
+        def caught_up() -> bool:
+            lines = (host.tmp / "follower.out").read_text().splitlines()
+            return len(lines) >= len(logged)
+
+        host.wait_for("the follower", caught_up, timeout=60)
+        time.sleep(0.5)  # nothing more may arrive: no duplicates
+    finally:
+        follower.kill()
+        follower.wait(timeout=30)
+    printed = [json.loads(line)["seq"] for line in
+               (host.tmp / "follower.out").read_text().splitlines()]
+    assert printed == logged  # every event exactly once, in order, gap-free
+    assert logged == list(range(1, len(logged) + 1))

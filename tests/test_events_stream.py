@@ -379,7 +379,7 @@ async def test_cli_follower_survives_restarts_exactly_once(
 async def test_a_reader_that_stops_is_dropped_without_slowing_others(
     supervisor: Supervisor, db: StateDB
 ) -> None:
-    queue_size = 32
+    queue_size = 128  # the stalled reader overflows it; busy healthy readers stay within
     await supervisor.start(queue_size=queue_size, write_timeout=1.0)
     hub = supervisor.hub
     assert hub is not None
@@ -422,7 +422,7 @@ async def test_a_reader_that_stops_is_dropped_without_slowing_others(
                 start = trio.current_time()
                 for _ in range(total // 20):
                     await append(db, 20, notify=hub, padding=padding)
-                    await trio.sleep(0.01)
+                    await trio.sleep(0.02)
                 await eventually(lambda: min(fast_counts) >= total)
                 elapsed = trio.current_time() - start
                 # the stalled one was dropped, the fast ones left
@@ -606,9 +606,14 @@ async def test_the_documented_websockets_client_receives_the_same_events(
             ))
             async with supervisor.client.open_events(None) as stream:
                 await stream.receive()
+                hub = supervisor.hub
+                assert hub is not None
+                # the example client has connected (its interpreter may start slowly)
+                await eventually(lambda: hub.subscriber_count == 2)
                 stored += await append(db, 3, notify=supervisor.hub)
                 await collect(stream, 3)
-            await trio.sleep(0.5)  # the example client gets them as well
+            # ... and has printed everything from seq 3 on, before the server closes
+            await eventually(lambda: len(out.read_text().splitlines()) >= len(stored) - 2)
             handle.shutdown()  # close 1001: the example's loop ends normally
     assert process.returncode == 0, err.read_text()
     assert out.read_text().splitlines() == stored[2:]

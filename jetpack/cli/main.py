@@ -36,6 +36,7 @@ COMMANDS: dict[str, Command] = {
     "show-image": Command("images", "show an image's record and manifest (JSON)"),
     "image-manifest": Command("images", "print an image's manifest"),
     "destroy-image": Command("images", "remove images no pod uses (--force: even then)"),
+    "build": Command("build", "build an image: PARENT BUILD_DIR COMMAND..., or --from-dir"),
     "export": Command("images", "write an image as an ACI (--flat: dependencies rendered in)"),
     "tag": Command("images", "point NAME@TAG at an image"),
     "untag": Command("images", "remove a tag"),
@@ -43,6 +44,9 @@ COMMANDS: dict[str, Command] = {
     "destroy": Command("prepare", "remove pods (a running one is stopped first)"),
     "gc": Command("images", "remove leftovers, long-exited pods (--images: unused images)"),
     "logs": Command("logs", "print an app's output (-f: follow)"),
+    "exec": Command("enter", "run a command in a running app (POD[:APP] -- CMD...)"),
+    "console": Command("enter", "an interactive shell in a running app"),
+    "ps": Command("enter", "list a running pod's processes"),
     # the event log (following needs the supervisor; --no-follow reads the database)
     "events": Command("events", "print the event log, or follow it live"),
     "list": Command("pods", "list pods with their state, address and apps"),

@@ -54,6 +54,8 @@ def run(ctx: Context, name: str, args: argparse.Namespace) -> int:
             Path(extra["manifest"]).read_text()
         options = options_from_manifest(text, options)
     pod = prepare_pod(ctx.config, ctx.state, images, options)
+    for warning in pod.options.get("isolator_warnings", []):
+        print(f"jetpack: warning: {warning}", file=sys.stderr)
     if name == "prepare":
         print(pod.uuid)
         return 0

@@ -222,8 +222,29 @@ def _resolve_ports(manifest: dict[str, Any], options: PodOptions) -> list[dict[s
     return resolved
 
 
+def _isolator_plans(manifest: dict[str, Any]
+                    ) -> tuple[list[dict[str, Any]], dict[str, Any], list[str]]:
+    """Each app's isolator plan (capabilities, seccomp, no_new_privs) as JSON, the pod's
+    cgroup/rctl limits, and the warnings for isolators that are not enforced."""
+    from jetpack.stage1.apply import plan_to_json
+    from jetpack.stage1.isolators import plan_isolators, pod_limits
+
+    pod_isolators = manifest.get("isolators", [])
+    plans = []
+    warnings: list[str] = []
+    for app in manifest["apps"]:
+        plan = plan_isolators(app["app"].get("isolators", []), pod_isolators,
+                              path=f"apps[{app['name']}].app.isolators")
+        plans.append(plan)
+        warnings += [f"app {app['name']}: {w}" for w in plan.warnings]
+    limits = pod_limits(pod_isolators, plans)
+    return ([plan_to_json(p.capabilities, p.seccomp, p.no_new_privileges) for p in plans],
+            {"memory_bytes": limits.memory_bytes, "cpu_millicores": limits.cpu_millicores,
+             "pids": limits.pids}, sorted(set(warnings)))
+
+
 def _app_spec(name: str, app: dict[str, Any], mounts: list[dict[str, Any]],
-              volumes: dict[str, dict[str, Any]]) -> str:
+              volumes: dict[str, dict[str, Any]], isolators: dict[str, Any]) -> str:
     """The stage1 ``AppSpec`` JSON (rootfs, log path and metadata URL are filled at start)."""
     handlers = {h["name"]: list(h["exec"]) for h in app.get("eventHandlers", [])}
     mount_specs = []
@@ -250,6 +271,8 @@ def _app_spec(name: str, app: dict[str, Any], mounts: list[dict[str, Any]],
         "read_only_rootfs": False,
         "log_path": None,
         "log_max_bytes": 8 << 20,
+        "isolators": isolators,
+        "cgroup_dirs": [],
     }
     return json.dumps(spec)
 
@@ -299,13 +322,15 @@ def prepare_pod(
             raise ConflictError(f"host port {port['host_port']}/{port['protocol']} is already "
                                 f"forwarded to pod {holder}")
     volumes = {v["name"]: v for v in options.volumes}
+    plans, limits, warnings = _isolator_plans(manifest)
     specs = [
-        _app_spec(app["name"], app["app"], app.get("mounts", []), volumes)
-        for app in manifest["apps"]
+        _app_spec(app["name"], app["app"], app.get("mounts", []), volumes, plan)
+        for app, plan in zip(manifest["apps"], plans, strict=True)
     ]
     pod = PodRecord(
         uuid=uuid, name=pod_name, state="prepared", manifest=manifest_json,
-        options={"restart": options.restart, "ports": ports,
+        options={"restart": options.restart, "ports": ports, "limits": limits,
+                 "isolator_warnings": warnings,
                  "sandbox": {"volumes": _sandbox_volumes(options.volumes),
                              "annotations": dict(options.annotations)},
                  "keep_image_etc": options.keep_image_etc},

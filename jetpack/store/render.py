@@ -57,7 +57,8 @@ def _copy_meta(src: Path, dst: Path, st: os.stat_result) -> None:
 
 
 def apply_whitelist(rootfs: Path, whitelist: list[str] | tuple[str, ...]) -> None:
-    """Remove every path not in the whitelist (the directories leading to a kept path stay)."""
+    """Remove every path not in the whitelist (the directories leading to a kept path stay;
+    the whitelist is the complete set, as appc says: a listed directory keeps only itself)."""
     keep = {p.rstrip("/") or "/" for p in whitelist}
     parents = set()
     for path in keep:
@@ -69,7 +70,5 @@ def apply_whitelist(rootfs: Path, whitelist: list[str] | tuple[str, ...]) -> Non
             full = Path(top) / name
             rel = "/" + str(full.relative_to(rootfs))
             if rel in keep or rel in parents:
-                continue
-            if any(rel.startswith(k + "/") for k in keep if k != "/"):
                 continue
             _remove(full)

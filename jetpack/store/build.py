@@ -1,0 +1,293 @@
+"""Building images: run a command in a writable clone of a parent image and save what changed
+as a layer ACI (``jetpack build``), or pack a directory as a base ACI (``--from-dir``).
+
+Either way the result is a real ACI imported through ``ImageStore.import_aci``, so the image's
+ID is the SHA-512 of that ACI's tar and ``jetpack export`` gives it back byte-identical.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import tarfile
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from jetpack.appc import ImageManifest
+from jetpack.config import Config
+from jetpack.errors import ImageError, JetpackError, ValidationError
+from jetpack.hostinfo import appc_arch, appc_os
+from jetpack.state import StateDB
+from jetpack.storage.dir import copy_tree
+from jetpack.store.images import ImageRecord, ImageStore
+
+BUILD_DIR = "jetpack-build"  # where the build directory sits inside the build rootfs
+TEMPLATE = "manifest.json"  # the manifest template the build leaves in its build directory
+
+
+# --- the manifest --------------------------------------------------------------------------
+
+
+def manifest_from_template(template: Any, *, parent: ImageRecord | None = None,
+                           path_whitelist: list[str] | None = None) -> ImageManifest:
+    """The template (a JSON object: at least ``name``) completed: acKind/acVersion, the host's
+    os/arch labels unless given, a ``created`` annotation (RFC 3339, UTC), the parent as the
+    first dependency and the pathWhitelist."""
+    if not isinstance(template, dict):
+        raise ImageError("the manifest template is not a JSON object")
+    data = dict(template)
+    data.setdefault("acKind", "ImageManifest")
+    data.setdefault("acVersion", "0.8.11")
+    labels = list(data.get("labels") or [])
+    present = {label.get("name") for label in labels if isinstance(label, dict)}
+    for key, value in (("os", appc_os()), ("arch", appc_arch())):
+        if key not in present:
+            labels.append({"name": key, "value": value})
+    data["labels"] = labels
+    created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    annotations = [a for a in data.get("annotations") or []
+                   if not (isinstance(a, dict) and a.get("name") == "created")]
+    data["annotations"] = [*annotations, {"name": "created", "value": created}]
+    if parent is not None:
+        for key in ("dependencies", "pathWhitelist"):
+            if key in data:
+                raise ImageError(f"the manifest template has {key}: a build fills it in")
+        dependency: dict[str, Any] = {"imageName": parent.name, "imageID": parent.id}
+        if parent.labels:
+            dependency["labels"] = [{"name": k, "value": v} for k, v in parent.labels.items()]
+        data["dependencies"] = [dependency]
+    if path_whitelist:
+        data["pathWhitelist"] = path_whitelist
+    try:
+        return ImageManifest.parse(data)
+    except ValidationError as exc:
+        raise ImageError(f"bad manifest template: {exc}") from None
+
+
+def read_template(path: Path) -> Any:
+    try:
+        return json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise ImageError(f"the build left no {TEMPLATE} in its build directory",
+                         hint=f"the command must write {TEMPLATE} (a manifest template) "
+                              "in its working directory") from None
+    except (OSError, ValueError) as exc:
+        raise ImageError(f"cannot read the manifest template {path.name}: {exc}") from None
+
+
+# --- comparing trees ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TreeDiff:
+    changed: list[str]  # relative paths, new or different, parents first
+    deleted: list[str]  # relative paths in the parent that are gone
+    remaining: list[str]  # every relative path of the new tree
+
+
+def _walk(root: Path) -> Iterator[tuple[str, os.stat_result]]:
+    for top, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(dirs + files):
+            full = os.path.join(top, name)
+            yield os.path.relpath(full, root), os.lstat(full)
+
+
+def _same(old: Path, new: Path, a: os.stat_result, b: os.stat_result) -> bool:
+    if stat.S_IFMT(a.st_mode) != stat.S_IFMT(b.st_mode):
+        return False
+    if (a.st_mode, a.st_uid, a.st_gid) != (b.st_mode, b.st_uid, b.st_gid):
+        return False
+    if stat.S_ISLNK(a.st_mode):
+        return os.readlink(old) == os.readlink(new)
+    if stat.S_ISDIR(a.st_mode):
+        return a.st_mtime_ns == b.st_mtime_ns
+    if stat.S_ISREG(a.st_mode):
+        if a.st_size != b.st_size:
+            return False
+        if a.st_mtime_ns == b.st_mtime_ns:
+            return True
+        return _same_content(old, new)
+    return a.st_rdev == b.st_rdev
+
+
+def _same_content(old: Path, new: Path) -> bool:
+    with old.open("rb") as f, new.open("rb") as g:
+        while True:
+            x, y = f.read(1 << 20), g.read(1 << 20)
+            if x != y:
+                return False
+            if not x:
+                return True
+
+
+def diff_trees(parent: Path, tree: Path) -> TreeDiff:
+    """What ``tree`` changed against ``parent`` (both rootfs directories), by comparing them:
+    type, mode, owner, link target, size and content (mtime first, as a shortcut)."""
+    old = dict(_walk(parent))
+    changed: set[str] = set()
+    remaining: list[str] = []
+    for rel, st in _walk(tree):
+        remaining.append(rel)
+        before = old.get(rel)
+        if before is None or not _same(parent / rel, tree / rel, before, st):
+            changed.add(rel)
+    # A changed entry's directories go into the layer too, so that it extracts anywhere.
+    for rel in list(changed):
+        parts = Path(rel).parts
+        for i in range(1, len(parts)):
+            changed.add(str(Path(*parts[:i])))
+    kept = set(remaining)
+    deleted = sorted(rel for rel in old if rel not in kept)
+    return TreeDiff(sorted(changed, key=lambda p: Path(p).parts), deleted, remaining)
+
+
+# --- writing ACIs ---------------------------------------------------------------------------
+
+
+def _numeric(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    # Owner names mean nothing inside another rootfs; keep times whole seconds.
+    info.uname = info.gname = ""
+    info.mtime = int(info.mtime)
+    return info
+
+
+def write_aci(out: Path, manifest: ImageManifest, rootfs: Path, paths: list[str] | None) -> None:
+    """A gzip'd ACI: ``manifest``, ``rootfs`` and the given paths under it (relative, parents
+    before children), or the whole tree when ``paths`` is None."""
+    data = manifest.to_json(indent=2).encode()
+    with tarfile.open(out, "w:gz", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("manifest")
+        info.size, info.mode = len(data), 0o644
+        info.mtime = int(datetime.now(UTC).timestamp())
+        import io
+
+        tar.addfile(info, io.BytesIO(data))
+        tar.add(rootfs, arcname="rootfs", recursive=False, filter=_numeric)
+        entries = paths if paths is not None else [rel for rel, _ in _walk(rootfs)]
+        for rel in entries:
+            tar.add(rootfs / rel, arcname=f"rootfs/{rel}", recursive=False, filter=_numeric)
+
+
+# --- building -------------------------------------------------------------------------------
+
+
+class Builder:
+    def __init__(self, config: Config, state: StateDB) -> None:
+        self.config = config
+        self.store = ImageStore(config, state)
+        self.storage = self.store.storage
+
+    def _scratch(self) -> Path:
+        base = self.config.root / "tmp"
+        base.mkdir(mode=0o700, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix="build-", dir=base))
+
+    def from_dir(self, rootfs: Path, template_path: Path) -> ImageRecord:
+        """A base image (no dependencies) holding ``rootfs`` whole."""
+        if not rootfs.is_dir():
+            raise ImageError(f"{rootfs} is not a directory")
+        manifest = manifest_from_template(read_template(template_path))
+        scratch = self._scratch()
+        try:
+            aci = scratch / "image.aci"
+            try:
+                write_aci(aci, manifest, rootfs, None)
+            except OSError as exc:
+                raise ImageError(f"cannot pack {rootfs}: {exc}") from None
+            return self.store.import_aci(aci, source_name=f"build --from-dir {rootfs}")
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def build(self, parent_ref: str, build_dir: Path, command: list[str]) -> ImageRecord:
+        """Run ``command`` in a clone of the parent with ``build_dir`` at /jetpack-build, then
+        import what changed as a layer ACI depending on the parent."""
+        if not build_dir.is_dir():
+            raise ImageError(f"build directory {build_dir} is not a directory")
+        if not command:
+            raise ImageError("no build command given")
+        parent = self.store.resolve(parent_ref)
+        staging = self.storage.new_staging(parent=parent.id)
+        scratch: Path | None = None
+        try:
+            rootfs = staging.path / "rootfs"
+            inside = rootfs / BUILD_DIR
+            if os.path.lexists(inside):
+                raise ImageError(f"the parent image already has /{BUILD_DIR}")
+            copy_tree(build_dir, inside)
+            os.chown(inside, 0, 0)
+            scratch = self._scratch()
+            status = run_build(self.config, scratch, rootfs, command)
+            if status.failed:
+                raise ImageError(f"the build command could not run: {status.failed}")
+            if status.signal is not None:
+                raise ImageError(f"the build command was killed by signal {status.signal}")
+            if status.code != 0:
+                raise ImageError(f"the build command exited with status {status.code}")
+            template = read_template(inside / TEMPLATE)
+            shutil.rmtree(inside)
+            diff = diff_trees(self.storage.image_path(parent.id) / "rootfs", rootfs)
+            manifest = manifest_from_template(
+                template, parent=parent,
+                path_whitelist=["/" + p for p in diff.remaining] if diff.deleted else None)
+            aci = scratch / "image.aci"
+            try:
+                write_aci(aci, manifest, rootfs, diff.changed)
+            except OSError as exc:
+                raise ImageError(f"cannot write the built layer: {exc}") from None
+            return self.store.import_aci(aci, source_name=f"build {parent.name} {build_dir}")
+        except OSError as exc:
+            raise ImageError(f"build failed: {exc}") from None
+        finally:
+            self.storage.discard(staging)
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class _Status:
+    code: int | None
+    signal: int | None
+    failed: str | None = None  # stage1/stage2 could not run the command at all
+
+
+def run_build(config: Config, scratch: Path, rootfs: Path, command: list[str]) -> _Status:
+    """The command as user 0 in a sandbox of its own, rootfs ``rootfs``, working directory
+    /jetpack-build, the terminal as its stdio; the sandbox is gone when this returns."""
+    import trio
+
+    from jetpack.stage1.base import AppSpec, SandboxSpec, Stdio
+    from jetpack.stage1.drivers import isolation_driver
+
+    async def main() -> _Status:
+        driver = isolation_driver(config)
+        pod_uuid = str(uuid.uuid4())
+        handle = await driver.create_sandbox(
+            SandboxSpec(pod_uuid=pod_uuid, hostname="build", pod_dir=scratch / "pod"))
+        try:
+            app = AppSpec(name="build", rootfs=rootfs, exec=tuple(command), user="0",
+                          group="0", working_directory=f"/{BUILD_DIR}",
+                          log_path=scratch / "build.log")
+            process = await driver.start_app(handle, app, stdio=Stdio(0, 1, 2))
+            try:
+                status = await driver.wait(handle, process)
+            finally:
+                process.close()
+            return _Status(status.code, status.signal, getattr(status, "failed", None))
+        finally:
+            with trio.CancelScope(shield=True):
+                await driver.destroy_sandbox(handle)
+
+    try:
+        return trio.run(main)
+    except JetpackError:
+        raise
+    except OSError as exc:
+        raise ImageError(f"cannot run the build: {exc}") from None
