@@ -409,7 +409,7 @@ class ImageStore:
                 if not original.exists():
                     raise ImageError(f"image {record.name} was not imported from an ACI",
                                      hint="export it with --flat")
-                shutil.copyfile(original, tmp)
+                copy_with_progress(original, tmp, Progress("export", original.stat().st_size))
             else:
                 write_aci(tree, flat_manifest(record.parsed()), tmp)
             os.replace(tmp, out)
@@ -457,3 +457,16 @@ def verify_signature(config: Config, image_name: str, aci: Path, sig: Path) -> N
         raise TrustError("signature checks are not available: this jetpack has no trust "
                          "module yet", hint="import without --sig") from None
     trust.verify_detached(config, image_name, aci, sig)
+
+
+def copy_with_progress(src: Path, dst: Path, progress: Progress) -> None:
+    """Copy a file in chunks, reporting bytes and rate on a terminal."""
+    done = 0
+    try:
+        with src.open("rb") as reader, dst.open("xb") as writer:
+            while chunk := reader.read(1 << 20):
+                writer.write(chunk)
+                done += len(chunk)
+                progress(done)
+    finally:
+        progress.done()
