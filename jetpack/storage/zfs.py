@@ -231,7 +231,7 @@ class ZfsStorage:
         if not self.zfs.exists(clone):
             raise NotFoundError(f"pod {pod_uuid} has no app {app}")
         if self.zfs.get(clone, "mounted") != "yes":
-            self.zfs.run("mount", clone)
+            self.zfs.retry_busy("mount", clone)  # zfs-fuse: busy just after an unmount
         return self.root / "pods" / pod_uuid / "apps" / app / "rootfs"
 
     def unmount_pod(self, pod_uuid: str) -> None:
