@@ -80,6 +80,7 @@ class Response:
 
 
 Handler = Callable[[Request], Awaitable[Any]]
+SocketHandler = Callable[[Any, Any, Any, dict[str, str]], Awaitable[None]]
 """A route: returns a ``Response`` or any JSON-serializable value (sent with status 200)."""
 
 
@@ -91,19 +92,37 @@ class Route:
     handler: Handler
 
 
+def _template(template: str) -> re.Pattern[str]:
+    """``/v1/pods/{pod}`` as a pattern with a named group per ``{parameter}``."""
+    return re.compile(
+        "^" + re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(template)) + "$"
+    )
+
+
 class Router:
     """Method + path template (``/v1/pods/{pod}``) to handler; first registration wins."""
 
     def __init__(self) -> None:
         self._routes: list[Route] = []
+        self._sockets: list[tuple[re.Pattern[str], SocketHandler]] = []
+
+    def add_websocket(self, template: str, handler: SocketHandler) -> None:
+        """A websocket endpoint (``/v1/pods/{pod}/attach``); the handler gets the ASGI scope,
+        receive, send and the path parameters, and owns the connection."""
+        self._sockets.append((_template(template), handler))
+
+    def match_websocket(self, path: str) -> tuple[SocketHandler, dict[str, str]] | None:
+        for pattern, handler in self._sockets:
+            found = pattern.match(path)
+            if found is not None:
+                return handler, found.groupdict()
+        return None
 
     def add(self, method: str, template: str, handler: Handler) -> None:
         for route in self._routes:
             if route.method == method.upper() and route.template == template:
                 raise ValueError(f"route {method} {template} is already registered")
-        pattern = re.compile(
-            "^" + re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(template)) + "$"
-        )
+        pattern = _template(template)
         self._routes.append(Route(method.upper(), template, pattern, handler))
 
     def route(self, method: str, template: str) -> Callable[[Handler], Handler]:
@@ -265,13 +284,19 @@ class ControlApp:
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         query = parse_qs(scope["query_string"].decode("latin-1"), keep_blank_values=True)
         if scope["path"] != "/v1/events":
-            await _reject(send, 404, f"no websocket endpoint {scope['path']}")
+            found = self.router.match_websocket(scope["path"]) \
+                if self.events_token is None else None
+            if found is None:
+                await reject_websocket(send, 404, f"no websocket endpoint {scope['path']}")
+                return
+            handler, params = found
+            await handler(scope, receive, send, params)
             return
         if self.events_token is not None and not self._authorized(scope, query):
-            await _reject(send, 401, "this listener requires events.token")
+            await reject_websocket(send, 401, "this listener requires events.token")
             return
         if self._closing:
-            await _reject(send, 503, "supervisor shutting down")
+            await reject_websocket(send, 503, "supervisor shutting down")
             return
         message = await receive()
         if message["type"] != "websocket.connect":
@@ -376,7 +401,7 @@ async def _respond(send: Send, response: Response) -> None:
     await send({"type": "http.response.body", "body": payload})
 
 
-async def _reject(send: Send, status: int, message: str) -> None:
+async def reject_websocket(send: Send, status: int, message: str) -> None:
     """Refuse a websocket handshake with an HTTP status and a plain-text reason."""
     body = (message + "\n").encode()
     await send({

@@ -6,14 +6,16 @@ Handlers translate HTTP into PodManager calls; errors travel as ``jetpack.errors
 
 from __future__ import annotations
 
+import json
 import signal
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qs
 
 import trio
 
-from jetpack.errors import UsageError
-from jetpack.supervisor.api import Request, Router
+from jetpack.errors import JetpackError, UsageError
+from jetpack.supervisor.api import Request, Router, reject_websocket
 from jetpack.supervisor.pods import PodManager
 
 
@@ -75,6 +77,60 @@ def add_pod_routes(
         shutdown(keep)
         return {"stopping": True, "keep_pods": keep}
 
+    async def attach(scope: Any, receive: Any, send: Any, params: dict[str, str]) -> None:
+        """The app's terminal over a websocket: binary frames are its output and input; a text
+        frame ``{"type": "resize", "rows": R, "cols": C}`` resizes it; the server ends with a
+        text frame ``{"type": "exit", ...}`` (the pod's record) when the app is gone."""
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return
+        try:
+            pod = await manager.resolve(params["pod"])
+            query = parse_qs(scope["query_string"].decode("latin-1"))
+            app = query.get("app", [pod.apps[0].name if pod.apps else ""])[-1]
+            pod.app(app)
+        except JetpackError as exc:
+            await reject_websocket(send, 404, str(exc))
+            return
+        terminal_of = getattr(manager.runtime, "terminal", None)
+        terminal = terminal_of(pod.uuid, app) if terminal_of is not None else None
+        if terminal is None:
+            await reject_websocket(send, 409, f"app {app} of pod {pod.name} is not running "
+                                              "with a terminal")
+            return
+        await send({"type": "websocket.accept"})
+        with terminal.attach() as (scrollback, output):
+            async with trio.open_nursery() as nursery:
+
+                async def to_client() -> None:
+                    if scrollback:
+                        await send({"type": "websocket.send", "bytes": scrollback})
+                    async for chunk in output:
+                        await send({"type": "websocket.send", "bytes": chunk})
+                    if terminal.ended.is_set():
+                        final = await manager.wait(pod.uuid)
+                        await send({"type": "websocket.send", "text": json.dumps(
+                            {"type": "exit", "pod": final.to_json_obj()})})
+                    await send({"type": "websocket.close", "code": 1000, "reason": ""})
+                    nursery.cancel_scope.cancel()
+
+                async def from_client() -> None:
+                    while True:
+                        event = await receive()
+                        if event["type"] == "websocket.disconnect":
+                            break  # detached: the app goes on
+                        if event.get("bytes"):
+                            await terminal.write(event["bytes"])
+                        elif event.get("text"):
+                            control = json.loads(event["text"])
+                            if control.get("type") == "resize":
+                                terminal.resize(int(control["rows"]), int(control["cols"]))
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(to_client)
+                nursery.start_soon(from_client)
+
+    router.add_websocket("/v1/pods/{pod}/attach", attach)
     router.add("GET", "/v1/pods", list_pods)
     router.add("GET", "/v1/pods/{pod}", show)
     router.add("POST", "/v1/pods/{pod}/start", start)

@@ -239,8 +239,11 @@ def _bind_unix(path: Path, group: str) -> tuple[socket.socket, Path]:
     # Unique per server, not per process: a server torn down while the next one binds (in
     # the same process) must never remove the newcomer's socket.
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-    with contextlib.suppress(FileNotFoundError):
-        temporary.unlink()
+    for stale in path.parent.glob(f".{path.name}.*.*"):  # left by servers that were killed
+        pid = stale.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists() and Path("/proc/self").exists():
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(str(temporary))

@@ -8,6 +8,7 @@ so starting a pod reads no manifest. Log files live at ``<root>/pods/<uuid>/logs
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,10 +23,12 @@ from jetpack.stage1.base import (
     IsolationDriver,
     SandboxHandle,
     SandboxSpec,
+    Stdio,
     Volume,
 )
 from jetpack.store.pods import AppRecord, PodRecord
 from jetpack.supervisor.runtime import AppProcess, ExitStatus
+from jetpack.supervisor.terminal import PtyRelay
 
 
 class RootfsProvider(Protocol):
@@ -73,6 +76,11 @@ class Stage1Runtime:
         self.metadata_url = metadata_url
         self._limiter = trio.CapacityLimiter(2)
         self._live: dict[tuple[str, int], Stage1Process] = {}
+        self._terminals: dict[tuple[str, str], PtyRelay] = {}
+
+    def terminal(self, pod_uuid: str, app: str) -> PtyRelay | None:
+        """The terminal of an app started with one (``run -t``), while it runs."""
+        return self._terminals.get((pod_uuid, app))
 
     async def _thread(self, fn: Any, *args: Any) -> Any:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
@@ -133,7 +141,23 @@ class Stage1Runtime:
         if not pod.options.get("keep_image_etc"):
             await self._thread(self._write_etc, pod, rootfs)
         spec = self._app_spec(pod, app, rootfs, list(sandbox.get("cgroup_dirs", [])))
-        process = await self.driver.start_app(SandboxHandle.from_json(sandbox), spec)
+        stdio = None
+        wants_tty = bool(pod.options.get("tty")) and pod.apps and pod.apps[0].name == app.name
+        if wants_tty:
+            master, slave = os.openpty()
+            stdio = Stdio(slave, slave, slave)
+        try:
+            process = await self.driver.start_app(SandboxHandle.from_json(sandbox), spec,
+                                                  stdio=stdio)
+        except BaseException:
+            if stdio is not None:
+                os.close(master)
+            raise
+        finally:
+            if stdio is not None:
+                os.close(slave)
+        if stdio is not None:
+            self._terminals[(pod.uuid, app.name)] = PtyRelay(master)
         self._live[(pod.uuid, process.identity.pid)] = process
         return AppProcess(app.name, process.identity.pid, str(process.identity.start_time),
                           state={"sandbox": sandbox, "process": process.to_json()})
@@ -167,11 +191,22 @@ class Stage1Runtime:
     async def wait_app(self, pod: PodRecord, process: AppProcess) -> ExitStatus:
         live = self._process(pod, process)
         handle = SandboxHandle.from_json(process.state["sandbox"])
+        terminal = self._terminals.get((pod.uuid, process.app))
         try:
-            status = await self.driver.wait(handle, live)
+            async with trio.open_nursery() as nursery:
+                if terminal is not None:
+                    nursery.start_soon(terminal.pump)
+                status = await self.driver.wait(handle, live)
+                if terminal is not None:
+                    with trio.move_on_after(1):  # the last output, until the pty says EOF
+                        await terminal.ended.wait()
+                nursery.cancel_scope.cancel()
         finally:
             self._live.pop((pod.uuid, process.pid), None)
             live.close()
+            if terminal is not None:
+                self._terminals.pop((pod.uuid, process.app), None)
+                terminal.close()
         return ExitStatus(code=status.code, signal=status.signal)
 
     async def stop_app(self, pod: PodRecord, process: AppProcess, grace: float) -> None:

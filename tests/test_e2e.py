@@ -380,3 +380,58 @@ def test_events_follower_exactly_once_across_kill9(host: Host) -> None:
                (host.tmp / "follower.out").read_text().splitlines()]
     assert printed == logged  # every event exactly once, in order, gap-free
     assert logged == list(range(1, len(logged) + 1))
+
+
+def shell_says(fd: int, marker: bytes, timeout: float = 30) -> bytes:
+    """Output up to ``marker``, answering busybox's cursor-position queries (ESC [ 6 n) as a
+    terminal would: its line editor waits for the answer."""
+    import select
+
+    seen = b""
+    answered = 0
+    deadline = time.monotonic() + timeout
+    while marker not in seen:
+        left = deadline - time.monotonic()
+        assert left > 0, f"timed out waiting for {marker!r}; got {seen[-300:]!r}"
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            continue
+        chunk = os.read(fd, 4096)
+        assert chunk, f"the terminal closed before {marker!r}; got {seen[-300:]!r}"
+        seen += chunk
+        while seen.count(b"\x1b[6n") > answered:
+            os.write(fd, b"\x1b[1;1R")
+            answered += 1
+    return seen
+
+
+def test_run_t_gives_a_shell_in_a_pty_and_attach_reattaches(host: Host) -> None:
+    host.start()
+    master, slave = os.openpty()
+    cli = [sys.executable, "-m", "jetpack.cli.main", "-c", str(host.jp.conf)]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([*cli, "run", "-t", "--name", "shell", "example.com/busybox",
+                             "--exec", "/bin/sh"], stdin=slave, stdout=slave, stderr=slave,
+                            start_new_session=True, env=env)
+    os.close(slave)
+    try:
+        shell_says(master, b"# ")  # the prompt: a shell on a terminal
+        os.write(master, b"test -t 0 && echo tty-$((6*7))\r")
+        assert b"tty-42" in shell_says(master, b"tty-42")
+        os.write(master, b"\x10\x11")  # detach: the shell goes on
+        assert proc.wait(timeout=30) == 0
+        assert host.pod("shell")["state"] == "running"
+    finally:
+        os.close(master)
+    master, slave = os.openpty()
+    proc = subprocess.Popen([*cli, "attach", "shell"], stdin=slave, stdout=slave,
+                            stderr=slave, start_new_session=True, env=env)
+    os.close(slave)
+    try:
+        shell_says(master, b"tty-42")  # the scrollback comes first
+        os.write(master, b"echo again-$((2*3)); exit 5\r")
+        shell_says(master, b"again-6")
+        assert proc.wait(timeout=30) == 5
+    finally:
+        os.close(master)
+    assert host.pod("shell")["state"] == "exited"

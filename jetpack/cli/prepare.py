@@ -4,6 +4,7 @@ foreground through the supervisor, and removing them."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -91,15 +92,13 @@ def _run_foreground(ctx: Context, images: Any, pod_uuid: str, *, rm: bool, tty: 
 
     from jetpack.cli.client import ControlClient
     from jetpack.cli.logs import log_path
-    from jetpack.errors import UsageError
     from jetpack.store.pods import PodStore
 
-    if tty:
-        raise UsageError("run -t (an interactive terminal) is not available yet",
-                         hint="use 'jetpack console POD' on a running pod")
     client = ControlClient(ctx.config.path("supervisor.socket"))
     store = PodStore(ctx.state)
     pod = store.get(pod_uuid)
+    if tty:
+        return _run_terminal(ctx, images, client, store, pod, rm=rm)
     paths = {a.name: log_path(ctx.config, pod.uuid, a.name) for a in pod.apps}
     offsets = {app: (p.stat().st_size if p.exists() else 0) for app, p in paths.items()}
     prefix = len(paths) > 1
@@ -148,6 +147,30 @@ def _run_foreground(ctx: Context, images: Any, pod_uuid: str, *, rm: bool, tty: 
 
             destroy_pod(ctx.config, ctx.state, images, store.get(pod.uuid),
                         stop_through_supervisor(ctx))
+    return exit_status(final)
+
+
+def _run_terminal(ctx: Context, images: Any, client: Any, store: Any, pod: Any, *,
+                  rm: bool) -> int:
+    """``run -t``: the first app gets a pty; this terminal is attached to it."""
+    from jetpack.cli.attach import attach_terminal
+
+    if not pod.options.get("tty"):
+        with ctx.state.transaction() as tx:
+            pod.options["tty"] = True
+            tx.execute("UPDATE pods SET options = ? WHERE uuid = ?",
+                       (json.dumps(pod.options), pod.uuid))
+    client.request_sync("POST", f"/v1/pods/{pod.uuid}/start", timeout=None)
+    final = attach_terminal(str(ctx.config.path("supervisor.socket")), pod.uuid, None)
+    if final is None:
+        return 0  # detached: the pod goes on
+    if not final:
+        final = client.request_sync("GET", f"/v1/pods/{pod.uuid}/wait", timeout=None)
+    if rm:
+        from jetpack.store.lifecycle import destroy_pod
+
+        destroy_pod(ctx.config, ctx.state, images, store.get(pod.uuid),
+                    stop_through_supervisor(ctx))
     return exit_status(final)
 
 

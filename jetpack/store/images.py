@@ -9,7 +9,6 @@ cannot be written the tree is removed again.
 from __future__ import annotations
 
 import fcntl
-import importlib
 import json
 import os
 import shutil
@@ -234,7 +233,9 @@ class ImageStore:
                 raise ImageError(f"the image is named {manifest.name}, not {expect_name}")
             if sig is not None:
                 # The archive as read (kept for export) is what the signature must cover.
-                verify_signature(self.config, manifest.name, staging.path / ACI_FILE, sig)
+                verify_signature(self.config, manifest.name, staging.path / ACI_FILE, sig,
+                                 shown_as="stdin" if source_name == "-"
+                                 else Path(source_name).name)
             if self.find(extracted.image_id) is not None and \
                     self.storage.has_image(extracted.image_id):
                 self.storage.discard(staging)
@@ -447,16 +448,16 @@ def parse_manifest(data: bytes) -> ImageManifest:
                          ) from None
 
 
-def verify_signature(config: Config, image_name: str, aci: Path, sig: Path) -> None:
-    """Check ``sig`` over ``aci`` with the keys trusted for ``image_name`` (jetpack.trust)."""
+def verify_signature(config: Config, image_name: str, aci: Path, sig: Path, *,
+                     shown_as: str) -> None:
+    """Check ``sig`` over ``aci`` with the keys trusted for ``image_name`` (jetpack.trust);
+    a refusal names the archive as the user gave it (``shown_as``), not the copy checked."""
+    from jetpack.trust import verify_detached  # gnupg only when a signature is checked
+
     try:
-        trust = importlib.import_module("jetpack.trust")
-    except ModuleNotFoundError as exc:
-        if exc.name != "jetpack.trust":
-            raise
-        raise TrustError("signature checks are not available: this jetpack has no trust "
-                         "module yet", hint="import without --sig") from None
-    trust.verify_detached(config, image_name, aci, sig)
+        verify_detached(config, image_name, aci, sig)
+    except TrustError as exc:
+        raise TrustError(exc.message.replace(aci.name, shown_as), hint=exc.hint) from None
 
 
 def copy_with_progress(src: Path, dst: Path, progress: Progress) -> None:
