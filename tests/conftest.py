@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -103,6 +104,7 @@ def zfs_dataset(zfs_pool: str) -> Iterator[str]:
         subprocess.run(["zfs", "destroy", "-R", name], capture_output=True)
         if subprocess.run(["zfs", "list", name], capture_output=True).returncode != 0:
             break
+        time.sleep(0.2)  # zfs-fuse calls a dataset busy for a moment after its last user
     else:
         raise AssertionError(f"test dataset {name} could not be destroyed")
 

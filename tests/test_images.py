@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -212,15 +213,21 @@ def test_dependencies_rendered_zfs_as_clone(jetpack_zfs: Jetpack, zfs_dataset: s
     base, mid, top = layered(tmp_path)
     jetpack_zfs("init")
     base_id = jetpack_zfs("import", str(base)).stdout.split()[-1]
-    jetpack_zfs("import", str(mid))
+    mid_id = jetpack_zfs("import", str(mid)).stdout.split()[-1]
     top_id = jetpack_zfs("import", str(top)).stdout.split()[-1]
     check_rendered(jetpack_zfs.root / "images" / top_id / "rootfs")
     origin = zfs("get", "-H", "-o", "value", "origin", f"{zfs_dataset}/images/{top_id}").strip()
     assert origin == f"{zfs_dataset}/images/{base_id}@seal"
-    # the base cannot go while the rendered image is its clone
+    # the base cannot go while the rendered image is its clone, not even with --force
     out = jetpack_zfs("destroy-image", base_id, "--force", check=False)
     assert out.returncode == 1
-    assert "in use" in out.stderr
+    assert "is the base of image example.com/top" in out.stderr
+    # once the rendered image is gone, both datasets can go
+    jetpack_zfs("destroy-image", top_id)
+    jetpack_zfs("destroy-image", base_id)
+    left = zfs("list", "-H", "-t", "all", "-o", "name", "-r", f"{zfs_dataset}/images").split()
+    mid_ds = f"{zfs_dataset}/images/{mid_id}"
+    assert [n for n in left if "sha512-" in n] == [mid_ds, f"{mid_ds}@seal"]
 
 
 def test_missing_dependency_is_refused(root: None, jetpack_dir: Jetpack, tmp_path: Path) -> None:
@@ -325,6 +332,84 @@ def test_image_in_use_is_not_destroyed(root: None, jetpack_dir: Jetpack,
     assert kinds == ["image.imported", "pod.prepared", "pod.destroyed", "image.removed"]
 
 
+def test_force_destroys_stopped_pods_then_the_image(root: None, jetpack_dir: Jetpack,
+                                                    busybox_aci: Path) -> None:
+    jetpack_dir("init")
+    image_id = jetpack_dir("import", str(busybox_aci)).stdout.split()[-1]
+    pod = jetpack_dir("prepare", "example.com/busybox", "--name", "user").stdout.split()[-1]
+    jetpack_dir("destroy-image", "--force", image_id)
+    assert images_json(jetpack_dir) == []
+    assert json.loads(jetpack_dir("list", "--json").stdout) == []
+    assert not (jetpack_dir.root / "pods" / pod).exists()
+    assert not (jetpack_dir.root / "images" / image_id).exists()
+
+
+def test_concurrent_imports_of_one_aci_make_one_image(root: None, jetpack_dir: Jetpack,
+                                                      busybox_aci: Path) -> None:
+    jetpack_dir("init")
+    argv = [sys.executable, "-m", "jetpack.cli.main", "-c", str(jetpack_dir.conf), "import",
+            str(busybox_aci)]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    procs = [subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outs
+    assert {out.splitlines()[-1] for out, _ in outs} == {sha512_of_tar(busybox_aci)}
+    assert len(images_json(jetpack_dir)) == 1
+    kinds = [json.loads(e)["type"] for e in
+             jetpack_dir("events", "--no-follow", "--json").stdout.splitlines()]
+    assert kinds == ["image.imported"]
+    assert not any((jetpack_dir.root / "tmp").iterdir())
+
+
+def test_refusals_before_sealing_leave_nothing(root: None, jetpack_dir: Jetpack,
+                                               busybox_aci: Path, tmp_path: Path) -> None:
+    jetpack_dir("init")
+    before = listing(jetpack_dir.root)
+    wrong = jetpack_dir("import", str(busybox_aci), "--name", "example.com/other", check=False)
+    assert wrong.returncode == 1
+    assert "named example.com/busybox, not example.com/other" in wrong.stderr
+    sig = tmp_path / "busybox.aci.asc"
+    sig.write_text("-----BEGIN PGP SIGNATURE-----\n")
+    signed = jetpack_dir("import", str(busybox_aci), "--sig", str(sig), check=False)
+    assert signed.returncode == 1
+    assert "Traceback" not in signed.stderr
+    assert "busybox.aci is signed by a key not trusted for example.com/busybox" in signed.stderr
+    assert images_json(jetpack_dir) == []
+    assert listing(jetpack_dir.root) == before
+    short = jetpack_dir("show-image", "sha512-abc", check=False)
+    assert short.returncode == 1
+    assert "too short" in short.stderr
+
+
+def test_killed_import_on_zfs_leaves_no_image_and_gc_destroys_its_dataset(
+        jetpack_zfs: Jetpack, zfs_dataset: str, tmp_path: Path) -> None:
+    jetpack_zfs("init")
+    before = zfs("list", "-H", "-t", "all", "-o", "name", "-r", zfs_dataset)
+    fifo = tmp_path / "slow.aci"
+    os.mkfifo(fifo)
+    with subprocess.Popen(
+            [sys.executable, "-m", "jetpack.cli.main", "-c", str(jetpack_zfs.conf), "import",
+             str(fifo)], env=dict(os.environ, PYTHONPATH=str(REPO)),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc, fifo.open("wb") as writer:
+        aci = aci_from_entries(tmp_path / "big.aci", [
+            manifest_entry(manifest("example.com/big")), dir_entry("rootfs"),
+            *[file_entry(f"rootfs/f{i}", os.urandom(4096)) for i in range(64)]])
+        data = aci.read_bytes()
+        writer.write(data[: len(data) // 2])
+        writer.flush()
+        deadline = time.monotonic() + 60
+        while "tmp-" not in zfs("list", "-H", "-o", "name", "-r", zfs_dataset):
+            assert time.monotonic() < deadline, "the import never started"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert images_json(jetpack_zfs) == []
+    out = jetpack_zfs("gc")
+    assert "tmp-" in out.stdout
+    assert zfs("list", "-H", "-t", "all", "-o", "name", "-r", zfs_dataset) == before
+
+
 def test_destroy_image_on_zfs(jetpack_zfs: Jetpack, zfs_dataset: str, tmp_path: Path) -> None:
     base, mid, top = layered(tmp_path)
     jetpack_zfs("init")
@@ -335,3 +420,57 @@ def test_destroy_image_on_zfs(jetpack_zfs: Jetpack, zfs_dataset: str, tmp_path: 
     jetpack_zfs("destroy-image", base_id)  # no clone of it is left
     names = zfs("list", "-H", "-t", "all", "-o", "name", "-r", f"{zfs_dataset}/images").split()
     assert not [n for n in names if top_id in n or base_id in n]
+
+
+@pytest.fixture
+def signer(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """A throwaway GnuPG home with one signing key (no passphrase) and its exported public
+    key; its agent is stopped afterwards."""
+    home = tmp_path / "gnupg"
+    home.mkdir(mode=0o700)
+    gpg = ["gpg", "--homedir", str(home), "--batch", "--pinentry-mode", "loopback",
+           "--passphrase", ""]
+    subprocess.run([*gpg, "--quick-gen-key", "Image Signer <signer@example.com>", "ed25519",
+                    "sign", "never"], check=True, capture_output=True)
+    public = tmp_path / "signer.pub"
+    with public.open("wb") as out:
+        subprocess.run([*gpg, "--armor", "--export"], stdout=out, check=True)
+    yield home, public
+    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], capture_output=True)
+
+
+def sign(home: Path, path: Path) -> Path:
+    sig = path.with_name(path.name + ".asc")
+    subprocess.run(["gpg", "--homedir", str(home), "--batch", "--pinentry-mode", "loopback",
+                    "--passphrase", "", "--armor", "--detach-sign", "--output", str(sig),
+                    str(path)], check=True, capture_output=True)
+    return sig
+
+
+def test_import_checks_a_detached_signature(root: None, jetpack_dir: Jetpack, tmp_path: Path,
+                                            busybox_aci: Path,
+                                            signer: tuple[Path, Path]) -> None:
+    home, public = signer
+    jetpack_dir("init")
+    jetpack_dir("trust", "--prefix", "example.com/busybox", str(public), "--yes")
+    sig = sign(home, busybox_aci)
+    # a signature over other bytes is refused, and nothing stays
+    tampered = tmp_path / "tampered.aci"
+    tampered.write_bytes(busybox_aci.read_bytes() + b"\0" * 512)
+    before = listing(jetpack_dir.root)
+    bad = jetpack_dir("import", str(tampered), "--sig", str(sig), check=False)
+    assert bad.returncode == 1, bad.stdout
+    assert "Traceback" not in bad.stderr
+    assert images_json(jetpack_dir) == []
+    assert listing(jetpack_dir.root) == before
+    # the signed archive imports, from a file and from stdin (the copy read is what is checked)
+    good = jetpack_dir("import", str(busybox_aci), "--sig", str(sig))
+    assert good.stdout.splitlines()[-1] == sha512_of_tar(busybox_aci)
+    jetpack_dir("destroy-image", good.stdout.splitlines()[-1])
+    with busybox_aci.open("rb") as stdin:
+        piped = subprocess.run(
+            [sys.executable, "-m", "jetpack.cli.main", "-c", str(jetpack_dir.conf), "import",
+             "-", "--sig", str(sig)], stdin=stdin, capture_output=True, text=True,
+            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stdout.splitlines()[-1] == sha512_of_tar(busybox_aci)

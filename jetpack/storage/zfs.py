@@ -189,13 +189,19 @@ class ZfsStorage:
         dataset = self._image_ds(image_id)
         if not self.zfs.exists(dataset):
             return
-        # zfs-fuse has no "clones" property: find clones by their origin instead
-        out = self.zfs.run("list", "-H", "-o", "name,origin", "-r", self.dataset)
-        clones = [line.split("\t")[0] for line in out.splitlines()
-                  if line.endswith(f"\t{dataset}@seal")]
+        clones = self.clones_of(f"{dataset}@seal")
         if clones:
             raise StorageError(f"image {image_id} has dependent clones: {', '.join(clones)}")
         self.zfs.destroy(dataset)
+
+    def clones_of(self, snapshot: str) -> list[str]:
+        """Datasets cloned from ``snapshot`` (told by ``origin``: zfs-fuse has no ``clones``
+        property)."""
+        out = self.zfs.run("list", "-H", "-o", "name,origin", "-t", "filesystem", "-r",
+                           self.dataset)
+        return sorted(name for name, _, origin in
+                      (line.partition("\t") for line in out.splitlines())
+                      if origin == snapshot)
 
     def image_size(self, image_id: str) -> int:
         return int(self.zfs.get(self._image_ds(image_id), "used"))
@@ -225,7 +231,7 @@ class ZfsStorage:
         if not self.zfs.exists(clone):
             raise NotFoundError(f"pod {pod_uuid} has no app {app}")
         if self.zfs.get(clone, "mounted") != "yes":
-            self.zfs.run("mount", clone)
+            self.zfs.retry_busy("mount", clone)  # zfs-fuse: busy just after an unmount
         return self.root / "pods" / pod_uuid / "apps" / app / "rootfs"
 
     def unmount_pod(self, pod_uuid: str) -> None:

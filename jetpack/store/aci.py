@@ -50,6 +50,9 @@ class _Engine(Protocol):
     @property
     def eof(self) -> bool: ...
 
+    @property
+    def unused_data(self) -> bytes: ...
+
     def decompress(self, data: bytes) -> bytes: ...
 
 
@@ -102,11 +105,14 @@ class _Decompressor:
             out = self._engine.decompress(data)
             # gzip allows several members back to back (pigz, cat a.gz b.gz): go on with each
             while self.kind == "gzip" and _ended(self._engine):
-                rest = getattr(self._engine, "unused_data", b"")
+                rest = self._engine.unused_data
                 if not rest:
                     break
                 self._engine = zlib.decompressobj(16 + zlib.MAX_WBITS)
                 out += self._engine.decompress(rest)
+            if self.kind != "gzip" and _ended(self._engine) and self._engine.unused_data:
+                raise _StreamError("corrupt archive: data after the end of the compressed "
+                                   "stream")
             return out
         except (zlib.error, OSError, lzma.LZMAError, EOFError) as exc:
             raise _StreamError(f"corrupt {self.kind} stream: {exc}") from None

@@ -29,6 +29,7 @@ from jetpack.errors import (
     ImageError,
     NotFoundError,
     StorageError,
+    TrustError,
     ValidationError,
 )
 from jetpack.state import StateDB
@@ -168,16 +169,22 @@ class ImageStore:
         record = self.resolve(ref, labels)
         return ResolvedImage(record.id, record.name, record.parsed(), record.manifest)
 
+    def pod_users(self, image_id: str) -> list[tuple[str, str]]:
+        """(uuid, name) of the pods whose apps use the image."""
+        return [(r["uuid"], r["name"]) for r in self.state.query(
+            "SELECT DISTINCT pods.uuid, pods.name FROM apps JOIN pods ON pods.uuid ="
+            " apps.pod_uuid WHERE apps.image_id = ? ORDER BY pods.name", (image_id,))]
+
+    def dependents(self, image_id: str) -> list[ImageRecord]:
+        """Images whose tree is a clone of this one's (ZFS: a rendered image starts as a clone
+        of its first dependency's @seal); this one must stay while they do."""
+        return [r for r in self.all() if r.id != image_id and r.parsed().dependencies
+                and self._dep_target(r.id) == image_id]
+
     def users(self, image_id: str) -> list[str]:
         """Pods whose apps use the image, and images depending on it."""
-        pods = [f"pod {r['name']}" for r in self.state.query(
-            "SELECT DISTINCT pods.name FROM apps JOIN pods ON pods.uuid = apps.pod_uuid"
-            " WHERE apps.image_id = ?", (image_id,))]
-        # A rendered image is a clone of its first dependency on ZFS: that one must stay.
-        dependents = [f"image {r.name} ({r.id[:19]})" for r in self.all()
-                      if r.id != image_id and r.parsed().dependencies
-                      and self._dep_target(r.id) == image_id]
-        return pods + dependents
+        return [f"pod {name}" for _, name in self.pod_users(image_id)] + \
+            [f"image {r.name} ({r.id[:19]})" for r in self.dependents(image_id)]
 
     def _dep_target(self, image_id: str) -> str | None:
         origin = getattr(self.storage, "origin", None)
@@ -226,7 +233,9 @@ class ImageStore:
                 raise ImageError(f"the image is named {manifest.name}, not {expect_name}")
             if sig is not None:
                 # The archive as read (kept for export) is what the signature must cover.
-                verify_signature(self.config, manifest.name, staging.path / ACI_FILE, sig)
+                verify_signature(self.config, manifest.name, staging.path / ACI_FILE, sig,
+                                 shown_as="stdin" if source_name == "-"
+                                 else Path(source_name).name)
             if self.find(extracted.image_id) is not None and \
                     self.storage.has_image(extracted.image_id):
                 self.storage.discard(staging)
@@ -341,13 +350,25 @@ class ImageStore:
     # --- removal, tags, export -------------------------------------------------------------
 
     def destroy(self, ref: str, *, force: bool = False) -> ImageRecord:
+        """Remove an image. Pods using it refuse that, unless ``force``: then those pods are
+        destroyed first (a running one still refuses). Images built on it always refuse."""
         record = self.resolve(ref)
-        users = self.users(record.id)
-        dependents = [u for u in users if u.startswith("image ")]
-        if dependents or (users and not force):
-            raise ConflictError(f"image {record.name} ({record.id[:19]}) is in use by "
-                                + ", ".join(users),
-                                hint=None if dependents else "--force removes it anyway")
+        what = f"image {record.name} ({record.id[:19]})"
+        dependents = self.dependents(record.id)
+        if dependents:
+            raise ConflictError(f"{what} is the base of " + ", ".join(
+                f"image {r.name} ({r.id[:19]})" for r in dependents),
+                hint="destroy those images first")
+        pods = self.pod_users(record.id)
+        if pods and not force:
+            raise ConflictError(f"{what} is in use by " + ", ".join(f"pod {n}" for _, n in pods),
+                                hint="--force destroys those pods (when stopped) and the image")
+        if pods:
+            from jetpack.store.lifecycle import destroy_pod
+            from jetpack.store.pods import PodStore
+
+            for uuid, _ in pods:
+                destroy_pod(self.config, self.state, self, PodStore(self.state).get(uuid))
         self.storage.destroy_image(record.id)
         with self.state.transaction() as tx:
             tx.execute("DELETE FROM images WHERE id = ?", (record.id,))
@@ -389,7 +410,7 @@ class ImageStore:
                 if not original.exists():
                     raise ImageError(f"image {record.name} was not imported from an ACI",
                                      hint="export it with --flat")
-                shutil.copyfile(original, tmp)
+                copy_with_progress(original, tmp, Progress("export", original.stat().st_size))
             else:
                 write_aci(tree, flat_manifest(record.parsed()), tmp)
             os.replace(tmp, out)
@@ -427,8 +448,26 @@ def parse_manifest(data: bytes) -> ImageManifest:
                          ) from None
 
 
-def verify_signature(config: Config, image_name: str, aci: Path, sig: Path) -> None:
-    """Check ``sig`` over ``aci`` with the keys trusted for ``image_name`` (jetpack.trust)."""
-    from jetpack.trust import verify_detached
+def verify_signature(config: Config, image_name: str, aci: Path, sig: Path, *,
+                     shown_as: str) -> None:
+    """Check ``sig`` over ``aci`` with the keys trusted for ``image_name`` (jetpack.trust);
+    a refusal names the archive as the user gave it (``shown_as``), not the copy checked."""
+    from jetpack.trust import verify_detached  # gnupg only when a signature is checked
 
-    verify_detached(config, image_name, aci, sig)
+    try:
+        verify_detached(config, image_name, aci, sig)
+    except TrustError as exc:
+        raise TrustError(exc.message.replace(aci.name, shown_as), hint=exc.hint) from None
+
+
+def copy_with_progress(src: Path, dst: Path, progress: Progress) -> None:
+    """Copy a file in chunks, reporting bytes and rate on a terminal."""
+    done = 0
+    try:
+        with src.open("rb") as reader, dst.open("xb") as writer:
+            while chunk := reader.read(1 << 20):
+                writer.write(chunk)
+                done += len(chunk)
+                progress(done)
+    finally:
+        progress.done()
