@@ -121,6 +121,7 @@ class Daemon:
 
     async def _serve(self, task_status: trio.TaskStatus[Daemon]) -> None:
         db = await trio.to_thread.run_sync(StateDB.for_root, self.config.root)
+        await trio.to_thread.run_sync(self._clean_leftovers)
         try:
             await _record(db, "supervisor.started", pid=os.getpid())
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP,
@@ -169,6 +170,18 @@ class Daemon:
         directory = ManagerDirectory(manager, db, load_key(self.config, "mds.token-key"))
         service = MetadataService(directory, load_key(self.config, "mds.signing-key"))
         await serve_metadata(service, self.metadata_bind(), task_status=task_status)
+
+    def _clean_leftovers(self) -> None:
+        """What interrupted imports left behind (their importers are gone)."""
+        from jetpack.storage import open_storage
+
+        try:
+            removed = open_storage(self.config).cleanup_leftovers()
+        except JetpackError as exc:
+            log.warning("cleaning import leftovers failed", error=str(exc))
+            return
+        for item in removed:
+            log.info("removed an interrupted import's leftovers", path=item)
 
     async def _watch_signals(self, signals: AsyncIterator[int]) -> None:
         async for signum in signals:
