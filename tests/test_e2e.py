@@ -73,14 +73,25 @@ def busybox_image(tmp: Path, rootfs: Path, name: str, app: dict[str, object] | N
 
 
 @pytest.fixture
-def host(root: None, busybox_rootfs: Path, tmp_path: Path) -> Iterator[Host]:
+def storage(request: pytest.FixtureRequest) -> dict[str, str]:
+    """Settings of the storage driver the host uses: dir, or (parametrized) zfs on a fresh
+    dataset of the test pool."""
+    if getattr(request, "param", "dir") == "zfs":
+        dataset = request.getfixturevalue("zfs_dataset")
+        return {"storage.driver": "zfs", "root.zfs": dataset}
+    return {"storage.driver": "dir"}
+
+
+@pytest.fixture
+def host(root: None, busybox_rootfs: Path, tmp_path: Path, storage: dict[str, str]
+         ) -> Iterator[Host]:
     tag = secrets.token_hex(3)
     bridge = f"jpt{tag}"
     network = f"172.31.{int(tag[:2], 16)}.1/24"
     conf = write_conf(tmp_path / "jetpack.conf", **{
         "root.path": str(tmp_path / "root"), "supervisor.socket": str(tmp_path / "jp.sock"),
         "jail.interface": bridge, "jail.network": network, "pod.stop-timeout": "3s",
-        "restart.delay": "100ms", "restart.reset-after": "5s"})
+        "restart.delay": "100ms", "restart.reset-after": "5s", **storage})
     jp = Jetpack(conf, tmp_path / "root")
     jp("init")
     jp("import", str(busybox_image(tmp_path, busybox_rootfs, "example.com/busybox",
@@ -98,7 +109,11 @@ def host(root: None, busybox_rootfs: Path, tmp_path: Path) -> Iterator[Host]:
         if leftover.returncode == 0:
             subprocess.run(["ip", "link", "del", bridge], check=False)
         with Path("/proc/self/mountinfo").open() as mountinfo:
-            assert str(tmp_path) not in mountinfo.read(), "mounts left behind"
+            # the state root's own datasets stay mounted until zfs_dataset destroys them;
+            # nothing else (no pod clone, namespace file, overlay or volume) may remain
+            left = [line for line in mountinfo if str(tmp_path) in line
+                    and not (" fuse.zfs " in line and "/pods/" not in line)]
+            assert left == [], f"mounts left behind: {left}"
 
 
 def run_sh(host: Host, script: str, *extra: str, check: bool = True
@@ -131,11 +146,12 @@ def test_metadata_service_from_inside_pods(host: Host) -> None:
     host.start()
     script = ('wget -qO- "$AC_METADATA_URL/acMetadata/v1/pod/uuid"; echo; '
               'wget -qO- "$AC_METADATA_URL/acMetadata/v1/apps/$AC_APP_NAME/image/id"; echo; '
-              'wget -qO- --post-data content=hello "$AC_METADATA_URL/acMetadata/v1/pod/hmac/sign"')
+              'wget -qO- --post-data content=hello "$AC_METADATA_URL/acMetadata/v1/pod/hmac/sign";'
+              ' echo; echo "$AC_METADATA_URL"')
     pod = host.jp("prepare", "example.com/busybox", "--exec", f"/bin/sh -c '{script}'"
                   ).stdout.split()[-1]
     out = host.jp("run", pod)
-    uuid, image_id, signature = out.stdout.splitlines()[:3]
+    uuid, image_id, signature, a_url = out.stdout.splitlines()[:4]
     assert uuid == pod
     assert image_id.startswith("sha512-")
     # verify A's signature from pod B: 200 (wget exits 0), a tampered one: 403 (exit 1)
@@ -148,6 +164,9 @@ def test_metadata_service_from_inside_pods(host: Host) -> None:
     bad = verify.format(u=pod, s=urllib.parse.quote(tampered, safe=""))
     assert run_sh(host, good).returncode == 0
     assert run_sh(host, bad, check=False).returncode == 1
+    # pod B using A's token (A's whole URL) gets 403: the token must match the source
+    stolen = f'wget -qO- "{a_url}/acMetadata/v1/pod/uuid"'
+    assert run_sh(host, stolen, check=False).returncode == 1
     # a pod without its own token gets 403; the host (no pod address) gets 403 too
     steal = f'wget -qO- "http://{host.network.split("/")[0]}:1104/x/acMetadata/v1/pod/uuid"'
     assert run_sh(host, steal, check=False).returncode == 1
@@ -435,3 +454,42 @@ def test_run_t_gives_a_shell_in_a_pty_and_attach_reattaches(host: Host) -> None:
     finally:
         os.close(master)
     assert host.pod("shell")["state"] == "exited"
+
+
+
+@pytest.mark.parametrize("storage", ["dir", "zfs"], indirect=True)
+def test_envtest_with_handlers_on_both_drivers(host: Host, tmp_path: Path) -> None:
+    """ace.md's executor checks, end to end on each storage driver: user, working directory,
+    environment, exit status 3, and pre-start / post-stop in order in one rootfs."""
+    _envtest(host, tmp_path)
+
+
+def _envtest(host: Host, tmp_path: Path) -> None:
+    host.start()
+    image = aci_from_entries(tmp_path / "envtest.aci", [
+        manifest_entry(manifest("example.com/envtest", dependencies=[
+            {"imageName": "example.com/busybox"}], app={
+                "exec": ["/bin/sh", "-c", "echo app >> /log/order; id; pwd; env; hostname; "
+                         "exit 3"],
+                "user": "user", "group": "users", "workingDirectory": "/home/user",
+                "eventHandlers": [
+                    {"name": "pre-start", "exec": ["/bin/sh", "-c", "echo pre >> /log/order"]},
+                    {"name": "post-stop", "exec": ["/bin/sh", "-c", "echo post >> /log/order"]}],
+                "mountPoints": [{"name": "log", "path": "/log"}]})),
+        dir_entry("rootfs")])
+    host.jp("import", str(image))
+    logs = tmp_path / "handlers"
+    logs.mkdir(mode=0o777)
+    os.chmod(logs, 0o777)
+    pod = host.jp("prepare", "example.com/envtest", "-m", "log", "-v",
+                  f"log,kind=host,source={logs}").stdout.split()[-1]
+    out = host.jp("run", pod, check=False)
+    assert out.returncode == 3, out.stderr
+    assert "uid=1000(user) gid=100(users)" in out.stdout
+    assert "\n/home/user\n" in out.stdout
+    assert "AC_APP_NAME=envtest" in out.stdout
+    assert "AC_METADATA_URL=http://" in out.stdout
+    assert "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" in out.stdout
+    assert (logs / "order").read_text().split() == ["pre", "app", "post"]
+    assert host.pod(pod)["apps"][0]["exit_status"] == 3  # type: ignore[index]
+    host.jp("destroy", pod)

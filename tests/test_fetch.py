@@ -222,3 +222,20 @@ async def test_prefix_covers_whole_segments(signer: Signer, tmp_path: Path) -> N
     out = jp("import", str(aci), "--sig", f"{aci}.asc", check=False)
     assert out.returncode == 1
     assert "not trusted" in out.stderr
+
+
+async def test_prepare_fetches_a_missing_image(site: Site, signer: Signer, tmp_path: Path
+                                               ) -> None:
+    _, name = publish(site, signer, tmp_path, "app")
+    jp = state(tmp_path, "prepare")
+    assert (await cli(jp, tmp_path, "trust", "--prefix", name, "--discover", "--yes")
+            ).returncode == 0
+    out = await cli(jp, tmp_path, "prepare", f"{name}:1.0.0", "--exec", "/hello")
+    assert out.returncode == 0, out.stderr
+    assert b"fetching it" in out.stderr
+    assert name in jp("images", "--json").stdout
+    untrusted = state(tmp_path, "prepare-untrusted")
+    out = await cli(untrusted, tmp_path, "prepare", f"{name}:1.0.0", "--exec", "/hello")
+    assert out.returncode == 1
+    assert b"not trusted" in out.stderr
+    assert untrusted("list", "--json").stdout.strip() == "[]"

@@ -54,13 +54,47 @@ def run(ctx: Context, name: str, args: argparse.Namespace) -> int:
         text = sys.stdin.read() if extra["manifest"] == "-" else \
             Path(extra["manifest"]).read_text()
         options = options_from_manifest(text, options)
-    pod = prepare_pod(ctx.config, ctx.state, images, options)
+    pod = prepare_pod(ctx.config, ctx.state, FetchingImages(ctx, images), options)
     for warning in pod.options.get("isolator_warnings", []):
         print(f"jetpack: warning: {warning}", file=sys.stderr)
     if name == "prepare":
         print(pod.uuid)
         return 0
     return _run_foreground(ctx, images, pod.uuid, rm=extra["rm"], tty=extra["tty"])
+
+
+class FetchingImages:
+    """The image store, fetching (discovery, signature checked) an image named but missing,
+    as ``jetpack fetch NAME`` would with ``--pull=new``."""
+
+    def __init__(self, ctx: Context, images: Any) -> None:
+        self.ctx = ctx
+        self.images = images
+
+    def resolve_image(self, ref: str, labels: dict[str, str] | None = None) -> Any:
+        from jetpack.errors import NotFoundError
+
+        try:
+            return self.images.resolve_image(ref, labels)
+        except NotFoundError:
+            if ref.startswith("sha512-") or "@" in ref or "/" not in ref:
+                raise
+        import trio
+
+        from jetpack.fetch import Fetcher, Insecure
+
+        print(f"jetpack: {ref} is not in the store; fetching it", file=sys.stderr)
+        fetcher = Fetcher(self.ctx.config, self.images,
+                          insecure=Insecure.parse(self.ctx.config["images.insecure"]))
+        wanted = ref + "".join(f",{k}={v}" for k, v in (labels or {}).items())
+        record = trio.run(fetcher.fetch, wanted, "new")
+        return self.images.resolve_image(record.id)
+
+    def clone_for_app(self, image_id: str, pod_uuid: str, app: str) -> str:
+        return str(self.images.clone_for_app(image_id, pod_uuid, app))
+
+    def destroy_pod_clones(self, pod_uuid: str) -> None:
+        self.images.destroy_pod_clones(pod_uuid)
 
 
 def stop_through_supervisor(ctx: Context) -> Any:
