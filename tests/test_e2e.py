@@ -136,6 +136,9 @@ def test_run_prints_output_and_returns_status(host: Host) -> None:
     assert "GREETING=hi" in out.stdout
     assert "\nenvtest\n" in out.stdout  # hostname = pod name
     assert host.pod("envtest")["apps"][0]["exit_status"] == 3  # type: ignore[index]
+    manifest = json.loads(host.jp("manifest", "envtest").stdout)
+    assert manifest["acKind"] == "PodManifest"
+    assert manifest["apps"][0]["app"]["environment"] == [{"name": "GREETING", "value": "hi"}]
     types = [e["type"] for e in host.events(pod)]
     assert types == ["pod.prepared", "pod.starting", "app.started", "pod.started",
                      "app.exited", "pod.exited"]

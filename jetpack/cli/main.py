@@ -53,6 +53,7 @@ COMMANDS: dict[str, Command] = {
     # the event log (following needs the supervisor; --no-follow reads the database)
     "events": Command("events", "print the event log, or follow it live"),
     "list": Command("pods", "list pods with their state, address and apps"),
+    "manifest": Command("pods", "print a pod's reified pod manifest"),
     "enable": Command("pods", "start a pod whenever the supervisor starts (--priority N)"),
     "disable": Command("pods", "stop starting a pod with the supervisor"),
     # need the supervisor

@@ -27,6 +27,8 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
         if name == "enable":
             parser.add_argument("--priority", type=int, metavar="N",
                                 help="boot order: lower starts first (default 99)")
+    elif name == "manifest":
+        parser.add_argument("pod", metavar="POD")
     elif name == "status":
         parser.add_argument("--json", action="store_true", help="print a JSON object")
     elif name == "daemon":
@@ -43,6 +45,14 @@ def run(ctx: Context, name: str, args: argparse.Namespace) -> int:
         return _daemon(ctx, args)
     if name in ("enable", "disable"):
         return _enable(ctx, args, enable=name == "enable")
+    if name == "manifest":
+        import json
+
+        from jetpack.store.pods import PodStore
+
+        pod = PodStore(ctx.state).resolve(args.pod)
+        print(json.dumps(json.loads(pod.manifest), indent=2))
+        return 0
     if name == "status":
         info = _client(ctx).request_sync("GET", "/v1/info")
         if getattr(args, "json", False):
