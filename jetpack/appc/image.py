@@ -160,10 +160,10 @@ class App:
             raise ValidationError(obj.at("workingDirectory"), "must be an absolute path")
         mount_points = tuple(MountPoint.parse(v, join(obj.at("mountPoints"), i))
                              for i, v in enumerate(obj.array("mountPoints")))
-        _unique([m.name for m in mount_points], obj.at("mountPoints"), "mount point")
+        unique_names([m.name for m in mount_points], obj.at("mountPoints"), "mount point")
         ports = tuple(Port.parse(v, join(obj.at("ports"), i))
                       for i, v in enumerate(obj.array("ports")))
-        _unique([p.name for p in ports], obj.at("ports"), "port")
+        unique_names([p.name for p in ports], obj.at("ports"), "port")
         return cls(
             exec=argv, user=user, group=group, supplementary_gids=gids,
             event_handlers=handlers, working_directory=workdir,
@@ -192,7 +192,7 @@ class App:
         return out
 
 
-def _unique(names: list[str], path: str, what: str) -> None:
+def unique_names(names: list[str], path: str, what: str) -> None:
     seen = set()
     for name in names:
         if name in seen:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from jetpack.appc._json import Obj, join, load_json
-from jetpack.appc.image import AC_VERSION, App, Port, cli_bool, cli_fields
+from jetpack.appc.image import AC_VERSION, App, Port, cli_bool, cli_fields, unique_names
 from jetpack.appc.isolators import Isolator, parse_isolators
 from jetpack.appc.types import (
     labels_to_json,
@@ -260,10 +260,10 @@ class PodManifest:
             raise ValidationError("acKind", f"must be PodManifest, not {kind!r}")
         version = validate_semver(obj.text("acVersion", required=True), "acVersion")
         apps = tuple(RuntimeApp.parse(v, join("apps", i)) for i, v in enumerate(obj.array("apps")))
-        _unique([a.name for a in apps], "apps", "app")
+        unique_names([a.name for a in apps], "apps", "app")
         volumes = tuple(Volume.parse(v, join("volumes", i))
                         for i, v in enumerate(obj.array("volumes")))
-        _unique([v.name for v in volumes], "volumes", "volume")
+        unique_names([v.name for v in volumes], "volumes", "volume")
         ports = tuple(ExposedPort.parse(v, join("ports", i))
                       for i, v in enumerate(obj.array("ports")))
         return cls(apps=apps, ac_version=version, volumes=volumes,
@@ -285,10 +285,3 @@ class PodManifest:
     def to_json(self, *, indent: int | None = None) -> str:
         return json.dumps(self.to_dict(), indent=indent)
 
-
-def _unique(names: list[str], path: str, what: str) -> None:
-    seen = set()
-    for name in names:
-        if name in seen:
-            raise ValidationError(path, f"duplicate {what} name {name!r}")
-        seen.add(name)
