@@ -83,7 +83,7 @@ def write_conf(path: Path, root: Path, zfs: str | None) -> Path:
 def jetpack(conf: Path, *args: str) -> None:
     done = subprocess.run([sys.executable, "-m", "jetpack.cli.main", "-c", str(conf), *args],
                           env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True,
-                          text=True)
+                          text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"jetpack {' '.join(args)} failed:\n{done.stderr}")
 
@@ -112,8 +112,9 @@ def inprocess_import(work: Path, aci: Path, name: str, zfs: str | None) -> float
 
 def destroy_dataset(name: str) -> None:
     for _ in range(20):
-        subprocess.run(["zfs", "destroy", "-R", name], capture_output=True)
-        if subprocess.run(["zfs", "list", name], capture_output=True).returncode != 0:
+        subprocess.run(["zfs", "destroy", "-R", name], capture_output=True, check=False)
+        if subprocess.run(["zfs", "list", name], capture_output=True,
+                          check=False).returncode != 0:
             return
         time.sleep(0.5)
     print(f"warning: could not destroy {name}", file=sys.stderr)
