@@ -238,11 +238,13 @@ def bench_fake_memory(work: Path, counts: list[int], batch: int) -> list[tuple[i
     """The same with a Daemon and FakeRuntime in this process (RSS of this process)."""
     from jetpack.config import load_config
     from jetpack.keys import ensure_keys
+    from jetpack.log import configure_logging
     from jetpack.state import StateDB
     from jetpack.store.pods import AppRecord, PodRecord, PodStore, new_uuid
     from jetpack.supervisor.daemon import Daemon
     from jetpack.testing.fake_runtime import FakeRuntime
 
+    configure_logging()  # the in-process daemon's log to stderr, not into the table
     root = work / "fake-root"
     root.mkdir()
     StateDB.for_root(root, create=True).close()
