@@ -60,7 +60,7 @@ def summarize(script: str, output: str) -> list[tuple[str, str, str]]:
             rows.append((name, f"{rate} req/s", f"p50 {p50} ms, p99 {p99} ms"))
         elif script == "events_bench.py" and line.startswith(("in-process", "other-process",
                                                                "idle")):
-            cells = re.split(r"\s{2,}", line.strip()) + ["", "", ""]
+            cells = [*re.split(r"\s{2,}", line.strip()), "", "", ""]
             if cells[0] == "idle subscribers":
                 rows.append((f"{cells[1]} idle subscribers", cells[2], ""))
             else:
