@@ -1,188 +1,168 @@
-"""Import throughput of ``jetpack import`` against the floor: ``tar -x`` fed the decompressed
-stream, with ``tee`` sending the same bytes through ``sha512sum`` (what import does in one pass).
+"""Import throughput: ``jetpack import`` (CLI and ImageStore.import_aci in-process) vs the same
+decompress + hash + extract work done by standard tools (gzip | tee >(sha512sum) | tar -x).
 
-Not a test. Run as root from the repository:  python bench/import_bench.py [--size MB] [-n RUNS]
-[--compress gzip|bzip2|xz|none] [--zfs DATASET]. Prints the median time of each way, its
-throughput in MB/s of decompressed tar, and the ratio of jetpack's throughput to the floor's.
+Not a test. Run as root:  PYTHONPATH=. python bench/import_bench.py [--mib 150]
+Generates one gzip ACI (half random, half compressible files), imports it into fresh state roots
+on the dir driver (and on zfs when $JETPACK_TEST_POOL names a pool: a dataset under it, destroyed
+afterwards), one run each, and prints MiB/s of uncompressed tar and the ratio to the baseline.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
+import json
 import os
-import random
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-DECOMPRESS = {"gzip": "gzip -dc", "bzip2": "bzip2 -dc", "xz": "xz -dc", "none": "cat"}
-
-WORDS = ["container", "pod", "image", "manifest", "rootfs", "jail", "dataset", "snapshot",
-         "clone", "supervisor", "restart", "network", "address", "volume", "isolator"]
-# Mostly small files, a few large ones (about 200 KB on average): a userland's shape.
-SIZES = [1_000] * 8 + [4_000] * 8 + [16_000] * 4 + [64_000] * 3 + [256_000] * 2 + \
-    [1_000_000, 4_000_000]
 
 
-def make_rootfs(rootfs: Path, size_mb: int, seed: int = 1) -> int:
-    """Half random (incompressible) and half text-like (compressible) files from 1 KB to 4 MB
-    in 37 directories, with a symlink to every tenth."""
-    rng = random.Random(seed)
-    target = size_mb * 1_000_000
-    written = 0
-    n = 0
-    while written < target:
-        sub = rootfs / f"usr/lib/d{n % 37}"
-        sub.mkdir(parents=True, exist_ok=True)
-        size = rng.choice(SIZES)
-        if n % 2:
-            data = os.urandom(size)
-        else:
-            line = " ".join(rng.choice(WORDS) for _ in range(12)).encode() + b"\n"
-            data = (line * (size // len(line) + 1))[:size]
-        (sub / f"f{n}").write_bytes(data)
-        if n % 10 == 0:
-            (sub / f"l{n}").symlink_to(f"f{n}")
-        written += size
-        n += 1
-    (rootfs / "etc").mkdir(exist_ok=True)
-    (rootfs / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
-    return n
+def make_aci(work: Path, mib: int) -> tuple[Path, int]:
+    """A gzip ACI of about ``mib`` MiB of files; returns (path, uncompressed tar bytes)."""
+    from jetpack.hostinfo import appc_arch, appc_os
 
-
-def make_aci(work: Path, size_mb: int, compress: str) -> tuple[Path, int]:
     build = work / "build"
     rootfs = build / "rootfs"
-    rootfs.mkdir(parents=True)
-    files = make_rootfs(rootfs, size_mb)
-    (build / "manifest").write_text(
-        '{"acKind": "ImageManifest", "acVersion": "0.8.11", "name": "example.com/bench"}')
-    tar = work / "bench.tar"
-    subprocess.run(["tar", "--numeric-owner", "-cf", str(tar), "-C", str(build), "manifest",
-                    "rootfs"], check=True)
-    shutil.rmtree(build)
-    if compress == "none":
-        return tar, files
-    aci = work / f"bench.aci.{compress}"
+    (rootfs / "data/random").mkdir(parents=True)
+    (rootfs / "data/text").mkdir(parents=True)
+    chunk = 4 * 1024 * 1024
+    files = max(1, mib // 8)  # half the bytes random, half compressible, 4 MiB files
+    line = b"".join(b"line %06d of a compressible configuration file\n" % i for i in range(2000))
+    text = (line * (chunk // len(line) + 1))[:chunk]
+    for i in range(files):
+        (rootfs / f"data/random/blob{i:03}").write_bytes(os.urandom(chunk))
+        (rootfs / f"data/text/file{i:03}").write_bytes(text)
+    for i in range(200):  # many small files too, as a real rootfs has
+        (rootfs / f"data/text/small{i:03}.conf").write_bytes(text[: 1024 + 37 * i])
+    manifest = {"acKind": "ImageManifest", "acVersion": "0.8.11", "name": "example.com/bulk",
+                "labels": [{"name": "version", "value": "1.0.0"},
+                           {"name": "os", "value": appc_os()},
+                           {"name": "arch", "value": appc_arch()}]}
+    (build / "manifest").write_text(json.dumps(manifest))
+    tar = work / "bulk.tar"
+    subprocess.run(["tar", "--numeric-owner", "-cf", str(tar), "-C", str(build),
+                    "manifest", "rootfs"], check=True)
+    size = tar.stat().st_size
+    aci = work / "bulk.aci"
     with aci.open("wb") as out:
-        subprocess.run([compress, "-c", str(tar)], stdout=out, check=True)
+        subprocess.run(["gzip", "-c", str(tar)], stdout=out, check=True)
     tar.unlink()
-    return aci, files
+    shutil.rmtree(build)
+    return aci, size
 
 
-def timed(runs: int, setup: Callable[[int], None], once: Callable[[int], None],
-          cleanup: Callable[[int], None]) -> list[float]:
-    times = []
-    for i in range(runs + 1):  # the first run warms the page cache and is not counted
-        setup(i)
-        start = time.perf_counter()
-        once(i)
-        elapsed = time.perf_counter() - start
-        cleanup(i)
-        if i:
-            times.append(elapsed)
-    return times
+def timed(fn: object) -> float:
+    start = time.perf_counter()
+    fn()  # type: ignore[operator]
+    return time.perf_counter() - start
 
 
-def floor_way(aci: Path, work: Path, compress: str) -> Callable[[int], None]:
-    def once(i: int) -> None:
-        dest = work / f"floor{i}"
-        dest.mkdir()
-        script = (f"set -o pipefail; {DECOMPRESS[compress]} {aci} | "
-                  f"tee >(sha512sum > {work}/floor{i}.sum) | tar -x -C {dest} -f -")
-        subprocess.run(["bash", "-c", script], check=True)
-    return once
+def baseline(aci: Path, dest: Path) -> float:
+    dest.mkdir()
+    script = f"gzip -dc '{aci}' | tee >(sha512sum > '{dest}.sum') | tar -x -C '{dest}'"
+    elapsed = timed(lambda: subprocess.run(["bash", "-c", script], check=True))
+    shutil.rmtree(dest)
+    return elapsed
 
 
-def jetpack_way(aci: Path, work: Path, zfs: str | None) -> tuple[
-        Callable[[int], None], Callable[[int], None], Callable[[int], None]]:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-
-    def conf(i: int) -> Path:
-        return work / f"jp{i}.conf"
-
-    def cli(i: int, *args: str) -> str:
-        out = subprocess.run([sys.executable, "-m", "jetpack.cli.main", "-c", str(conf(i)),
-                              *args], env=env, check=True, capture_output=True, text=True)
-        return out.stdout
-
-    def setup(i: int) -> None:
-        lines = [f"root.path = {work / f'jp{i}'}"]
-        lines += [f"storage.driver = zfs\nroot.zfs = {zfs}-{os.getpid()}-{i}"] if zfs \
-            else ["storage.driver = dir"]
-        conf(i).write_text("\n".join(lines) + "\n")
-        cli(i, "init")
-
-    def once(i: int) -> None:
-        cli(i, "import", str(aci))
-
-    def cleanup(i: int) -> None:
-        if zfs:
-            sys.path.insert(0, str(REPO))
-            from jetpack.storage.zfs import ZfsCommand
-
-            ZfsCommand().destroy(f"{zfs}-{os.getpid()}-{i}")  # retried while zfs-fuse is busy
-        shutil.rmtree(work / f"jp{i}", ignore_errors=True)
-
-    return setup, once, cleanup
+def write_conf(path: Path, root: Path, zfs: str | None) -> Path:
+    lines = [f"root.path = {root}"]
+    lines += [f"storage.driver = {'zfs' if zfs else 'dir'}"]
+    if zfs:
+        lines.append(f"root.zfs = {zfs}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description="jetpack import vs tar -x | tee sha512sum")
-    parser.add_argument("--size", type=int, default=200, help="rootfs size in MB (200)")
-    parser.add_argument("-n", "--runs", type=int, default=3, help="timed runs of each (3)")
-    parser.add_argument("--compress", default="gzip", choices=sorted(DECOMPRESS))
-    parser.add_argument("--zfs", metavar="DATASET",
-                        help="also import on the zfs driver into DATASET-<pid>-<run>")
-    parser.add_argument("--dir", default="/var/tmp", help="where to work (same disk for all)")
+def jetpack(conf: Path, *args: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "jetpack.cli.main", "-c", str(conf), *args],
+                          env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True,
+                          text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"jetpack {' '.join(args)} failed:\n{done.stderr}")
+
+
+def cli_import(work: Path, aci: Path, name: str, zfs: str | None) -> float:
+    conf = write_conf(work / f"{name}.conf", work / name, zfs)
+    jetpack(conf, "init")
+    return timed(lambda: jetpack(conf, "import", str(aci)))
+
+
+def inprocess_import(work: Path, aci: Path, name: str, zfs: str | None) -> float:
+    from jetpack.config import load_config
+    from jetpack.state import StateDB
+    from jetpack.store.images import ImageStore
+
+    conf = write_conf(work / f"{name}.conf", work / name, zfs)
+    jetpack(conf, "init")
+    config = load_config(str(conf))
+    state = StateDB.for_root(config.root)
+    try:
+        store = ImageStore(config, state)
+        return timed(lambda: store.import_aci(aci))
+    finally:
+        state.close()
+
+
+def destroy_dataset(name: str) -> None:
+    for _ in range(20):
+        subprocess.run(["zfs", "destroy", "-R", name], capture_output=True, check=False)
+        if subprocess.run(["zfs", "list", name], capture_output=True,
+                          check=False).returncode != 0:
+            return
+        time.sleep(0.5)
+    print(f"warning: could not destroy {name}", file=sys.stderr)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mib", type=int, default=150, help="approximate ACI content size")
+    parser.add_argument("--no-cli", action="store_true", help="only the in-process import")
     args = parser.parse_args()
-
-    with tempfile.TemporaryDirectory(prefix="jetpack-import-bench.", dir=args.dir) as tmp:
+    pool = os.environ.get("JETPACK_TEST_POOL")
+    rows: list[tuple[str, float]] = []
+    datasets: list[str] = []
+    # /var/tmp rather than /tmp: same disk as a real state root, not a tmpfs
+    with tempfile.TemporaryDirectory(prefix="jpimpb-", dir="/var/tmp") as tmp:
         work = Path(tmp)
-        print(f"building a {args.size} MB rootfs and its {args.compress} ACI ...", flush=True)
-        aci, files = make_aci(work, args.size, args.compress)
-        aci_mb = aci.stat().st_size / 1e6
-        decompressed = int(subprocess.run(
-            ["bash", "-c", f"{DECOMPRESS[args.compress]} {aci} | wc -c"],
-            capture_output=True, text=True, check=True).stdout)
-        digest = hashlib.sha512()
-        with subprocess.Popen(["bash", "-c", f"{DECOMPRESS[args.compress]} {aci}"],
-                              stdout=subprocess.PIPE) as proc:
-            assert proc.stdout is not None
-            while chunk := proc.stdout.read(1 << 20):
-                digest.update(chunk)
-
-        def nothing(i: int) -> None:
-            del i
-
-        def remove_floor(i: int) -> None:
-            shutil.rmtree(work / f"floor{i}", ignore_errors=True)
-
-        results: dict[str, list[float]] = {}
-        results["tar -x | tee sha512sum"] = timed(
-            args.runs, nothing, floor_way(aci, work, args.compress), remove_floor)
-        results["jetpack import (dir)"] = timed(args.runs, *jetpack_way(aci, work, None))
-        if args.zfs:
-            results["jetpack import (zfs)"] = timed(args.runs, *jetpack_way(aci, work, args.zfs))
-
-    mb = decompressed / 1e6
-    print(f"\nACI: {aci_mb:.0f} MB {args.compress}, "
-          f"{mb:.0f} MB of tar, {files} files; median of {args.runs} runs "
-          f"(sha512-{digest.hexdigest()[:12]}...)\n")
-    floor = statistics.median(results["tar -x | tee sha512sum"])
-    print(f"{'way':<26} {'median s':>9} {'MB/s':>8} {'throughput vs floor':>20}")
-    for way, times in results.items():
-        median = statistics.median(times)
-        print(f"{way:<26} {median:>9.2f} {mb / median:>8.1f} {floor / median:>19.2f}x")
-    return 0
+        try:
+            aci, tar_bytes = make_aci(work, args.mib)
+            subprocess.run(["cat", str(aci)], stdout=subprocess.DEVNULL, check=True)  # warm
+            rows.append(("gzip|tee>(sha512sum)|tar -x", baseline(aci, work / "extract")))
+            drivers: list[tuple[str, str | None]] = [("dir", None)]
+            if pool:
+                drivers.append(("zfs", pool))
+            for driver, zpool in drivers:
+                ds = None
+                if zpool:
+                    ds = f"{zpool}/bench-{uuid.uuid4().hex[:8]}"
+                    datasets.append(ds)
+                rows.append((f"ImageStore.import_aci ({driver})",
+                             inprocess_import(work, aci, f"inproc-{driver}", ds)))
+                if not args.no_cli:
+                    ds2 = None
+                    if zpool:
+                        ds2 = f"{zpool}/bench-{uuid.uuid4().hex[:8]}"
+                        datasets.append(ds2)
+                    rows.append((f"jetpack import ({driver})",
+                                 cli_import(work, aci, f"cli-{driver}", ds2)))
+            aci_mib = aci.stat().st_size / 2**20
+        finally:
+            for ds in datasets:
+                destroy_dataset(ds)
+    floor = rows[0][1]
+    mib = tar_bytes / 2**20
+    print(f"ACI: {aci_mib:.0f} MiB gzip, {mib:.0f} MiB tar; one run each")
+    print(f"{'':<34}{'seconds':>9}{'MiB/s':>8}{'x tar':>7}")
+    for name, seconds in rows:
+        print(f"{name:<34}{seconds:>9.2f}{mib / seconds:>8.1f}{seconds / floor:>7.2f}")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -1,108 +1,161 @@
-"""The metadata service under load: 50 concurrent keep-alive clients on loopback, requests per
-second and p50/p99 latency for GET pod/uuid and POST pod/hmac/sign.
+"""The metadata service under load: 50 keep-alive clients on loopback against
+MetadataService served by hypercorn (as the supervisor serves it), for GET pod/uuid and POST
+pod/hmac/sign.
 
-Not a test. Run:  PYTHONPATH=. python bench/mds_bench.py [--clients 50] [--seconds 10]
-The server runs in its own process (as in the supervisor: one trio loop), the clients in this
-one, so both get a core on a 2-core machine.
+Not a test. Run:  PYTHONPATH=. python bench/mds_bench.py [--clients 50] [--seconds 5]
+The service runs in its own process (one trio loop, as in the supervisor) so that the clients,
+raw trio sockets speaking HTTP/1.1 with keep-alive, do not share its core's time slices.
+Prints requests/s, p50/p99 latency, and the server's RSS.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
+import os
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
 
-import httpx
 import trio
 
-SIGNING_KEY = bytes(range(32))
-TOKEN_KEY = bytes(range(32, 64))
+REPO = Path(__file__).resolve().parent.parent
+TOKEN = "bench-token-0123456789abcdef"
+POD = str(uuid.UUID(int=0x0C6F1B0E5D3A4A539F3E2F1F6D8B7A90))
 
 
-def serve(port_file: str) -> None:
-    from jetpack.mds.identity import pod_token
-    from jetpack.mds.service import AppMetadata, MetadataService, PodMetadata, StaticDirectory
-    from jetpack.mds.service import serve as mds_serve
+def serve_main() -> None:
+    from jetpack.mds.service import MetadataService, PodMetadata, StaticDirectory, serve
 
-    pod_uuid = str(uuid.UUID(int=1))
     directory = StaticDirectory()
     directory.by_address["127.0.0.1"] = PodMetadata(
-        uuid=pod_uuid, token=pod_token(TOKEN_KEY, pod_uuid), manifest="{}",
-        apps={"app": AppMetadata("sha512-" + "a" * 128, "{}")})
+        uuid=POD, token=TOKEN, manifest='{"acKind":"PodManifest","acVersion":"0.8.11"}')
+    service = MetadataService(directory, os.urandom(32))
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            bound = await nursery.start(lambda task_status: mds_serve(
-                MetadataService(directory, SIGNING_KEY), ["127.0.0.1:0"],
-                task_status=task_status))
-            await trio.Path(port_file).write_text(bound[0].rsplit(":", 1)[1])
+            (address,) = await nursery.start(serve, service, ["127.0.0.1:0"])
+            print(address, flush=True)
 
     trio.run(main)
 
 
-async def load(base: str, clients: int, seconds: float, post: bool) -> list[float]:
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection; responses parsed by content-length."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.buffer = bytearray()
+
+    async def exchange(self, request: bytes) -> int:
+        await self.stream.send_all(request)
+        while (end := self.buffer.find(b"\r\n\r\n")) < 0:
+            chunk = await self.stream.receive_some(65536)
+            if not chunk:
+                raise ConnectionError("server closed the connection")
+            self.buffer += chunk
+        head = bytes(self.buffer[:end]).decode("latin-1").split("\r\n")
+        status = int(head[0].split()[1])
+        length = 0
+        for line in head[1:]:
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value)
+        total = end + 4 + length
+        while len(self.buffer) < total:
+            chunk = await self.stream.receive_some(65536)
+            if not chunk:
+                raise ConnectionError("server closed the connection")
+            self.buffer += chunk
+        del self.buffer[:total]
+        return status
+
+
+async def load(port: int, request: bytes, clients: int, seconds: float
+               ) -> tuple[int, int, float, list[float]]:
+    """(ok responses, errors, elapsed, latencies) of ``clients`` connections for ``seconds``."""
     latencies: list[float] = []
+    errors = 0
+    connections = [Connection(await trio.open_tcp_stream("127.0.0.1", port))
+                   for _ in range(clients)]
+    for conn in connections:  # one warm-up request each
+        await conn.exchange(request)
     deadline = trio.current_time() + seconds
 
-    async def client() -> None:
-        async with httpx.AsyncClient(timeout=10) as http:
-            while trio.current_time() < deadline:
-                started = time.perf_counter()
-                if post:
-                    r = await http.post(f"{base}/pod/hmac/sign", data={"content": "hello"})
-                else:
-                    r = await http.get(f"{base}/pod/uuid")
-                latencies.append(time.perf_counter() - started)
-                assert r.status_code == 200, r.text
+    async def client(conn: Connection) -> None:
+        nonlocal errors
+        while trio.current_time() < deadline:
+            start = time.perf_counter()
+            status = await conn.exchange(request)
+            if status == 200:
+                latencies.append(time.perf_counter() - start)
+            else:
+                errors += 1
 
+    started = time.perf_counter()
     async with trio.open_nursery() as nursery:
-        for _ in range(clients):
-            nursery.start_soon(client)
-    return latencies
+        for conn in connections:
+            nursery.start_soon(client, conn)
+    elapsed = time.perf_counter() - started
+    for conn in connections:
+        await conn.stream.aclose()
+    return len(latencies), errors, elapsed, latencies
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--clients", type=int, default=50)
-    parser.add_argument("--seconds", type=float, default=10)
-    parser.add_argument("--serve", help=argparse.SUPPRESS)
+    parser.add_argument("--seconds", type=float, default=5.0, help="per endpoint")
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve)
+        serve_main()
         return
-    from jetpack.mds.identity import pod_token
-
-    with tempfile.TemporaryDirectory() as tmp:
-        port_file = Path(tmp) / "port"
-        server = subprocess.Popen([sys.executable, __file__, "--serve", str(port_file)])
-        try:
-            while not port_file.exists() or not port_file.read_text():
-                time.sleep(0.05)
-            token = pod_token(TOKEN_KEY, str(uuid.UUID(int=1)))
-            base = f"http://127.0.0.1:{port_file.read_text()}/{token}/acMetadata/v1"
-            rows = []
-            for label, post in (("GET pod/uuid", False), ("POST pod/hmac/sign", True)):
-                latencies = trio.run(load, base, args.clients, args.seconds, post)
-                latencies.sort()
-                rows.append({
-                    "request": label, "clients": args.clients, "requests": len(latencies),
-                    "rps": round(len(latencies) / args.seconds),
-                    "p50_ms": round(statistics.median(latencies) * 1000, 2),
-                    "p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1000, 2)})
-        finally:
-            server.terminate()
-            server.wait()
-    print(f"{'request':<22}{'clients':>8}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}")
-    for row in rows:
-        print(f"{row['request']:<22}{row['clients']:>8}{row['rps']:>8}{row['p50_ms']:>9}"
-              f"{row['p99_ms']:>9}")
-    print(json.dumps(rows))
+    server = subprocess.Popen([sys.executable, __file__, "--serve"], stdout=subprocess.PIPE,
+                              env=dict(os.environ, PYTHONPATH=str(REPO)))
+    try:
+        assert server.stdout is not None
+        address = server.stdout.readline().decode().strip()  # http://127.0.0.1:PORT
+        port = int(address.rsplit(":", 1)[1])
+        idle_rss = rss_kib(server.pid)
+        body = b"content=" + b"x" * 64
+        endpoints = {
+            "GET pod/uuid": (f"GET /{TOKEN}/acMetadata/v1/pod/uuid HTTP/1.1\r\n"
+                             "Host: mds\r\n\r\n").encode(),
+            "POST pod/hmac/sign": (f"POST /{TOKEN}/acMetadata/v1/pod/hmac/sign HTTP/1.1\r\n"
+                                   "Host: mds\r\nContent-Type: application/x-www-form-urlencoded"
+                                   f"\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body,
+        }
+        rows = []
+        for name, request in endpoints.items():
+            ok, errors, elapsed, latencies = trio.run(load, port, request, args.clients,
+                                                      args.seconds)
+            rows.append((name, ok / elapsed, percentile(latencies, 50),
+                         percentile(latencies, 99), errors))
+        busy_rss = rss_kib(server.pid)
+    finally:
+        server.terminate()
+        server.wait()
+    print(f"{args.clients} keep-alive clients, {args.seconds:g} s per endpoint; "
+          f"server RSS {idle_rss / 1024:.1f} MiB idle, {busy_rss / 1024:.1f} MiB after")
+    print(f"{'endpoint':<22}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
+    for name, rate, p50, p99, errors in rows:
+        print(f"{name:<22}{rate:>9.0f}{p50 * 1000:>9.1f}{p99 * 1000:>9.1f}{errors:>8}")
 
 
 if __name__ == "__main__":

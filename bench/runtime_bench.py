@@ -35,7 +35,7 @@ def make_rootfs(path: Path) -> Path:
     return path
 
 
-def timed(runs: int, once: Callable[[], None]) -> list[float]:
+def timed(runs: int, once: Callable[[], object]) -> list[float]:
     once()  # warm caches
     results = []
     for _ in range(runs):
