@@ -154,3 +154,7 @@ def jetpack_zfs(tmp_path: Path, zfs_dataset: str) -> Jetpack:
                                                     "storage.driver": "zfs",
                                                     "root.zfs": zfs_dataset})
     return Jetpack(conf, root)
+
+
+# The real-host fixtures (``host``, ``storage``) live in podhost.py, which needs the names above.
+from podhost import host, storage  # noqa: E402, F401  # import order: podhost imports conftest

@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 import pytest
-from acis import Entry, dir_entry, file_entry, link_entry, manifest, manifest_entry
 
 from jetpack.errors import ImageError
 from jetpack.store.aci import ExtractedACI, extract_aci
+
+from acis import Entry, dir_entry, file_entry, link_entry, manifest, manifest_entry
 
 MTIME = 1_500_000_000
 

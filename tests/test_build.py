@@ -14,11 +14,11 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from acis import sha512_of_tar
 
 from jetpack.appc import ImageManifest
 from jetpack.hostinfo import appc_arch, appc_os
 
+from acis import sha512_of_tar
 from conftest import REPO, Jetpack, write_conf
 
 IMAGES = REPO / "images"

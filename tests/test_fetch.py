@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 import trio
 import trustme
-from acis import aci_from_entries, dir_entry, file_entry, manifest, manifest_entry
 
 from jetpack.config import load_config
 from jetpack.errors import TrustError
 from jetpack.trust import add_key, verify_detached
 
+from acis import aci_from_entries, dir_entry, file_entry, manifest, manifest_entry
 from conftest import REPO, Jetpack, write_conf
 
 

@@ -14,6 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from jetpack.hostinfo import appc_arch, appc_os
+
 from acis import (
     aci_from_dir,
     aci_from_entries,
@@ -24,9 +27,6 @@ from acis import (
     manifest_entry,
     sha512_of_tar,
 )
-
-from jetpack.hostinfo import appc_arch, appc_os
-
 from conftest import REPO, Jetpack
 
 

@@ -1,0 +1,121 @@
+"""A real jetpack host for end-to-end tests: a state root, a private bridge and network, a
+busybox image, and a supervisor process; the ``host`` fixture (conftest.py) tears it all down and
+asserts that no mount is left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from acis import aci_from_dir, manifest
+from conftest import REPO, Jetpack, write_conf
+
+
+@dataclass
+class Host:
+    jp: Jetpack
+    tmp: Path
+    bridge: str
+    network: str
+    log: Path
+    daemon: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.daemon = subprocess.Popen(
+                [sys.executable, "-m", "jetpack.cli.main", "-c", str(self.jp.conf), "daemon"],
+                env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=log, stderr=subprocess.STDOUT)
+        sock = self.tmp / "jp.sock"
+        deadline = time.monotonic() + 30
+        while not sock.exists():
+            assert self.daemon.poll() is None, self.log.read_text()
+            assert time.monotonic() < deadline, "the supervisor did not start"
+            time.sleep(0.05)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.daemon is not None
+        self.daemon.send_signal(sig)
+        code = self.daemon.wait(timeout=60)
+        self.daemon = None
+        return code
+
+    def pod(self, ref: str) -> dict[str, object]:
+        (found,) = [p for p in json.loads(self.jp("list", "--json").stdout)
+                    if ref in (p["uuid"], p["name"])]
+        return found
+
+    def wait_for(self, what: str, check: object, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while not check():  # type: ignore[operator]
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.05)
+
+    def events(self, pod: str | None = None) -> list[dict[str, object]]:
+        args = ["events", "--no-follow", "--json"] + (["--pod", pod] if pod else [])
+        return [json.loads(line) for line in self.jp(*args).stdout.splitlines()]
+
+
+def busybox_image(tmp: Path, rootfs: Path, name: str, app: dict[str, object] | None = None,
+                  **extra: object) -> Path:
+    data = manifest(name, **({"app": app} if app else {}), **extra)
+    return aci_from_dir(tmp, rootfs, data, tmp / f"{name.replace('/', '_')}.aci")
+
+
+@pytest.fixture
+def storage(request: pytest.FixtureRequest) -> dict[str, str]:
+    """Settings of the storage driver the host uses: dir, or (parametrized) zfs on a fresh
+    dataset of the test pool."""
+    if getattr(request, "param", "dir") == "zfs":
+        dataset = request.getfixturevalue("zfs_dataset")
+        return {"storage.driver": "zfs", "root.zfs": dataset}
+    return {"storage.driver": "dir"}
+
+
+@pytest.fixture
+def host(root: None, busybox_rootfs: Path, tmp_path: Path, storage: dict[str, str]
+         ) -> Iterator[Host]:
+    tag = secrets.token_hex(3)
+    bridge = f"jpt{tag}"
+    network = f"172.31.{int(tag[:2], 16)}.1/24"
+    conf = write_conf(tmp_path / "jetpack.conf", **{
+        "root.path": str(tmp_path / "root"), "supervisor.socket": str(tmp_path / "jp.sock"),
+        "jail.interface": bridge, "jail.network": network, "pod.stop-timeout": "3s",
+        "restart.delay": "100ms", "restart.reset-after": "5s", **storage})
+    jp = Jetpack(conf, tmp_path / "root")
+    jp("init")
+    jp("import", str(busybox_image(tmp_path, busybox_rootfs, "example.com/busybox",
+                                   {"exec": ["/bin/sh"], "user": "0", "group": "0"})))
+    h = Host(jp, tmp_path, bridge, network, tmp_path / "daemon.log")
+    try:
+        yield h
+    finally:
+        if h.daemon is not None:
+            h.stop()
+        for pod in json.loads(jp("list", "--json").stdout):
+            jp("destroy", pod["uuid"], check=False)
+        jp("gc", "--network", check=False)
+        leftover = subprocess.run(["ip", "link", "show", bridge], capture_output=True)
+        if leftover.returncode == 0:
+            subprocess.run(["ip", "link", "del", bridge], check=False)
+        with Path("/proc/self/mountinfo").open() as mountinfo:
+            # the state root's own datasets stay mounted until zfs_dataset destroys them;
+            # nothing else (no pod clone, namespace file, overlay or volume) may remain
+            left = [line for line in mountinfo if str(tmp_path) in line
+                    and not (" fuse.zfs " in line and "/pods/" not in line)]
+            assert left == [], f"mounts left behind: {left}"
+
+
+def run_sh(host: Host, script: str, *extra: str, check: bool = True
+           ) -> subprocess.CompletedProcess[str]:
+    return host.jp("run", "--rm", "example.com/busybox", "--exec", f"/bin/sh -c '{script}'",
+                   *extra, check=check)
