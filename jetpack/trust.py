@@ -47,9 +47,12 @@ def keyring_for(config: Config, prefix: str | None) -> Path:
 def _gpg(home: Path) -> Any:  # python-gnupg has no type hints
     import gnupg
 
+    from jetpack.tools import require_tool
+
+    gpg = require_tool("gpg", TrustError, "to check signatures and manage trusted keys")
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(home, 0o700)
-    return gnupg.GPG(gnupghome=str(home))
+    return gnupg.GPG(gpgbinary=gpg, gnupghome=str(home))
 
 
 def inspect_key(data: bytes) -> list[tuple[str, tuple[str, ...]]]:

@@ -28,8 +28,10 @@ fi
 
 python=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
+# Installed as a user installs it (a built wheel, not an editable checkout), so the quickstart
+# runs exactly what `pip install` ships.
 echo "== installing jetpack into .venv (log: .venv/install.log)"
-if ! .venv/bin/python -m pip install -q -e . >.venv/install.log 2>&1; then
+if ! .venv/bin/python -m pip install -q . >.venv/install.log 2>&1; then
     cat .venv/install.log >&2
     exit 1
 fi

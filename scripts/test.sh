@@ -28,7 +28,7 @@ python=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$python" -m venv .venv
 fi
-if ! .venv/bin/python -m pip install -q -e '.[test]' >.venv/install.log 2>&1; then
+if ! .venv/bin/python -m pip install -q -e '.[test,dev]' >.venv/install.log 2>&1; then
     cat .venv/install.log >&2
     exit 1
 fi

@@ -111,17 +111,29 @@ def zfs_dataset(zfs_pool: str) -> Iterator[str]:
 
 @dataclass
 class Jetpack:
-    """Runs the ``jetpack`` CLI as a subprocess against one configuration file."""
+    """Runs the ``jetpack`` CLI as a subprocess against one configuration file: the checkout's
+    (``python -m jetpack.cli.main`` with PYTHONPATH set to it) unless ``command`` names another
+    jetpack (an installed one), which then runs without PYTHONPATH, from ``cwd``."""
 
     conf: Path
     root: Path
+    command: tuple[str, ...] = ()
+    cwd: Path | None = None
+
+    def argv(self, *args: str) -> list[str]:
+        command = self.command or (sys.executable, "-m", "jetpack.cli.main")
+        return [*command, "-c", str(self.conf), *args]
+
+    def env(self) -> dict[str, str]:
+        if self.command:
+            return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        return dict(os.environ, PYTHONPATH=str(REPO))
 
     def __call__(self, *args: str, input: str | bytes | None = None, check: bool = True,
                  timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        env = dict(os.environ, PYTHONPATH=str(REPO))
         proc = subprocess.run(
-            [sys.executable, "-m", "jetpack.cli.main", "-c", str(self.conf), *args],
-            capture_output=True, text=True, env=env, timeout=timeout,
+            self.argv(*args), capture_output=True, text=True, env=self.env(), timeout=timeout,
+            cwd=self.cwd,
             input=input if isinstance(input, str) or input is None else input.decode(),
         )
         if check and proc.returncode != 0:

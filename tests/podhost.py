@@ -4,12 +4,11 @@ asserts that no mount is left behind."""
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import secrets
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from acis import aci_from_dir, manifest
-from conftest import REPO, Jetpack, write_conf
+from conftest import Jetpack, write_conf
 
 
 @dataclass
@@ -32,9 +31,8 @@ class Host:
 
     def start(self) -> None:
         with self.log.open("ab") as log:
-            self.daemon = subprocess.Popen(
-                [sys.executable, "-m", "jetpack.cli.main", "-c", str(self.jp.conf), "daemon"],
-                env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=log, stderr=subprocess.STDOUT)
+            self.daemon = subprocess.Popen(self.jp.argv("daemon"), env=self.jp.env(),
+                                           cwd=self.jp.cwd, stdout=log, stderr=subprocess.STDOUT)
         sock = self.tmp / "jp.sock"
         deadline = time.monotonic() + 30
         while not sock.exists():
@@ -84,6 +82,14 @@ def storage(request: pytest.FixtureRequest) -> dict[str, str]:
 @pytest.fixture
 def host(root: None, busybox_rootfs: Path, tmp_path: Path, storage: dict[str, str]
          ) -> Iterator[Host]:
+    with open_host(tmp_path, busybox_rootfs, storage) as h:
+        yield h
+
+
+@contextlib.contextmanager
+def open_host(tmp_path: Path, busybox_rootfs: Path, storage: dict[str, str],
+              command: tuple[str, ...] = (), cwd: Path | None = None) -> Iterator[Host]:
+    """A host driven by the checkout's jetpack, or by ``command`` (an installed jetpack)."""
     tag = secrets.token_hex(3)
     bridge = f"jpt{tag}"
     network = f"172.31.{int(tag[:2], 16)}.1/24"
@@ -91,7 +97,7 @@ def host(root: None, busybox_rootfs: Path, tmp_path: Path, storage: dict[str, st
         "root.path": str(tmp_path / "root"), "supervisor.socket": str(tmp_path / "jp.sock"),
         "jail.interface": bridge, "jail.network": network, "pod.stop-timeout": "3s",
         "restart.delay": "100ms", "restart.reset-after": "5s", **storage})
-    jp = Jetpack(conf, tmp_path / "root")
+    jp = Jetpack(conf, tmp_path / "root", command, cwd)
     jp("init")
     jp("import", str(busybox_image(tmp_path, busybox_rootfs, "example.com/busybox",
                                    {"exec": ["/bin/sh"], "user": "0", "group": "0"})))

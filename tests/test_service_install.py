@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -12,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, require
+from conftest import REPO, Jetpack, require, write_conf
+from podhost import busybox_image, open_host
 
 SHARE = {
     "share/jetpack/rc.d/jetpack": ("rc.d/jetpack", 0o755),
@@ -114,3 +116,125 @@ def test_make_install_stages_like_a_port(make: str, prefix: str, tmp_path: Path)
     assert out.returncode == 0, out.stdout + out.stderr
     assert not rc_script.exists()
     assert not sample.exists()
+
+
+# --- the installed wheel is the whole jetpack --------------------------------------------------
+
+PACKAGE_DIRS = {"jetpack": "jetpack", "jetpack.supervisor": "supervisor",
+                "jetpack.stage1": "stage1", "jetpack.stage2": "stage2", "jetpack.mds": "mds",
+                "jetpack.testing": "testing"}
+
+
+def tree_modules() -> set[str]:
+    """Every module of the source tree under its installed name (jetpack.stage1.linux, ...).
+    os.walk does not follow jetpack/<name> -> ../<name>: each folder counts once, as itself."""
+    found = set()
+    for package, folder in PACKAGE_DIRS.items():
+        top = REPO / folder
+        for directory, _, files in os.walk(top):
+            for file in files:
+                if not file.endswith(".py"):
+                    continue
+                relative = (Path(directory) / file).relative_to(top).with_suffix("")
+                parts = [*package.split("."), *relative.parts]
+                if parts[-1] == "__init__":
+                    parts.pop()
+                found.add(".".join(parts))
+    return found
+
+
+def test_wheel_holds_every_module_of_the_tree(wheel: Path) -> None:
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = {name[:-3].replace("/", ".").removesuffix(".__init__")
+                   for name in archive.namelist() if name.endswith(".py")}
+        names = set(archive.namelist())
+    modules = tree_modules()
+    assert {"jetpack.supervisor.daemon", "jetpack.stage1.linux_init", "jetpack.stage1.network",
+            "jetpack.stage2.executor", "jetpack.mds.service", "jetpack.testing.fake"} <= modules
+    assert modules - shipped == set()
+    assert "jetpack/testing/standins/jail" in names
+    assert "jetpack/py.typed" in names
+
+
+@pytest.fixture(scope="module")
+def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel in a fresh venv outside the checkout, with its dependencies from the index:
+    what `pip install jetpack-*.whl` gives a user. Returns the venv's bin directory."""
+    venv = tmp_path_factory.mktemp("venv") / "jetpack"
+    out = subprocess.run([sys.executable, "-m", "venv", str(venv)], capture_output=True,
+                         text=True, timeout=300, env=without_checkout())
+    assert out.returncode == 0, out.stdout + out.stderr
+    out = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q",
+                          "--disable-pip-version-check", str(wheel)],
+                         capture_output=True, text=True, timeout=900, env=without_checkout(),
+                         cwd=venv)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return venv / "bin"
+
+
+def test_every_module_imports_from_the_installed_wheel(installed: Path, tmp_path: Path) -> None:
+    modules = sorted(tree_modules())
+    script = ("import importlib, sys\n"
+              f"for name in {modules!r}:\n"
+              "    module = importlib.import_module(name)\n"
+              "    assert module.__file__.startswith(sys.prefix), (name, module.__file__)\n"
+              "print(len(sys.modules))\n")
+    out = subprocess.run([str(installed / "python"), "-c", script], capture_output=True,
+                         text=True, timeout=300, env=without_checkout(), cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_installed_jetpack_runs_a_pod(installed: Path, root: None, busybox_rootfs: Path,
+                                      tmp_path: Path) -> None:
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    with open_host(tmp_path, busybox_rootfs, {"storage.driver": "dir"},
+                   command=(str(installed / "jetpack"),), cwd=work) as host:
+        host.start()
+        out = host.jp("run", "--rm", "example.com/busybox", "--exec",
+                      "/bin/sh -c 'echo hello from $AC_APP_NAME; exit 7'", check=False)
+        assert out.returncode == 7, out.stdout + out.stderr
+        assert "hello from busybox" in out.stdout
+        assert host.stop() == 0
+    log = (tmp_path / "daemon.log").read_text()
+    assert str(REPO) not in log  # nothing ran from the checkout
+
+
+# --- system tools: a missing one is a plain error naming it and its package ---------------------
+
+def without_tools(jp: Jetpack, tmp_path: Path) -> dict[str, str]:
+    """jetpack's environment with a PATH that holds no host tool at all (no gpg, zfs, ip...)."""
+    empty = tmp_path / "empty-path"
+    empty.mkdir(exist_ok=True)
+    return dict(jp.env(), PATH=str(empty))
+
+
+def test_import_sig_without_gpg_names_gpg(root: None, jetpack_dir: Jetpack, busybox_rootfs: Path,
+                                          tmp_path: Path) -> None:
+    jetpack_dir("init")
+    aci = busybox_image(tmp_path, busybox_rootfs, "example.com/busybox")
+    sig = tmp_path / "busybox.aci.asc"
+    sig.write_text("-----BEGIN PGP SIGNATURE-----\n")
+    out = subprocess.run(jetpack_dir.argv("import", str(aci), "--sig", str(sig)),
+                         env=without_tools(jetpack_dir, tmp_path), capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "Traceback" not in out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) <= 2, out.stderr
+    assert lines[0].startswith("jetpack: gpg: command not found"), out.stderr
+    assert "pkg install gnupg" in out.stderr
+    assert "apt install gnupg" in out.stderr
+    assert json.loads(jetpack_dir("images", "--json").stdout) == []
+
+
+def test_zfs_storage_without_zfs_names_zfs(root: None, tmp_path: Path) -> None:
+    jp = Jetpack(write_conf(tmp_path / "jetpack.conf", **{
+        "root.path": str(tmp_path / "state"), "storage.driver": "zfs",
+        "root.zfs": "nopool/jetpack"}), tmp_path / "state")
+    out = subprocess.run(jp.argv("init"), env=without_tools(jp, tmp_path), capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "Traceback" not in out.stderr
+    assert "zfs: command not found" in out.stderr
+    assert "storage.driver = dir" in out.stderr

@@ -30,6 +30,7 @@ from jetpack.storage.base import (
     staging_abandoned,
 )
 from jetpack.storage.mounts import mounts_under, unmount_all
+from jetpack.tools import missing_tool
 
 BUSY_RETRY_SECONDS = 15.0
 
@@ -40,16 +41,18 @@ class ZfsCommand:
     def __init__(self, executable: str = "zfs") -> None:
         self.executable = executable
 
-    def run(self, *args: str) -> str:
+    def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
         try:
-            proc = subprocess.run(
+            return subprocess.run(
                 [self.executable, *args], capture_output=True, text=True, check=False
             )
         except FileNotFoundError:
-            raise StorageError(
-                f"{self.executable}: command not found",
-                hint="install ZFS, or set storage.driver = dir",
-            ) from None
+            error = missing_tool("zfs", StorageError)
+            error.hint = f"{error.hint}; or set storage.driver = dir"
+            raise error from None
+
+    def run(self, *args: str) -> str:
+        proc = self._run(*args)
         if proc.returncode != 0:
             message = proc.stderr.strip() or proc.stdout.strip() or f"exit {proc.returncode}"
             raise StorageError(f"zfs {' '.join(args)}: {message}")
@@ -66,9 +69,7 @@ class ZfsCommand:
                 time.sleep(0.2)
 
     def exists(self, dataset: str) -> bool:
-        proc = subprocess.run([self.executable, "list", "-H", "-o", "name", dataset],
-                              capture_output=True, check=False)
-        return proc.returncode == 0
+        return self._run("list", "-H", "-o", "name", dataset).returncode == 0
 
     def get(self, dataset: str, prop: str) -> str:
         return self.run("get", "-H", "-p", "-o", "value", prop, dataset).strip()

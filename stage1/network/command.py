@@ -10,6 +10,7 @@ import subprocess
 from collections.abc import Sequence
 
 from jetpack.errors import JetpackError, NetworkError
+from jetpack.tools import missing_tool
 
 
 def run(
@@ -25,7 +26,7 @@ def run(
             list(argv), input=input, capture_output=True, text=True, timeout=timeout, check=False
         )
     except FileNotFoundError:
-        raise error(f"{argv[0]}: command not found", hint=f"install {argv[0]}") from None
+        raise missing_tool(argv[0], error) from None
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise error(f"{shlex.join(argv)}: {exc}") from None
     if proc.returncode != 0:
