@@ -238,3 +238,17 @@ def test_zfs_storage_without_zfs_names_zfs(root: None, tmp_path: Path) -> None:
     assert "Traceback" not in out.stderr
     assert "zfs: command not found" in out.stderr
     assert "storage.driver = dir" in out.stderr
+
+
+def test_supervisor_without_ip_or_nft_names_them(root: None, tmp_path: Path) -> None:
+    jp = Jetpack(write_conf(tmp_path / "jetpack.conf", **{
+        "root.path": str(tmp_path / "state"), "storage.driver": "dir",
+        "supervisor.socket": str(tmp_path / "jp.sock")}), tmp_path / "state")
+    jp("init")
+    out = subprocess.run(jp.argv("daemon"), env=without_tools(jp, tmp_path), capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "Traceback" not in out.stderr
+    assert "ip: command not found (needed for pod networking)" in out.stderr, out.stderr
+    assert "apt install iproute2" in out.stderr
+    assert not (tmp_path / "jp.sock").exists()

@@ -46,7 +46,10 @@ class LinuxNetwork(_Hook):
 
     def setup_host(self) -> None:
         from jetpack.stage1.network import linux
+        from jetpack.tools import require_tool
 
+        for tool in ("ip", "nft", "nsenter"):
+            require_tool(tool, NetworkError, "for pod networking")
         linux.ensure_bridge(self.interface, str(self.network))
         linux.ensure_firewall(str(self.network), nat=self.nat)
 
