@@ -1,7 +1,8 @@
 """Linux resource limits: one cgroup per pod (``jetpack/<pod uuid>``) on v1, v2 or hybrid hosts.
 
-Memory, CPU and a pids limit (so a fork bomb stops at the pod), processes in, OOM kills counted,
-and removal that kills what is left. Synchronous; callers run it through ``trio.to_thread``.
+Memory, CPU and a pids limit (so a fork bomb stops at the pod), the device allow-list (v1
+``devices`` controller, or an eBPF filter on v2), processes in, OOM kills counted, and removal that
+kills what is left. Synchronous; callers run it through ``trio.to_thread``.
 """
 
 from __future__ import annotations
@@ -16,14 +17,15 @@ from pathlib import Path
 from typing import Literal
 
 from jetpack.errors import IsolationError, ValidationError
+from jetpack.stage1.devices import ALLOWED_DEVICES, attach_device_filter
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PARENT = "jetpack"
 DEFAULT_PIDS_LIMIT = 1024
 CFS_PERIOD_US = 100_000
-CONTROLLERS = ("memory", "cpu", "pids")
+CONTROLLERS = ("memory", "cpu", "pids", "devices")
 
-Controller = Literal["memory", "cpu", "pids"]
+Controller = Literal["memory", "cpu", "pids", "devices"]
 
 # appc quantities (spec/ace.md, "Resource Isolators"): metric and binary suffixes, milli-units.
 _SUFFIXES = {
@@ -176,12 +178,14 @@ class PodCgroup:
         for controller, value in wanted:
             if value is not None:
                 self._dir(controller)  # refuse before making anything
+        self._device_policy()
         if self.layout.unified is not None:
             self._enable_v2_controllers()
         try:
             for directory in self.directories():
                 directory.mkdir(parents=True, exist_ok=True)
             self.set_limits(limits)
+            self.restrict_devices()
         except (IsolationError, OSError) as exc:
             self.remove()
             if isinstance(exc, OSError):
@@ -211,6 +215,29 @@ class PodCgroup:
         if limits.pids is not None or self.layout.controller_dir("pids"):
             directory, _ = self._dir("pids")
             _write(directory / "pids.max", "max" if limits.pids is None else str(limits.pids))
+
+    def restrict_devices(self) -> None:
+        """Allow the pod only ``ALLOWED_DEVICES``: a node made (CAP_MKNOD) or shipped in the pod
+        opens nothing else. The v1 ``devices`` controller where mounted, else an eBPF filter on
+        the cgroup2 directory (v2 has no devices controller)."""
+        directory, kind = self._device_policy()
+        if kind == "bpf":
+            attach_device_filter(directory, ALLOWED_DEVICES)
+            return
+        _write(directory / "devices.deny", "a")
+        for rule in ALLOWED_DEVICES:
+            _write(directory / "devices.allow", rule.v1_line())
+
+    def _device_policy(self) -> tuple[Path, Literal["v1", "bpf"]]:
+        found = self.layout.controller_dir("devices")
+        if found is not None:
+            return found[0] / self.name, "v1"
+        if self.layout.unified is not None:
+            return self.layout.unified / self.name, "bpf"
+        raise IsolationError(
+            "no device policy is possible on this host: no devices cgroup controller (v1) and "
+            "no cgroup2 hierarchy for a device filter",
+            hint=f"mount the devices controller or a cgroup2 hierarchy under {CGROUP_ROOT}")
 
     def _set_memory(self, limit: int | None) -> None:
         directory, version = self._dir("memory")

@@ -26,6 +26,7 @@ from typing import Any
 from jetpack.errors import IsolationError
 from jetpack.stage1 import linux_sys as sysc
 from jetpack.stage1.apply import isolated_launcher, join_cgroups
+from jetpack.stage1.devices import POD_DEVICES
 from jetpack.stage1.identity import pidfd_open, process_start_time
 from jetpack.stage2.executor import Executor, Output, RotatingLog, launch_directly, write_status
 from jetpack.stage2.paths import resolve_in_root
@@ -38,11 +39,21 @@ _SIOCGIFFLAGS = 0x8913
 _SIOCSIFFLAGS = 0x8914
 _IFF_UP = 0x1
 
-# (name, major, minor): the minimal /dev of ace.md and the OCI runtime spec.
-_DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8),
-            ("urandom", 1, 9), ("tty", 5, 0))
+# (name, major, minor): the minimal /dev of ace.md and the OCI runtime spec; the pod's device
+# cgroup allows exactly these (devices.py).
+_DEVICES = POD_DEVICES
 _DEV_LINKS = (("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
               ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"))
+
+# runc's default spec (libcontainer/specconv/example.go, ReadonlyPaths and MaskedPaths), plus
+# Docker's /sys/devices/virtual/powercap (energy counters, a side channel). Read-only: what a
+# pod could use to write host-wide kernel state (kernel.core_pattern runs a binary as host root).
+# Masked: what leaks host memory, keys or timing. Paths the kernel lacks are skipped.
+_PROC_READ_ONLY = ("bus", "fs", "irq", "sys", "sysrq-trigger")
+_PROC_MASKED = ("acpi", "asound", "kcore", "keys", "latency_stats", "timer_list", "timer_stats",
+                "sched_debug", "scsi")
+_SYS_MASKED = ("firmware", "devices/virtual/tpm", "devices/virtual/powercap")
+_PROC_FLAGS = sysc.MS_NOSUID | sysc.MS_NODEV | sysc.MS_NOEXEC
 
 
 # --- sandbox -------------------------------------------------------------------------------------
@@ -96,17 +107,61 @@ def _mount_dev(rootfs: Path) -> None:
         (dev / name).symlink_to(target)
 
 
+def _mask(path: Path, null: Path) -> None:
+    """Hide ``path`` as runc does: /dev/null over a file, an empty read-only tmpfs over a
+    directory; a path this kernel lacks needs nothing."""
+    try:
+        found = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(found.st_mode):
+        sysc.mount("tmpfs", str(path), "tmpfs", sysc.MS_RDONLY | _PROC_FLAGS, "mode=555")
+    elif not stat.S_ISLNK(found.st_mode):
+        sysc.mount(str(null), str(path), None, sysc.MS_BIND)
+
+
+def _make_read_only(path: Path) -> None:
+    """A read-only bind of ``path`` over itself (in a fresh /proc, which has no submounts)."""
+    if not os.path.lexists(path) or path.is_symlink():
+        return
+    sysc.mount(str(path), str(path), None, sysc.MS_BIND)
+    _remount_bind(path, sysc.MS_RDONLY)
+
+
+def _remount_bind(path: Path, flags: int) -> None:
+    """Add ``flags`` to the bind mount at ``path``, keeping the ones it has: a bind remount
+    replaces them all, and must not drop a nosuid or noexec the host set."""
+    kept = os.statvfs(path).f_flag & (os.ST_RDONLY | os.ST_NOSUID | os.ST_NODEV | os.ST_NOEXEC)
+    sysc.mount(None, str(path), None, sysc.MS_BIND | sysc.MS_REMOUNT | kept | flags)
+
+
+def _mount_proc(rootfs: Path) -> None:
+    """A fresh /proc for the app's pid namespace, its host-wide knobs read-only, its leaks
+    masked (with the /dev/null of the pod's /dev, so _mount_dev comes first)."""
+    proc = rootfs / "proc"
+    proc.mkdir(exist_ok=True)
+    sysc.mount("proc", str(proc), "proc", _PROC_FLAGS)
+    for name in _PROC_READ_ONLY:
+        _make_read_only(proc / name)
+    for name in _PROC_MASKED:
+        _mask(proc / name, rootfs / "dev" / "null")
+
+
 def _mount_sys(rootfs: Path) -> None:
     target = rootfs / "sys"
     target.mkdir(exist_ok=True)
-    flags = sysc.MS_RDONLY | sysc.MS_NOSUID | sysc.MS_NODEV | sysc.MS_NOEXEC
+    flags = sysc.MS_RDONLY | _PROC_FLAGS
     try:
+        # A fresh sysfs (of the pod's net namespace) has no submounts: /sys/fs/cgroup is an
+        # empty directory of this read-only mount.
         sysc.mount("sysfs", str(target), "sysfs", flags)
     except OSError:
-        # sysfs may refuse a fresh mount (a locked-down host); a read-only bind of the host's is
-        # the runc fallback.
-        sysc.mount("/sys", str(target), None, sysc.MS_BIND | sysc.MS_REC)
+        # sysfs may refuse a fresh mount (a locked-down host): a read-only bind of the host's,
+        # without its submounts (the host's cgroup hierarchies would stay writable under it).
+        sysc.mount("/sys", str(target), None, sysc.MS_BIND)
         sysc.mount(None, str(target), None, sysc.MS_BIND | sysc.MS_REMOUNT | flags)
+    for name in _SYS_MASKED:
+        _mask(target / name, rootfs / "dev" / "null")
 
 
 def _mount_volume(rootfs: Path, mount: dict[str, Any]) -> None:
@@ -132,15 +187,16 @@ def build_rootfs(launch: dict[str, Any]) -> None:
     # Nothing we mount may propagate back to the host (a shared / would carry it).
     sysc.mount(None, "/", None, sysc.MS_REC | sysc.MS_PRIVATE)
     sysc.mount(str(rootfs), str(rootfs), None, sysc.MS_BIND | sysc.MS_REC)
-    proc = rootfs / "proc"
-    proc.mkdir(exist_ok=True)
-    sysc.mount("proc", str(proc), "proc", sysc.MS_NOSUID | sysc.MS_NODEV | sysc.MS_NOEXEC)
+    # nodev: a device node an image ships or the app makes in its tree opens nothing; devices
+    # live only in the /dev built below (and the device cgroup bounds even those).
+    _remount_bind(rootfs, sysc.MS_NODEV)
     _mount_dev(rootfs)
+    _mount_proc(rootfs)
     _mount_sys(rootfs)
     for mount in launch["mounts"]:
         _mount_volume(rootfs, mount)
     if launch["read_only_rootfs"]:
-        sysc.mount(None, str(rootfs), None, sysc.MS_BIND | sysc.MS_REMOUNT | sysc.MS_RDONLY)
+        _remount_bind(rootfs, sysc.MS_RDONLY)
     pivot_into(rootfs)
 
 
@@ -153,11 +209,13 @@ def pivot_into(rootfs: Path) -> None:
         os.fchdir(new_root)
         try:
             sysc.pivot_root(".", ".")
-        except OSError:
-            # pivot_root is impossible from an initramfs root: chroot is the best left.
-            os.chroot(".")
-            os.chdir("/")
-            return
+        except OSError as exc:
+            # No chroot instead: the host's root would stay mounted under the app, one chroot
+            # escape away (runc refuses the same way unless told --no-pivot).
+            raise IsolationError(
+                f"cannot pivot_root into {rootfs}: {os.strerror(exc.errno or 0)}",
+                hint="the host's / must be a real mount (not an initramfs root); boot with "
+                     "a root filesystem or run jetpack from one") from None
         os.fchdir(old_root)
         sysc.umount2(".", sysc.MNT_DETACH)
         os.chdir("/")

@@ -28,6 +28,8 @@ MNT_DETACH = 0x2
 # pivot_root has no glibc wrapper: its syscall number per architecture.
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "i686": 217, "i386": 217, "armv7l": 218,
                    "ppc64le": 203, "ppc64": 203, "s390x": 217, "riscv64": 41}
+_SYS_BPF = {"x86_64": 321, "aarch64": 280, "i686": 357, "i386": 357, "armv7l": 386,
+            "ppc64le": 361, "ppc64": 361, "s390x": 351, "riscv64": 280}
 
 try:
     # Named directly: ctypes.util.find_library runs ldconfig, which costs every app start.
@@ -60,6 +62,20 @@ def unshare(flags: int) -> None:
 
 def setns(fd: int, nstype: int) -> None:
     _check(_libc.setns(fd, nstype), "setns")
+
+
+def bpf(command: int, attr: ctypes.Array[ctypes.c_char]) -> int:
+    """bpf(2) with ``attr`` (the command's ``union bpf_attr``, zero-padded); its result (an fd
+    for BPF_PROG_LOAD)."""
+    number = _SYS_BPF.get(platform.machine())
+    if number is None:
+        raise OSError(38, f"bpf: unknown syscall number on {platform.machine()}")
+    result = _libc.syscall(ctypes.c_long(number), ctypes.c_int(command), attr,
+                           ctypes.c_uint(len(attr)))
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"bpf: {os.strerror(err)}")
+    return int(result)
 
 
 def mount(source: str | None, target: str, fstype: str | None, flags: int = 0,

@@ -211,11 +211,13 @@ def test_isolators_memory_pids_and_capabilities(host: Host) -> None:
     bomb = host.jp("prepare", "example.com/busybox", "--exec",
                    "/bin/sh -c 'while true; do sleep 600 & done'").stdout.split()[-1]
     pids = Path("/sys/fs/cgroup/pids/jetpack") / bomb
+    devices = Path("/sys/fs/cgroup/devices/jetpack") / bomb
     out = host.jp("run", bomb, check=False, timeout=300)
     assert "can't fork" in out.stdout or "fork" in out.stdout.lower(), out.stdout[-500:]
     assert out.returncode != 0
     assert subprocess.run(["true"]).returncode == 0  # the host can still fork
     assert not pids.exists()  # torn down with the pod
+    assert not devices.exists()
     # capabilities: NET_RAW is in the default set (ping works); removed, raw sockets fail
     gateway = host.network.split("/")[0]
     assert run_sh(host, f"ping -c1 -W5 {gateway}").returncode == 0
