@@ -1,31 +1,49 @@
-"""Applying an app's isolator plan in its own process, just before exec (Linux): credentials,
-capabilities, no_new_privs and seccomp, in the one order that works for root and non-root.
+"""Applying an app's isolator plan in its own process, just before exec (Linux): its own
+session, credentials, capabilities, no_new_privs and seccomp, in the one order that works for
+root and non-root.
 
-``isolated_launcher`` gives stage2's executor a launcher that does this for the app and its
-event handlers; everything is imported and loaded before pivot_root hides the host.
+``isolated_launcher`` gives stage2's executor a launcher that does this for the app, its event
+handlers and whatever ``exec``/``console``/``build`` runs in it; an app whose manifest has no
+isolator gets the default plan, never none. Everything is imported and loaded before pivot_root
+hides the host.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import subprocess
-from collections.abc import Mapping, Sequence
+import termios
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from jetpack.stage1.capabilities import apply_capabilities, keep_capabilities, no_new_privileges
-from jetpack.stage1.seccomp import SeccompFilter, _libseccomp, apply_seccomp
+from jetpack.stage1.capabilities import (
+    apply_capabilities,
+    capability_set,
+    keep_capabilities,
+    no_new_privileges,
+)
+from jetpack.stage1.seccomp import SeccompFilter, _libseccomp, apply_seccomp, seccomp_filter
 from jetpack.stage2.executor import Launcher
 from jetpack.stage2.plan import ExecPlan
 
 
 def plan_to_json(capabilities: frozenset[str], seccomp: SeccompFilter | None,
-                 no_new_privs: bool) -> dict[str, Any]:
+                 no_new_privs: bool, *, ambient: Iterable[str] = ()) -> dict[str, Any]:
     return {
         "capabilities": sorted(capabilities),
+        "ambient_capabilities": sorted(ambient),
         "seccomp": None if seccomp is None else {
             "mode": seccomp.mode, "syscalls": sorted(seccomp.syscalls), "errno": seccomp.errno},
         "no_new_privileges": no_new_privs,
     }
+
+
+def default_plan() -> dict[str, Any]:
+    """What an app without any isolator gets (appc's 14 capabilities, the default seccomp
+    filter), as JSON; also for an app spec stored without a plan."""
+    return plan_to_json(capability_set(), seccomp_filter(), False)
 
 
 def join_cgroups(directories: Sequence[str]) -> None:
@@ -35,12 +53,13 @@ def join_cgroups(directories: Sequence[str]) -> None:
             procs.write("0")
 
 
-def isolated_launcher(isolators: Mapping[str, Any]) -> Launcher | None:
-    """A launcher applying ``isolators`` (AppSpec.isolators); None when there is nothing to
-    apply (then stage2's plain launcher is used)."""
+def isolated_launcher(isolators: Mapping[str, Any]) -> Launcher:
+    """A launcher applying ``isolators`` (AppSpec.isolators, the default plan when empty)."""
     if not isolators:
-        return None
-    capabilities = isolators.get("capabilities")
+        isolators = default_plan()
+    raw_capabilities = isolators.get("capabilities")
+    capabilities = capability_set() if raw_capabilities is None else frozenset(raw_capabilities)
+    ambient = frozenset(isolators.get("ambient_capabilities") or ())
     nnp = bool(isolators.get("no_new_privileges"))
     raw = isolators.get("seccomp")
     seccomp = None if raw is None else SeccompFilter(raw["mode"], frozenset(raw["syscalls"]),
@@ -53,14 +72,20 @@ def isolated_launcher(isolators: Mapping[str, Any]) -> Launcher | None:
         creds = plan.credentials
 
         def before_exec() -> None:
+            # subprocess made this a new session leader: with a terminal for stdin, that
+            # terminal becomes the session's own (job control in run -t, console), never
+            # one shared with the supervisor or the caller.
+            if os.isatty(0):
+                # best effort: a terminal that is another session's stays that session's
+                with contextlib.suppress(OSError):
+                    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
             os.setgroups(list(creds.groups))
             os.setgid(creds.gid)
-            if capabilities is not None and creds.uid != 0:
-                keep_capabilities()
+            if creds.uid != 0:
+                keep_capabilities()  # to drop the bounding set and load seccomp after setuid
             os.setuid(creds.uid)
-            if capabilities is not None:
-                apply_capabilities(capabilities,
-                                   keep_sys_admin_until_exec=seccomp is not None and not nnp)
+            apply_capabilities(capabilities, ambient=ambient,
+                               keep_sys_admin_until_exec=seccomp is not None and not nnp)
             if nnp:
                 no_new_privileges()
             if seccomp is not None:
@@ -69,6 +94,7 @@ def isolated_launcher(isolators: Mapping[str, Any]) -> Launcher | None:
         return subprocess.Popen(
             list(argv), env=dict(plan.environment), cwd=plan.working_directory,
             stdin=stdin, stdout=stdout, stderr=stderr, close_fds=True,
+            start_new_session=True,  # kill 0 in a pod reaches only its own session
             preexec_fn=before_exec,  # noqa: PLW1509  # the monitor is single-threaded
         )
 

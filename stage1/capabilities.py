@@ -133,18 +133,26 @@ def keep_capabilities() -> None:
     _prctl(_PR_SET_KEEPCAPS, 1, what="prctl(PR_SET_KEEPCAPS)")
 
 
-def apply_capabilities(names: Iterable[str], *, keep_sys_admin_until_exec: bool = False) -> None:
+def apply_capabilities(names: Iterable[str], *, ambient: Iterable[str] = (),
+                       keep_sys_admin_until_exec: bool = False) -> None:
     """Limit this process, and what it execs next, to capabilities ``names``.
 
     Call in the child after setuid/setgid and right before exec: it drops every other
-    capability from the bounding set (nothing can regain it), sets permitted, effective and
-    inheritable to ``names``, and for a non-root user raises them as ambient so that they
-    survive the exec. ``keep_sys_admin_until_exec`` leaves CAP_SYS_ADMIN effective until the
-    exec (which drops it, since the bounding and ambient sets lack it) so that a seccomp filter
-    can still be loaded without no_new_privs.
+    capability from the bounding set (nothing can regain it, a setuid-root binary included).
+    Root keeps ``names`` as its permitted, effective and inheritable sets. A non-root user gets
+    only ``ambient`` (which must lie within ``names``): raised as ambient capabilities, the only
+    ones that survive its exec; with none it holds no capability at all, as under runc and
+    Docker. ``keep_sys_admin_until_exec`` leaves CAP_SYS_ADMIN effective until the exec (which
+    drops it, since the bounding and ambient sets lack it) so that a seccomp filter can still
+    be loaded without no_new_privs.
     """
     wanted = {CAPABILITIES[canonical_name(n)] for n in names}
-    mask = sum(1 << cap for cap in wanted)
+    raised = {CAPABILITIES[canonical_name(n)] for n in ambient}
+    if not raised <= wanted:
+        raise IsolationError("ambient capabilities must be in the bounding set: "
+                             f"{sorted(names_of(sum(1 << c for c in raised - wanted)))}")
+    granted = wanted if os.geteuid() == 0 else raised
+    mask = sum(1 << cap for cap in granted)
     now = mask | (1 << CAPABILITIES["CAP_SYS_ADMIN"] if keep_sys_admin_until_exec else 0)
     _, permitted, inheritable = _capget()
     # Dropping from the bounding set needs CAP_SETPCAP in the effective set.
@@ -156,7 +164,7 @@ def apply_capabilities(names: Iterable[str], *, keep_sys_admin_until_exec: bool 
     _prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, what="PR_CAP_AMBIENT_CLEAR_ALL")
     if os.geteuid() != 0:
         # exec() of a file without file capabilities gives a non-root user only its ambient set.
-        for cap in sorted(wanted):
+        for cap in sorted(raised):
             _prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_RAISE, cap,
                    what=f"prctl(PR_CAP_AMBIENT_RAISE, {cap})")
 

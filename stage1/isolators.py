@@ -42,11 +42,13 @@ class IsolatorPlan:
     """What stage1 applies for one app (limits also feed the pod's cgroup or rctl rules)."""
 
     limits: Limits
-    capabilities: frozenset[str]
+    capabilities: frozenset[str]  # the bounding set, and what a root app holds
     seccomp: SeccompFilter | None
     no_new_privileges: bool = False
     sysctls: Mapping[str, str] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    # What a non-root app holds (as ambient capabilities): only an explicit retain-set.
+    ambient_capabilities: frozenset[str] = frozenset()
 
 
 def _by_name(isolators: Iterable[Mapping[str, Any]], path: str) -> dict[str, Any]:
@@ -122,6 +124,9 @@ def plan_isolators(
         retain=_names(app[CAPS_RETAIN], where[CAPS_RETAIN]) if CAPS_RETAIN in app else None,
         remove=_names(app[CAPS_REMOVE], where[CAPS_REMOVE]) if CAPS_REMOVE in app else None,
     )
+    # A non-root app gets no capability unless its retain-set names it (rkt, runc, Docker);
+    # the bounding set still lets a setuid-root binary of the image (su) work as usual.
+    ambient = capabilities if CAPS_RETAIN in app else frozenset()
     no_new_privileges = app.get(NO_NEW_PRIVILEGES, False)
     if not isinstance(no_new_privileges, bool):
         raise ValidationError(where[NO_NEW_PRIVILEGES], "must be true or false")
@@ -149,7 +154,7 @@ def plan_isolators(
                 continue
             sysctls[key] = value
     return IsolatorPlan(limits, capabilities, seccomp, no_new_privileges, sysctls,
-                        tuple(warnings))
+                        tuple(warnings), ambient)
 
 
 def pod_limits(pod_isolators: Sequence[Mapping[str, Any]],

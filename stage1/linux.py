@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -36,6 +37,7 @@ from jetpack.stage1.base import (
 )
 from jetpack.stage1.identity import pidfd_open, pidfd_send_signal
 from jetpack.stage1.monitor import MonitoredApps, read_report
+from jetpack.stage1.stdio_relay import PipeRelay, relay_terminal
 from jetpack.stage1.volumes import check_host_volume, prepare_empty_volume
 from jetpack.stage2.plan import ExecPlan, plan_app
 
@@ -250,7 +252,8 @@ class LinuxDriver(MonitoredApps):
                 helper = await trio.lowlevel.open_process(
                     helper_argv(self.python, "app", str(launch_path), str(report_w), str(go_r)),
                     pass_fds=(report_w, go_r), stdin=stdin, stdout=stdout, stderr=stderr,
-                    start_new_session=stdio is None,
+                    # never the supervisor's process group, with a terminal (run -t) too
+                    start_new_session=True,
                 )
             finally:
                 if stdio is None:
@@ -282,7 +285,6 @@ class LinuxDriver(MonitoredApps):
         tty: bool = False,
         stdio: Stdio | None = None,
     ) -> ExitStatus:
-        del tty  # the caller's terminal is inherited as is; a pty is the console's business
         plan = await self._thread(lambda: plan_app(
             app_name=app.name, rootfs=app.rootfs, argv=argv, user=user or app.user,
             group=group or app.group, supplementary_gids=app.supplementary_gids,
@@ -291,25 +293,84 @@ class LinuxDriver(MonitoredApps):
         ))
         app_dir = Path(handle.data["run_dir"]) / "apps" / app.name
         enter_path = app_dir / f"enter-{os.urandom(6).hex()}.json"
-        await self._thread(_write_enter, enter_path, plan, process)
+        await self._thread(_write_enter, enter_path, plan, process, app)
+        caller = stdio or Stdio(0, 1, 2)
         try:
-            result = await trio.run_process(
-                helper_argv(self.python, "enter", str(enter_path)), check=False,
-                stdin=None if stdio is None else stdio.stdin,
-                stdout=None if stdio is None else stdio.stdout,
-                stderr=None if stdio is None else stdio.stderr,
-            )
+            if tty:
+                code = await self._enter_with_terminal(enter_path, caller)
+            else:
+                code = await self._enter_with_pipes(enter_path, caller)
         finally:
             enter_path.unlink(missing_ok=True)
-        if result.returncode < 0:
-            return ExitStatus(signal=-result.returncode)
-        return ExitStatus(code=result.returncode)
+        if code < 0:
+            return ExitStatus(signal=-code)
+        return ExitStatus(code=code)
+
+    async def _enter_with_pipes(self, enter_path: Path, caller: Stdio) -> int:
+        """The command's stdio is the caller's, its terminals replaced by relayed pipes."""
+        relay = PipeRelay(caller)
+        try:
+            async with trio.open_nursery() as nursery:
+                helper = await trio.lowlevel.open_process(
+                    helper_argv(self.python, "enter", str(enter_path)),
+                    stdin=relay.pod.stdin, stdout=relay.pod.stdout, stderr=relay.pod.stderr)
+                relay.spawned()
+                nursery.start_soon(relay.copy)
+                code = await helper.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            relay.finish()
+        return code
+
+    async def _enter_with_terminal(self, enter_path: Path, caller: Stdio) -> int:
+        """The command runs on a new pty of the pod's own devpts (the helper sends its master
+        back), relayed to the caller's stdio; the helper itself gets no terminal either."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        relay = PipeRelay(Stdio(null, null, caller.stderr))  # for the helper's own errors
+        master = -1
+        try:
+            with ours:
+                with theirs:
+                    helper = await trio.lowlevel.open_process(
+                        helper_argv(self.python, "enter", str(enter_path), str(theirs.fileno())),
+                        pass_fds=(theirs.fileno(),), stdin=null, stdout=null,
+                        stderr=relay.pod.stderr)
+                os.close(null)
+                null = -1
+                relay.spawned()
+                fds = await trio.to_thread.run_sync(_receive_fd, ours)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(relay.copy)
+                ended = trio.Event()
+                async with trio.open_nursery() as terminal:
+                    if fds:
+                        master = fds[0]
+                        terminal.start_soon(relay_terminal, master, caller, ended)
+                    code = await helper.wait()
+                    ended.set()  # relay_terminal copies out what is left, then returns
+                nursery.cancel_scope.cancel()
+        finally:
+            relay.finish()
+            for fd in (master, null):
+                if fd >= 0:
+                    os.close(fd)
+        return code
 
 
+def _receive_fd(sock: socket.socket) -> list[int]:
+    """The pty master the enter helper sends (none when it failed before)."""
+    _, fds, _, _ = socket.recv_fds(sock, 16, 1)
+    return fds
 
-def _write_enter(path: Path, plan: ExecPlan, process: AppProcess) -> None:
+
+def _write_enter(path: Path, plan: ExecPlan, process: AppProcess, app: AppSpec) -> None:
+    """What the enter helper needs: the command's plan, the app's process to join, and the
+    app's confinement (isolator plan, cgroups) that the command gets too."""
     path.write_text(json.dumps({"plan": plan.to_json(), "pid": process.identity.pid,
-                                "start_time": process.identity.start_time}))
+                                "start_time": process.identity.start_time,
+                                "isolators": dict(app.isolators),
+                                "cgroup_dirs": list(app.cgroup_dirs)}))
 
 
 def _volume_json(volume: Volume) -> dict[str, Any]:

@@ -6,7 +6,8 @@ imported after pivot_root, where only the app's rootfs is visible.
 
     sandbox RUN_DIR HOSTNAME          new uts/ipc/net namespaces, kept by bind mounts in RUN_DIR/ns
     app LAUNCH_JSON REPORT_FD GO_FD   one app: its own mount and pid namespace, pod's uts/ipc/net
-    enter ENTER_JSON                  a command inside a running app (exec, console)
+    enter ENTER_JSON [SOCKET_FD]      a command inside a running app (exec, console; on a pty
+                                      of the pod's, its master sent over SOCKET_FD)
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from jetpack.stage1 import linux_sys as sysc
 from jetpack.stage1.apply import isolated_launcher, join_cgroups
 from jetpack.stage1.devices import POD_DEVICES
 from jetpack.stage1.identity import pidfd_open, process_start_time
-from jetpack.stage2.executor import Executor, Output, RotatingLog, launch_directly, write_status
+from jetpack.stage2.executor import Executor, Output, RotatingLog, write_status
 from jetpack.stage2.paths import resolve_in_root
 from jetpack.stage2.plan import ExecPlan
 from jetpack.stage2.status import ExitStatus
@@ -261,7 +262,7 @@ def run_app(launch_path: str, report_fd: int, go_fd: int) -> int:
             output = Output(stdio["stdin"], stdio["stdout"], stdio["stderr"])
         try:
             join_cgroups(launch.get("cgroup_dirs") or [])
-            launcher = isolated_launcher(launch.get("isolators") or {}) or launch_directly
+            launcher = isolated_launcher(launch.get("isolators") or {})
         except (OSError, IsolationError) as exc:
             _report(report_fd, f"error applying the app's isolators: {exc}")
             write_status(status_fd, ExitStatus(code=127, failed=f"isolators: {exc}"))
@@ -288,19 +289,50 @@ def run_app(launch_path: str, report_fd: int, go_fd: int) -> int:
 
 # --- enter ---------------------------------------------------------------------------------------
 
-def enter_app(enter_path: str) -> int:
+_TIOCSPTLCK = 0x40045431
+_TIOCGPTPEER = 0x5441
+_PTMX = os.makedev(5, 2)
+
+
+def open_pod_terminal(sock_fd: int) -> int:
+    """A new pty of the pod's own devpts (we stand in its mount namespace): the master goes to
+    jetpack over ``sock_fd``, which relays it; the slave, returned, is the command's stdio."""
+    master = os.open("/dev/pts/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        info = os.fstat(master)
+        if not stat.S_ISCHR(info.st_mode) or info.st_rdev != _PTMX:
+            raise IsolationError("the pod's /dev/pts/ptmx is not a pty multiplexer")
+        fcntl.ioctl(master, _TIOCSPTLCK, struct.pack("i", 0))
+        slave = fcntl.ioctl(master, _TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+        with socket.socket(fileno=sock_fd) as sock:
+            socket.send_fds(sock, [b"t"], [master])
+        return slave
+    finally:
+        os.close(master)
+
+
+def enter_app(enter_path: str, terminal_socket: int | None = None) -> int:
+    """A command inside a running app, with exactly the app's confinement: its cgroups, its
+    isolator plan (capabilities, seccomp, no_new_privs) and a session of its own; on a pty of
+    the pod's when ``terminal_socket`` is given."""
     spec = json.loads(Path(enter_path).read_text())
     plan = ExecPlan.from_json(spec["plan"])
     pidfd = pidfd_open(spec["pid"])
     if process_start_time(spec["pid"]) != spec["start_time"]:
         print(f"jetpack: app {plan.app_name} is not running", file=sys.stderr)
         return 1
+    join_cgroups(spec.get("cgroup_dirs") or [])  # the host's paths: before setns
+    launcher = isolated_launcher(spec.get("isolators") or {})
     # One setns on the pidfd joins all five atomically (Linux 5.8+); the mount namespace brings
     # the app's root and cwd with it.
     sysc.setns(pidfd, sysc.CLONE_NEWNS | sysc.CLONE_NEWPID | sysc.CLONE_NEWUTS
                | sysc.CLONE_NEWIPC | sysc.CLONE_NEWNET)
     os.close(pidfd)
-    executor = Executor(plan, launch_directly, Output(0, 1, 2))
+    output = Output(0, 1, 2)
+    if terminal_socket is not None:
+        slave = open_pod_terminal(terminal_socket)
+        output = Output(slave, slave, slave)
+    executor = Executor(plan, launcher, output)
     status = executor.run()
     if status.signal is not None:
         signal.signal(status.signal, signal.SIG_DFL)
@@ -317,7 +349,7 @@ def main(argv: list[str]) -> int:
         if command == "app":
             return run_app(args[0], int(args[1]), int(args[2]))
         if command == "enter":
-            return enter_app(args[0])
+            return enter_app(args[0], int(args[1]) if len(args) > 1 else None)
     except (OSError, IsolationError) as exc:
         print(f"jetpack stage1: {command}: {exc}", file=sys.stderr)
         return 1

@@ -23,22 +23,54 @@ ALL = "@appc.io/all"
 EMPTY = "@appc.io/empty"
 
 # Implementation-specific sets the spec allows (ace.md, seccomp notes 2-3). Blocked for every
-# app: calls that act on the whole host rather than the pod. Always allowed under a retain-set:
-# what the runtime itself needs between loading the filter and the app running.
+# app, after Docker's default profile (moby profiles/seccomp/default.json) for a process without
+# CAP_SYS_ADMIN, CAP_SYS_PTRACE, CAP_SYS_TIME, CAP_SYS_MODULE, CAP_SYS_NICE, CAP_SYSLOG and the
+# rest of what appc's default set lacks: calls that act on the whole host rather than the pod,
+# make new namespaces (user namespaces above all), or expose large kernel attack surface
+# (keyrings, io_uring, bpf, perf). ptrace stays allowed, as in Docker on kernels >= 4.8.
 DEFAULT_REMOVE_SET: frozenset[str] = frozenset({
+    # modules, kexec, reboot, swap, accounting, quotas
     "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module",
-    "swapon", "swapoff", "acct", "settimeofday", "clock_settime", "clock_adjtime", "adjtimex",
-    "syslog", "open_by_handle_at", "lookup_dcookie", "bpf", "perf_event_open",
+    "create_module", "query_module", "get_kernel_syms", "reboot", "swapon", "swapoff", "acct",
+    "quotactl", "quotactl_fd", "nfsservctl",
+    # the host's clock and log
+    "settimeofday", "stime", "clock_settime", "clock_adjtime", "adjtimex", "syslog",
+    # mounts and namespaces: a pod's root must not rebuild its view of the host
+    "mount", "umount", "umount2", "pivot_root", "mount_setattr", "open_tree", "move_mount",
+    "fsopen", "fsconfig", "fsmount", "fspick", "unshare", "setns",
+    # kernel keyrings, io_uring, bpf, perf, userfaultfd, handles, cross-process comparison
+    "keyctl", "add_key", "request_key", "io_uring_setup", "io_uring_enter",
+    "io_uring_register", "bpf", "perf_event_open", "userfaultfd", "open_by_handle_at",
+    "name_to_handle_at", "lookup_dcookie", "fanotify_init", "kcmp",
+    # NUMA policy (Docker: CAP_SYS_NICE), obsolete or raw-hardware calls
+    "mbind", "move_pages", "set_mempolicy", "get_mempolicy", "set_mempolicy_home_node",
+    "vm86", "vm86old", "uselib", "ustat", "sysfs", "_sysctl", "iopl", "ioperm", "vhangup",
 })
 BOOTSTRAP_RETAIN_SET: frozenset[str] = frozenset({
     "execve", "exit", "exit_group", "rt_sigreturn",
 })
+# clone(2) flags that make namespaces (Docker's mask 0x7E020000); their clone is blocked, any
+# other clone (fork, threads) runs. clone3 passes its flags in memory, out of seccomp's reach:
+# it fails with ENOSYS so that libc falls back to clone, as under Docker.
+CLONE_NAMESPACE_FLAGS = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000,
+                         0x20000000, 0x40000000)
+# personality(2) values Docker allows: Linux, PER_LINUX32 (0x8), UNAME26 (0x20000), both, and
+# the 0xffffffff query; never ADDR_NO_RANDOMIZE, READ_IMPLIES_EXEC and the like.
+ALLOWED_PERSONALITY_BITS = (0x8, 0x20000)
 
 _SCMP_ACT_KILL_PROCESS = 0x80000000
 _SCMP_ACT_ERRNO = 0x00050000
 _SCMP_ACT_ALLOW = 0x7FFF0000
 _SCMP_FLTATR_CTL_NNP = 3
+_SCMP_CMP_MASKED_EQ = 7
 _NR_SCMP_ERROR = -1
+
+
+class _ArgCmp(ctypes.Structure):
+    """libseccomp's ``struct scmp_arg_cmp``."""
+
+    _fields_ = (("arg", ctypes.c_uint), ("op", ctypes.c_int), ("datum_a", ctypes.c_uint64),
+                ("datum_b", ctypes.c_uint64))
 
 
 @dataclass(frozen=True)
@@ -115,6 +147,8 @@ def _libseccomp() -> ctypes.CDLL:
     lib.seccomp_init.argtypes = [ctypes.c_uint32]
     lib.seccomp_rule_add.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int,
                                      ctypes.c_uint]
+    lib.seccomp_rule_add_array.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int,
+                                           ctypes.c_uint, ctypes.POINTER(_ArgCmp)]
     lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
     lib.seccomp_attr_set.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32]
     lib.seccomp_load.argtypes = [ctypes.c_void_p]
@@ -146,16 +180,20 @@ def apply_seccomp(plan: SeccompFilter, *, no_new_privs: bool = False) -> None:
     try:
         if lib.seccomp_attr_set(ctx, _SCMP_FLTATR_CTL_NNP, int(no_new_privs)) != 0:
             raise IsolationError("seccomp_attr_set(CTL_NNP) failed")
-        for name in sorted(plan.syscalls):
+        # A remove plan stored by an older jetpack still gets today's default set.
+        names = plan.syscalls | DEFAULT_REMOVE_SET if plan.mode == "remove" else plan.syscalls
+        for name in sorted(names):
             number = int(lib.seccomp_syscall_resolve_name(name.encode()))
             if number == _NR_SCMP_ERROR:
                 if name in DEFAULT_REMOVE_SET | BOOTSTRAP_RETAIN_SET:
                     continue  # jetpack's own sets name some calls other architectures lack
                 raise ValidationError(f"os/linux/seccomp-{plan.mode}-set.set",
                                       f"unknown system call {name!r}")
-            result = int(lib.seccomp_rule_add(ctx, listed, number, 0))
-            if result != 0:
-                raise IsolationError(f"seccomp rule for {name}: {os.strerror(-result)}")
+            _add_rule(lib, ctx, listed, name, number)
+        if plan.mode == "remove":
+            _add_default_argument_rules(lib, ctx, blocked, names)
+        if "clone3" not in names:
+            _add_rule(lib, ctx, _SCMP_ACT_ERRNO | errno_codes.ENOSYS, "clone3")
         result = int(lib.seccomp_load(ctx))
         if result != 0:
             raise IsolationError(
@@ -163,3 +201,37 @@ def apply_seccomp(plan: SeccompFilter, *, no_new_privs: bool = False) -> None:
                 hint="without no_new_privs the process needs CAP_SYS_ADMIN when it loads")
     finally:
         lib.seccomp_release(ctx)
+
+
+def _add_rule(lib: ctypes.CDLL, ctx: int, action: int, name: str, number: int | None = None,
+              *comparisons: tuple[int, int, int, int]) -> None:
+    """One rule: ``action`` for ``name`` when every comparison (arg, op, a, b) holds."""
+    if number is None:
+        number = int(lib.seccomp_syscall_resolve_name(name.encode()))
+        if number == _NR_SCMP_ERROR:
+            return  # not a call of this architecture
+    array = (_ArgCmp * max(len(comparisons), 1))(*(_ArgCmp(*c) for c in comparisons))
+    result = int(lib.seccomp_rule_add_array(ctx, action, number, len(comparisons), array))
+    if result != 0:
+        raise IsolationError(f"seccomp rule for {name}: {os.strerror(-result)}")
+
+
+def _add_default_argument_rules(lib: ctypes.CDLL, ctx: int, blocked: int,
+                                names: frozenset[str]) -> None:
+    """The default set's argument filters, for calls a remove-set does not block whole."""
+    if "clone" not in names:
+        # x86-64, arm64 and the rest but s390 pass clone's flags first. One rule per flag:
+        # rules are alternatives, the comparisons within one rule all must hold.
+        for flag in CLONE_NAMESPACE_FLAGS:
+            _add_rule(lib, ctx, blocked, "clone", None, (0, _SCMP_CMP_MASKED_EQ, flag, flag))
+    if "personality" not in names:
+        # Anything but ALLOWED_PERSONALITIES, from single-bit tests (libseccomp allows one
+        # comparison per argument in a rule): a flag other than PER_LINUX32 and UNAME26 with
+        # bit 31 clear, or bit 31 set with any other bit clear (so not the 0xffffffff query).
+        top = 1 << 31
+        for bit in (1 << n for n in range(31)):
+            if bit not in ALLOWED_PERSONALITY_BITS:
+                _add_rule(lib, ctx, blocked, "personality", None,
+                          (0, _SCMP_CMP_MASKED_EQ, bit | top, bit))
+            _add_rule(lib, ctx, blocked, "personality", None,
+                      (0, _SCMP_CMP_MASKED_EQ, bit | top, top))

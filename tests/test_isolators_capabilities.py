@@ -81,15 +81,22 @@ def test_without_net_raw_root_cannot_open_a_raw_socket_even_after_exec() -> None
     assert "CAP_SYS_ADMIN" not in bounding
 
 
-def test_a_non_root_app_keeps_its_set_through_ambient_capabilities() -> None:
+def test_a_non_root_app_keeps_only_its_ambient_set() -> None:
     become_user = ("capabilities.keep_capabilities()\nos.setgroups([])\nos.setgid(1000)\n"
                    "os.setuid(1000)\n")
+    # the default: the bounding set stays (for setuid-root binaries), nothing is held
+    verdict, bounding, effective, _ = run_child(
+        become_user + "capabilities.apply_capabilities(capabilities.DEFAULT_CAPABILITIES)")
+    assert verdict == "denied"
+    assert effective == frozenset()
+    assert bounding == DEFAULT_CAPABILITIES
+    # a retain-set's capabilities survive the exec as ambient ones
     verdict, _, effective, _ = run_child(
-        become_user + "capabilities.apply_capabilities(['CAP_NET_RAW'])")
+        become_user + "capabilities.apply_capabilities(['CAP_NET_RAW'], ambient=['CAP_NET_RAW'])")
     assert verdict == "opened"
     assert effective == {"CAP_NET_RAW"}
     verdict, _, effective, _ = run_child(
-        become_user + "capabilities.apply_capabilities(['CAP_CHOWN'])")
+        become_user + "capabilities.apply_capabilities(['CAP_CHOWN'], ambient=['CAP_CHOWN'])")
     assert verdict == "denied"
     assert effective == {"CAP_CHOWN"}
 

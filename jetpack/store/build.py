@@ -263,27 +263,35 @@ def run_build(config: Config, scratch: Path, rootfs: Path, command: list[str]) -
     /jetpack-build, the terminal as its stdio; the sandbox is gone when this returns."""
     import trio
 
-    from jetpack.stage1.base import AppSpec, SandboxSpec, Stdio
+    from jetpack.stage1.base import AppSpec, SandboxSpec
+    from jetpack.stage1.cgroups import Limits, PodCgroup
     from jetpack.stage1.drivers import isolation_driver
 
     async def main() -> _Status:
         driver = isolation_driver(config)
         pod_uuid = str(uuid.uuid4())
-        handle = await driver.create_sandbox(
-            SandboxSpec(pod_uuid=pod_uuid, hostname="build", pod_dir=scratch / "pod"))
+        # The build command is confined as an app: the default isolator plan (the driver
+        # applies it to an app spec without one) and a cgroup of its own.
+        cgroup = PodCgroup.for_pod(pod_uuid) if driver.name == "linux" else None
+        if cgroup is not None:
+            await trio.to_thread.run_sync(cgroup.create, Limits())
         try:
-            app = AppSpec(name="build", rootfs=rootfs, exec=tuple(command), user="0",
-                          group="0", working_directory=f"/{BUILD_DIR}",
-                          log_path=scratch / "build.log")
-            process = await driver.start_app(handle, app, stdio=Stdio(0, 1, 2))
+            handle = await driver.create_sandbox(
+                SandboxSpec(pod_uuid=pod_uuid, hostname="build", pod_dir=scratch / "pod"))
             try:
-                status = await driver.wait(handle, process)
+                app = AppSpec(name="build", rootfs=rootfs, exec=tuple(command), user="0",
+                              group="0", working_directory=f"/{BUILD_DIR}",
+                              log_path=scratch / "build.log",
+                              cgroup_dirs=tuple(str(d) for d in cgroup.directories())
+                              if cgroup is not None else ())
+                return await _run_relayed(driver, handle, app)
             finally:
-                process.close()
-            return _Status(status.code, status.signal, getattr(status, "failed", None))
+                with trio.CancelScope(shield=True):
+                    await driver.destroy_sandbox(handle)
         finally:
-            with trio.CancelScope(shield=True):
-                await driver.destroy_sandbox(handle)
+            if cgroup is not None:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(cgroup.remove)
 
     try:
         return trio.run(main)
@@ -291,3 +299,27 @@ def run_build(config: Config, scratch: Path, rootfs: Path, command: list[str]) -
         raise
     except OSError as exc:
         raise ImageError(f"cannot run the build: {exc}") from None
+
+
+async def _run_relayed(driver: Any, handle: Any, app: Any) -> _Status:
+    """Run the build app with the caller's stdio, its terminals relayed through pipes: the
+    build command never holds the caller's terminal."""
+    import trio
+
+    from jetpack.stage1.base import Stdio
+    from jetpack.stage1.stdio_relay import PipeRelay
+
+    relay = PipeRelay(Stdio(0, 1, 2))
+    try:
+        process = await driver.start_app(handle, app, stdio=relay.pod)
+        relay.spawned()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(relay.copy)
+                status = await driver.wait(handle, process)
+                nursery.cancel_scope.cancel()
+        finally:
+            process.close()
+        return _Status(status.code, status.signal, getattr(status, "failed", None))
+    finally:
+        relay.finish()

@@ -238,7 +238,8 @@ def _isolator_plans(manifest: dict[str, Any]
         plans.append(plan)
         warnings += [f"app {app['name']}: {w}" for w in plan.warnings]
     limits = pod_limits(pod_isolators, plans)
-    return ([plan_to_json(p.capabilities, p.seccomp, p.no_new_privileges) for p in plans],
+    return ([plan_to_json(p.capabilities, p.seccomp, p.no_new_privileges,
+                          ambient=p.ambient_capabilities) for p in plans],
             {"memory_bytes": limits.memory_bytes, "cpu_millicores": limits.cpu_millicores,
              "pids": limits.pids}, sorted(set(warnings)))
 
