@@ -7,11 +7,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from acis import aci_from_entries, link_entry, manifest, manifest_entry
+from conftest import REPO
 from podhost import Host, busybox_image
 
 BUSYBOX_APP = {"exec": ["/bin/sh"], "user": "0", "group": "0"}
@@ -128,7 +130,7 @@ def test_attack_nested_empty_volume_mount_point_swapped_for_a_symlink(
     ).stdout.split()[-1]
     host.jp("start", pod)
     volumes = host.jp.root / "pods" / pod / "volumes"
-    host.wait_for("the planted link", lambda: (volumes / "outer" / "i").is_symlink())
+    host.wait_for("the planted link", (volumes / "outer" / "i").is_symlink)
     host.jp("restart", pod)
     host.wait_for("the restarted app", lambda: host.jp("logs", "nested:victim").stdout
                   .count("/o/i") >= 2)
@@ -224,3 +226,41 @@ def test_writable_volume_stays_writable_and_gets_nodev(host: Host, tmp_path: Pat
     options = _mountinfo_options(out.stdout, "/v")
     assert "rw" in options
     assert "nodev" in options
+
+
+_FALLBACK = """
+import errno, sys
+from pathlib import Path
+from jetpack.stage1 import linux_init, linux_sys
+
+def no_mount_api(*args, **kwargs):
+    raise OSError(errno.ENOSYS, "open_tree")
+
+linux_sys.open_tree = no_mount_api  # a kernel before 5.2: the remount walk
+tmp = Path(sys.argv[1])
+linux_sys.mount(None, "/", None, linux_sys.MS_REC | linux_sys.MS_PRIVATE)
+linux_sys.mount("tmpfs", str(tmp / "source"), "tmpfs", linux_sys.MS_NOSUID | linux_sys.MS_NOEXEC)
+(tmp / "source/sub").mkdir()
+linux_sys.mount("tmpfs", str(tmp / "source/sub"), "tmpfs", linux_sys.MS_NOSUID)
+linux_init._mount_volume(tmp / "rootfs", {
+    "volume": "v", "kind": "host", "source": str(tmp / "source"), "target": "/v",
+    "read_only": True, "recursive": True})
+print(open("/proc/self/mountinfo").read())
+"""
+
+
+def test_read_only_volume_without_mount_setattr_covers_submounts_and_keeps_nosuid(
+        root: None, tmp_path: Path) -> None:
+    """Kernels without the new mount API: the bind is remounted mount by mount, each with
+    the flags it had (a remount replaces them all) plus ro and nodev. Everything happens in
+    a private mount namespace that dies with the process."""
+    (tmp_path / "source").mkdir()
+    (tmp_path / "rootfs").mkdir()
+    out = subprocess.run(["unshare", "--mount", sys.executable, "-c", _FALLBACK,
+                          str(tmp_path)], capture_output=True, text=True, check=True,
+                         env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=60).stdout
+    top = _mountinfo_options(out, str(tmp_path / "rootfs/v"))
+    sub = _mountinfo_options(out, str(tmp_path / "rootfs/v/sub"))
+    assert {"ro", "nosuid", "noexec", "nodev"} <= top
+    assert {"ro", "nosuid", "nodev"} <= sub
+    assert "noexec" not in sub
