@@ -165,7 +165,8 @@ def _bind_volume(source: int, target: int, *, recursive: bool, attrs: int) -> No
         return
     try:
         try:
-            sysc.mount_setattr(tree, attrs)
+            if attrs:
+                sysc.mount_setattr(tree, attrs)
         except OSError as exc:
             if exc.errno != errno.ENOSYS:
                 raise
