@@ -35,7 +35,7 @@ from jetpack.stage1.base import (
 from jetpack.stage1.monitor import MonitoredApps, read_report
 from jetpack.stage1.volumes import check_host_volume, prepare_empty_volume
 from jetpack.stage2.credentials import user_name
-from jetpack.stage2.paths import resolve_in_root
+from jetpack.stage2.paths import make_in_root, open_root, resolve_in_root
 from jetpack.stage2.plan import plan_app
 
 ANNOTATION_PREFIX = "jetpack/jail.conf/"
@@ -311,9 +311,14 @@ def _prepare_dirs(spec: SandboxSpec, run_dir: Path, root: Path, volumes_dir: Pat
 
 
 def _mount_point(rootfs: Path, path: str) -> Path:
-    target = resolve_in_root(rootfs, path)
-    target.mkdir(parents=True, exist_ok=True)
-    return target
+    # Made through descriptors inside the rootfs (no symlink followed out); nmount(2) takes
+    # only a path, resolved the same way just before.
+    root = open_root(rootfs)
+    try:
+        os.close(make_in_root(root, path, "dir"))
+    finally:
+        os.close(root)
+    return resolve_in_root(rootfs, path)
 
 
 def _read_mounts(record: Path) -> list[str]:

@@ -224,7 +224,8 @@ class LinuxDriver(MonitoredApps):
             source = volume["source"] if volume["kind"] == "host" else str(
                 Path(handle.data["volumes_dir"]) / volume["name"])
             mounts.append({
-                "volume": volume["name"], "source": source, "target": mount.path,
+                "volume": volume["name"], "kind": volume["kind"], "source": source,
+                "target": mount.path,
                 "read_only": bool(volume["read_only"] or mount.read_only),
                 "recursive": bool(volume["recursive"]),
             })

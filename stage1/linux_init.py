@@ -13,6 +13,7 @@ imported after pivot_root, where only the app's rootfs is visible.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -22,7 +23,7 @@ import stat
 import struct
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from jetpack.errors import IsolationError
 from jetpack.stage1 import linux_sys as sysc
@@ -30,7 +31,7 @@ from jetpack.stage1.apply import isolated_launcher, join_cgroups
 from jetpack.stage1.devices import POD_DEVICES
 from jetpack.stage1.identity import pidfd_open, process_start_time
 from jetpack.stage2.executor import Executor, Output, RotatingLog, write_status
-from jetpack.stage2.paths import resolve_in_root
+from jetpack.stage2.paths import make_in_root, open_entry, open_root, open_without_symlinks
 from jetpack.stage2.plan import ExecPlan
 from jetpack.stage2.status import ExitStatus
 
@@ -166,20 +167,107 @@ def _mount_sys(rootfs: Path) -> None:
 
 
 def _mount_volume(rootfs: Path, mount: dict[str, Any]) -> None:
-    target = resolve_in_root(rootfs, mount["target"])
-    source = Path(mount["source"])
-    if source.is_dir():
-        if target.exists() and not target.is_dir():
-            raise IsolationError(f"mount point {mount['target']} is a file, volume "
-                                 f"{mount['volume']} is a directory")
-        target.mkdir(parents=True, exist_ok=True)
-    else:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.touch(exist_ok=True)
-    flags = sysc.MS_BIND | (sysc.MS_REC if mount["recursive"] else 0)
-    sysc.mount(str(source), str(target), None, flags)
-    if mount["read_only"]:
-        sysc.mount(None, str(target), None, sysc.MS_BIND | sysc.MS_REMOUNT | sysc.MS_RDONLY)
+    """Bind a volume onto its mount point, both held as descriptors from start to end: the
+    source opened without following a symlink (ace.md refuses any on a host source's path), the
+    target resolved inside the rootfs (CVE-2021-30465: never a path again that the pod could
+    have swapped for a symlink meanwhile)."""
+    try:
+        source = (open_without_symlinks(Path(mount["source"])) if mount.get("kind") != "empty"
+                  else open_entry(Path(mount["source"])))
+    except OSError as exc:
+        raise IsolationError(f"volume {mount['volume']}: cannot open its source "
+                             f"{mount['source']}: {exc.strerror}") from None
+    try:
+        source_mode = os.fstat(source).st_mode
+        if stat.S_ISLNK(source_mode):
+            raise IsolationError(f"volume {mount['volume']}: its source {mount['source']} "
+                                 "is a symbolic link")
+        kind: Literal["dir", "file"] = "dir" if stat.S_ISDIR(source_mode) else "file"
+        root = open_root(rootfs)
+        try:
+            target = make_in_root(root, mount["target"], kind)
+        except (NotADirectoryError, FileExistsError):
+            raise IsolationError(f"mount point {mount['target']} of volume {mount['volume']} "
+                                 "goes through a file") from None
+        finally:
+            os.close(root)
+        try:
+            if stat.S_ISDIR(os.fstat(target).st_mode) != (kind == "dir"):
+                want, have = ("directory", "file") if kind == "dir" else ("file", "directory")
+                raise IsolationError(f"mount point {mount['target']} is a {have}, volume "
+                                     f"{mount['volume']} is a {want}")
+            # nodev: a volume is no way to bring device nodes in, unless the admin named a
+            # device node itself as the source.
+            device = stat.S_ISCHR(source_mode) or stat.S_ISBLK(source_mode)
+            attrs = (0 if device else sysc.MOUNT_ATTR_NODEV) \
+                | (sysc.MOUNT_ATTR_RDONLY if mount["read_only"] else 0)
+            _bind_volume(source, target, recursive=bool(mount["recursive"]), attrs=attrs)
+        finally:
+            os.close(target)
+    finally:
+        os.close(source)
+
+
+def _bind_volume(source: int, target: int, *, recursive: bool, attrs: int) -> None:
+    """A copy of the mount tree at ``source``, with ``attrs`` added to every mount in it (each
+    keeps its own nosuid/noexec/...), attached on ``target``; never visible without them."""
+    try:
+        tree = sysc.open_tree(source, sysc.OPEN_TREE_CLONE | (sysc.AT_RECURSIVE if recursive
+                                                               else 0))
+    except OSError as exc:
+        if exc.errno != errno.ENOSYS:
+            raise
+        _bind_volume_by_remount(source, target, recursive=recursive, attrs=attrs)
+        return
+    try:
+        try:
+            if attrs:
+                sysc.mount_setattr(tree, attrs)
+        except OSError as exc:
+            if exc.errno != errno.ENOSYS:
+                raise
+            os.close(tree)
+            tree = -1
+            _bind_volume_by_remount(source, target, recursive=recursive, attrs=attrs)
+            return
+        sysc.move_mount(tree, target)
+    finally:
+        if tree >= 0:
+            os.close(tree)
+
+
+_ST_TO_MS = ((os.ST_NOSUID, sysc.MS_NOSUID), (os.ST_NODEV, sysc.MS_NODEV),
+             (os.ST_NOEXEC, sysc.MS_NOEXEC), (os.ST_NOATIME, sysc.MS_NOATIME),
+             (os.ST_NODIRATIME, sysc.MS_NODIRATIME), (os.ST_RELATIME, sysc.MS_RELATIME))
+_ATTR_TO_MS = ((sysc.MOUNT_ATTR_RDONLY, sysc.MS_RDONLY), (sysc.MOUNT_ATTR_NODEV, sysc.MS_NODEV))
+
+
+def _bind_volume_by_remount(source: int, target: int, *, recursive: bool, attrs: int) -> None:
+    """Kernels before 5.12: bind through /proc/self/fd, then remount each mount of the new
+    tree with the flags it already has (a remount replaces them all: without them a nosuid
+    source would turn suid) plus ``attrs``."""
+    sysc.mount(f"/proc/self/fd/{source}", f"/proc/self/fd/{target}", None,
+               sysc.MS_BIND | (sysc.MS_REC if recursive else 0))
+    extra = sum(ms for attr, ms in _ATTR_TO_MS if attrs & attr)
+    if not extra:
+        return
+    top = os.readlink(f"/proc/self/fd/{target}")
+    for point in _mount_points_under(top):
+        kept = os.statvfs(point).f_flag
+        flags = sum(ms for st, ms in _ST_TO_MS if kept & st)
+        sysc.mount(None, point, None, sysc.MS_BIND | sysc.MS_REMOUNT | flags | extra)
+
+
+def _mount_points_under(top: str) -> list[str]:
+    """Mount points at or below ``top`` in this mount namespace, parents first."""
+    found = []
+    with open("/proc/self/mountinfo") as mountinfo:
+        for line in mountinfo:
+            point = line.split()[4].replace("\\040", " ").replace("\\011", "\t") \
+                .replace("\\012", "\n").replace("\\134", "\\")
+            if point == top or point.startswith(top.rstrip("/") + "/"):
+                found.append(point)
+    return sorted(set(found), key=len)
 
 
 def build_rootfs(launch: dict[str, Any]) -> None:

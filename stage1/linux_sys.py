@@ -95,3 +95,57 @@ def pivot_root(new_root: str, put_old: str) -> None:
     new, old = _b(new_root), _b(put_old)
     _check(_libc.syscall(ctypes.c_long(number), ctypes.c_char_p(new), ctypes.c_char_p(old)),
            "pivot_root")
+
+
+# --- the mount API of Linux 5.2+ (open_tree, move_mount) and 5.12+ (mount_setattr) ---------------
+# Numbers from the unified syscall table (424 on): the same on every architecture.
+
+_SYS_OPEN_TREE = 428
+_SYS_MOVE_MOUNT = 429
+_SYS_MOUNT_SETATTR = 442
+OPEN_TREE_CLONE = 0x1
+AT_EMPTY_PATH = 0x1000
+AT_RECURSIVE = 0x8000
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOVE_MOUNT_T_EMPTY_PATH = 0x40
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
+MOUNT_ATTR_NOEXEC = 0x8
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = (("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64))
+
+
+def open_tree(fd: int, flags: int) -> int:
+    """A detached copy of the mount tree at ``fd`` (OPEN_TREE_CLONE, AT_RECURSIVE for all of
+    it), as a descriptor; nothing is visible until move_mount attaches it."""
+    result = _libc.syscall(ctypes.c_long(_SYS_OPEN_TREE), ctypes.c_int(fd), ctypes.c_char_p(b""),
+                           ctypes.c_uint(flags | AT_EMPTY_PATH | os.O_CLOEXEC))
+    if result < 0:
+        _check(-1, "open_tree")
+    return int(result)
+
+
+def mount_setattr(fd: int, attr_set: int, *, recursive: bool = True) -> None:
+    """Set mount attributes on the mount at ``fd`` (and every mount below it): only the
+    given ones are added; whatever else each mount has (nosuid, noexec, ...) stays."""
+    attr = _MountAttr(attr_set, 0, 0, 0)
+    flags = AT_EMPTY_PATH | (AT_RECURSIVE if recursive else 0)
+    _check(_libc.syscall(ctypes.c_long(_SYS_MOUNT_SETATTR), ctypes.c_int(fd),
+                         ctypes.c_char_p(b""), ctypes.c_uint(flags), ctypes.byref(attr),
+                         ctypes.c_size_t(ctypes.sizeof(attr))), "mount_setattr")
+
+
+def move_mount(from_fd: int, to_fd: int) -> None:
+    """Attach the (detached) mount ``from_fd`` on the directory or file ``to_fd``."""
+    _check(_libc.syscall(ctypes.c_long(_SYS_MOVE_MOUNT), ctypes.c_int(from_fd),
+                         ctypes.c_char_p(b""), ctypes.c_int(to_fd), ctypes.c_char_p(b""),
+                         ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH)),
+           "move_mount")
+# The atime flags a remount must repeat to keep them (the others are with MS_RDONLY above).
+MS_NOATIME = 0x400
+MS_NODIRATIME = 0x800
+MS_RELATIME = 0x200000

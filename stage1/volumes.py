@@ -5,6 +5,8 @@ Both isolation drivers use this; mounting them into apps is each driver's own bu
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 from pathlib import Path
 
@@ -29,10 +31,30 @@ def check_host_volume(volume: Volume) -> Path:
 
 
 def prepare_empty_volume(volumes_dir: Path, volume: Volume) -> Path:
-    """The pod's directory for an empty volume, kept across restarts of the pod."""
+    """The pod's directory for an empty volume, kept across restarts of the pod.
+
+    Its owner and mode are set through a descriptor opened without following a symlink: the
+    pod writes in there, and whatever it left must not redirect a chown or chmod on restart."""
     path = volumes_dir / volume.name
     volumes_dir.mkdir(parents=True, exist_ok=True)
-    path.mkdir(exist_ok=True)
-    os.chown(path, volume.uid, volume.gid)
-    os.chmod(path, volume.mode)  # chmod after chown: chown clears set-id bits
+    parent = os.open(volumes_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(volume.name, 0o700, dir_fd=parent)
+        try:
+            fd = os.open(volume.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         dir_fd=parent)
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.EMLINK, errno.ENOTDIR):
+                raise
+            raise IsolationError(f"volume {volume.name}: {path} is not a directory (a symbolic "
+                                 "link or a file)", hint="remove it; jetpack makes it anew") \
+                from None
+    finally:
+        os.close(parent)
+    try:
+        os.fchown(fd, volume.uid, volume.gid)
+        os.fchmod(fd, volume.mode)  # chmod after chown: chown clears set-id bits
+    finally:
+        os.close(fd)
     return path

@@ -26,6 +26,7 @@ from jetpack.stage1.base import (
     Stdio,
     Volume,
 )
+from jetpack.stage2.paths import write_file_in_root
 from jetpack.store.pods import AppRecord, PodRecord
 from jetpack.supervisor.runtime import AppProcess, ExitStatus
 from jetpack.supervisor.terminal import PtyRelay
@@ -163,24 +164,20 @@ class Stage1Runtime:
                           state={"sandbox": sandbox, "process": process.to_json()})
 
     def _write_etc(self, pod: PodRecord, rootfs: Path) -> None:
-        """The pod's /etc/resolv.conf and /etc/hosts in the app's rootfs (its own clone)."""
+        """The pod's /etc/resolv.conf and /etc/hosts in the app's rootfs (its own clone).
+
+        /etc is resolved inside the rootfs (an image's ``etc -> /somewhere`` leads to the
+        rootfs's own /somewhere, never the host's) and each file is renamed over whatever is
+        there, a symlink included, never written through it."""
         from jetpack.stage1.network.etc import pod_hosts, pod_resolv_conf
 
-        etc = rootfs / "etc"
-        try:
-            etc.mkdir(mode=0o755, exist_ok=True)
-            for name, text in (("resolv.conf", pod_resolv_conf(self.config)),
-                               ("hosts", pod_hosts(pod.name, pod.ip))):
-                target = etc / name
-                if target.is_symlink():  # never write through a link the image planted
-                    target.unlink()
-                tmp = etc / f".{name}.jetpack"
-                tmp.write_text(text)
-                tmp.chmod(0o644)
-                tmp.replace(target)
-        except OSError as exc:
-            raise IsolationError(f"pod {pod.name}: cannot write {exc.filename}: "
-                                 f"{exc.strerror}") from None
+        for name, text in (("resolv.conf", pod_resolv_conf(self.config)),
+                           ("hosts", pod_hosts(pod.name, pod.ip))):
+            try:
+                write_file_in_root(rootfs, f"/etc/{name}", text.encode())
+            except OSError as exc:
+                raise IsolationError(f"pod {pod.name}: cannot write /etc/{name} in {rootfs}: "
+                                     f"{exc.strerror}") from None
 
     def _process(self, pod: PodRecord, process: AppProcess) -> Stage1Process:
         live = self._live.get((pod.uuid, process.pid))

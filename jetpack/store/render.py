@@ -41,19 +41,35 @@ def apply_layer(src: Path, dst: Path) -> None:
             else:
                 os.mknod(d, st.st_mode, st.st_rdev)
             _copy_meta(s, d, st)
-    # directories' times after their content
+    # directories' times after their content (os.walk lists a symlink to a directory with
+    # the directories: its copy is a symlink too, and the time goes on the link, never through)
     for top, dirs, _ in os.walk(src, topdown=False):
         for name in dirs:
             s = Path(top) / name
             st = os.lstat(s)
-            os.utime(dst / s.relative_to(src), ns=(st.st_atime_ns, st.st_mtime_ns))
+            os.utime(dst / s.relative_to(src), ns=(st.st_atime_ns, st.st_mtime_ns),
+                     follow_symlinks=False)
 
 
 def _copy_meta(src: Path, dst: Path, st: os.stat_result) -> None:
     os.chown(dst, st.st_uid, st.st_gid, follow_symlinks=False)
     if not stat.S_ISLNK(st.st_mode):
-        os.chmod(dst, stat.S_IMODE(st.st_mode))
+        _chmod_here(dst, stat.S_IMODE(st.st_mode))
     os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+
+def _chmod_here(path: Path, mode: int) -> None:
+    """chmod on ``path`` itself: a symlink there is left alone, never followed."""
+    if os.chmod in os.supports_follow_symlinks:  # lchmod (the BSDs)
+        os.chmod(path, mode, follow_symlinks=False)
+        return
+    # Linux has no lchmod: the entry opened O_PATH|O_NOFOLLOW, changed through its /proc link.
+    fd = os.open(path, getattr(os, "O_PATH", os.O_RDONLY) | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISLNK(os.fstat(fd).st_mode):
+            os.chmod(f"/proc/self/fd/{fd}", mode)
+    finally:
+        os.close(fd)
 
 
 def apply_whitelist(rootfs: Path, whitelist: list[str] | tuple[str, ...]) -> None:
