@@ -182,7 +182,7 @@ def traversable(tmp_path: Path) -> Iterator[None]:
 def as_nobody(*argv: str) -> subprocess.CompletedProcess[str]:
     require(shutil.which("setpriv") is not None, "setpriv (util-linux)")
     return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                           *argv], capture_output=True, text=True, timeout=30)
+                           *argv], capture_output=True, text=True, errors="replace", timeout=30)
 
 
 def suid_image(host: Host) -> Path:
