@@ -22,6 +22,12 @@ def initialize(config: Config) -> list[str]:
     except OSError as exc:
         raise StateError(f"cannot create state root {root}: {exc.strerror}") from None
     storage.init()
+    try:
+        # the storage may have mounted a dataset here (0755): no host user reaches image or
+        # pod trees, nor the database, through the root; apps see only their own rootfs
+        root.chmod(0o700)
+    except OSError as exc:
+        raise StateError(f"cannot restrict state root {root}: {exc.strerror}") from None
     # what an interrupted import (Ctrl-C, kill -9) left in the tmp area
     done += [f"removed leftover {path}" for path in storage.cleanup_leftovers()]
     fresh = not (root / "jetpack.db").exists()

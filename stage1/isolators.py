@@ -86,6 +86,35 @@ def _limit(value: Any, where: str) -> str | int | float | None:
     return limit
 
 
+def isolator_problems(
+    isolators: Sequence[Mapping[str, Any]],
+    path: str,
+    *,
+    platform: PlatformKind | None = None,
+) -> list[tuple[str, str]]:
+    """``(where, why)`` for each isolator (or sysctl key) jetpack would not enforce: unknown,
+    known but not enforced, Linux-only elsewhere, a sysctl not namespaced to the pod. ``where``
+    is the JSON path (``apps[0].app.isolators[1]``). The plan turns these into warnings for an
+    image's isolators; prepare refuses them when a pod manifest asks for them."""
+    platform = platform or platform_kind()
+    problems: list[tuple[str, str]] = []
+    for index, isolator in enumerate(isolators):
+        where = f"{path}[{index}]"
+        name = isolator.get("name") if isinstance(isolator, Mapping) else None
+        if name not in KNOWN:
+            problems.append((where, f"unknown isolator {name} ignored"))
+        elif name in NOT_ENFORCED:
+            problems.append((where, f"isolator {name} is not enforced by jetpack; ignored"))
+        elif platform != "linux" and name in LINUX_ONLY:
+            problems.append((where, f"isolator {name} is Linux-only; ignored on {platform}"))
+        elif name == SYSCTL and isinstance(isolator.get("value"), Mapping):
+            problems += [(f"{where}.value.{key}",
+                          f"sysctl {key} is not namespaced to the pod; ignored")
+                         for key, value in isolator["value"].items()
+                         if not key.startswith(SYSCTL_PREFIXES) or not isinstance(value, str)]
+    return problems
+
+
 def plan_isolators(
     app_isolators: Sequence[Mapping[str, Any]] = (),
     pod_isolators: Sequence[Mapping[str, Any]] = (),
@@ -94,24 +123,21 @@ def plan_isolators(
     platform: PlatformKind | None = None,
     path: str = "app.isolators",
 ) -> IsolatorPlan:
-    """The plan for one app: app isolators override the pod's for resources."""
+    """The plan for one app: app isolators override the pod's. A pod-level capabilities,
+    seccomp or no-new-privileges isolator applies to every app that has none of that kind."""
     platform = platform or platform_kind()
-    warnings: list[str] = []
     app = _by_name(app_isolators, path)
-    pod = _by_name(pod_isolators, "isolators")
-    for name in pod:
-        if name in APP_ONLY:
-            warnings.append(f"isolator {name} applies to apps only; ignored at pod level")
-    merged = {**{k: v for k, v in pod.items() if k not in APP_ONLY}, **app}
-    for name in merged:
-        if name not in KNOWN:
-            warnings.append(f"unknown isolator {name} ignored")
-        elif name in NOT_ENFORCED:
-            warnings.append(f"isolator {name} is not enforced by jetpack; ignored")
-        elif platform != "linux" and name in LINUX_ONLY:
-            warnings.append(f"isolator {name} is Linux-only; ignored on {platform}")
+    _by_name(pod_isolators, "isolators")  # validates them
+    inherited = [i for i in pod_isolators
+                 if i["name"] not in app and not _overridden(i["name"], app)]
+    pod = _by_name(inherited, "isolators")
+    merged = {**pod, **app}
+    app = {**{k: v for k, v in pod.items() if k in APP_ONLY}, **app}
+    warnings = [why for _, why in isolator_problems(inherited, "isolators", platform=platform)
+                + isolator_problems(app_isolators, path, platform=platform)]
 
-    where = {name: f"{path}[{name}]" for name in merged}
+    where = {name: f"{path}[{name}]" if name not in pod else f"isolators[{name}]"
+             for name in merged}
     memory = _limit(merged[MEMORY], where[MEMORY]) if MEMORY in merged else None
     cpu = _limit(merged[CPU], where[CPU]) if CPU in merged else None
     limits = Limits(
@@ -150,11 +176,19 @@ def plan_isolators(
     if SYSCTL in merged:
         for key, value in _object(merged[SYSCTL], where[SYSCTL]).items():
             if not key.startswith(SYSCTL_PREFIXES) or not isinstance(value, str):
-                warnings.append(f"sysctl {key} is not namespaced to the pod; ignored")
-                continue
+                continue  # reported by isolator_problems
             sysctls[key] = value
     return IsolatorPlan(limits, capabilities, seccomp, no_new_privileges, sysctls,
                         tuple(warnings), ambient)
+
+
+# Isolators of one kind: an app's own replaces the pod's whole kind (a retain-set of the app's
+# is not combined with a remove-set of the pod's).
+_KINDS = ((CAPS_RETAIN, CAPS_REMOVE), (SECCOMP_RETAIN, SECCOMP_REMOVE), (NO_NEW_PRIVILEGES,))
+
+
+def _overridden(name: str, app: Mapping[str, Any]) -> bool:
+    return any(name in kind and any(k in app for k in kind) for kind in _KINDS)
 
 
 def pod_limits(pod_isolators: Sequence[Mapping[str, Any]],

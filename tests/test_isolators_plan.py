@@ -41,17 +41,29 @@ def test_every_supported_isolator() -> None:
     assert plan.warnings == ()
 
 
-def test_app_isolators_override_the_pod_s_and_pod_level_app_only_ones_warn() -> None:
+def test_app_isolators_override_the_pod_s_and_pod_level_app_only_ones_apply_to_apps() -> None:
     plan = plan_isolators(
         [iso("resource/memory", {"limit": "1Gi"})],
         [iso("resource/memory", {"limit": "64M"}), iso("resource/cpu", {"limit": "2"}),
-         iso("os/linux/no-new-privileges", True)],
+         iso("os/linux/no-new-privileges", True),
+         iso("os/linux/capabilities-remove-set", {"set": ["CAP_NET_RAW"]})],
         platform="linux")
     assert plan.limits.memory_bytes == 2**30
     assert plan.limits.cpu_millicores == 2000
+    assert plan.no_new_privileges is True
+    assert plan.capabilities == DEFAULT_CAPABILITIES - {"CAP_NET_RAW"}
+    assert plan.warnings == ()
+
+
+def test_an_app_s_own_capability_isolator_replaces_the_pod_s() -> None:
+    plan = plan_isolators(
+        [iso("os/linux/capabilities-retain-set", {"set": ["CAP_KILL"]}),
+         iso("os/linux/no-new-privileges", False)],
+        [iso("os/linux/capabilities-remove-set", {"set": ["CAP_NET_RAW"]}),
+         iso("os/linux/no-new-privileges", True)],
+        platform="linux")
+    assert plan.capabilities == {"CAP_KILL"}
     assert plan.no_new_privileges is False
-    assert plan.warnings == ("isolator os/linux/no-new-privileges applies to apps only; "
-                             "ignored at pod level",)
 
 
 def test_unknown_and_unenforced_isolators_are_reported() -> None:

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from jetpack.appc._json import Obj, join, load_json
+from jetpack.appc._json import Obj, join, load_json, string, type_name
 from jetpack.appc.image import AC_VERSION, App, Port, cli_bool, cli_fields, unique_names
 from jetpack.appc.isolators import Isolator, parse_isolators
 from jetpack.appc.types import (
@@ -83,6 +83,16 @@ class Volume:
         return out
 
 
+def _string_map(value: Any, path: str) -> dict[str, str]:
+    """``userAnnotations``/``userLabels``: a JSON object of strings (free-form, unlike the
+    name/value lists of ``annotations``)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValidationError(path, f"must be an object of strings, not {type_name(value)}")
+    return {str(k): string(v, join(path, str(k))) for k, v in value.items()}
+
+
 def _kind(kind: str, path: str) -> VolumeKind:
     if kind == "host":
         return "host"
@@ -125,17 +135,25 @@ class Mount:
     volume: str
     path: str
     read_only: bool = False
+    app_volume: Volume | None = None  # an inline volume declaration (``appVolume``)
 
     @classmethod
     def parse(cls, value: Any, path: str) -> Mount:
         obj = Obj(value, path)
-        return cls(validate_acname(obj.text("volume", required=True), obj.at("volume")),
-                   obj.text("path", required=True), obj.flag("readOnly"))
+        volume = validate_acname(obj.text("volume", required=True), obj.at("volume"))
+        inline = Volume.parse(obj.raw("appVolume"), obj.at("appVolume")) \
+            if obj.has("appVolume") else None
+        if inline is not None and inline.name != volume:
+            raise ValidationError(join(obj.at("appVolume"), "name"),
+                                  f"must be the mount's volume {volume!r}")
+        return cls(volume, obj.text("path", required=True), obj.flag("readOnly"), inline)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"volume": self.volume, "path": self.path}
         if self.read_only:
             out["readOnly"] = True
+        if self.app_volume is not None:
+            out["appVolume"] = self.app_volume.to_dict()
         return out
 
 
@@ -247,6 +265,8 @@ class PodManifest:
     isolators: tuple[Isolator, ...] = ()
     annotations: dict[str, str] = field(default_factory=dict)
     ports: tuple[ExposedPort, ...] = ()
+    user_annotations: dict[str, str] = field(default_factory=dict)
+    user_labels: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, data: bytes | str) -> PodManifest:
@@ -269,10 +289,12 @@ class PodManifest:
         return cls(apps=apps, ac_version=version, volumes=volumes,
                    isolators=tuple(parse_isolators(obj.raw("isolators"), "isolators")),
                    annotations=parse_annotations(obj.raw("annotations"), "annotations"),
-                   ports=ports)
+                   ports=ports,
+                   user_annotations=_string_map(obj.raw("userAnnotations"), "userAnnotations"),
+                   user_labels=_string_map(obj.raw("userLabels"), "userLabels"))
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "acVersion": self.ac_version,
             "acKind": "PodManifest",
             "apps": [a.to_dict() for a in self.apps],
@@ -281,6 +303,11 @@ class PodManifest:
             "annotations": pairs_to_json(self.annotations),
             "ports": [p.to_dict() for p in self.ports],
         }
+        if self.user_annotations:
+            out["userAnnotations"] = dict(self.user_annotations)
+        if self.user_labels:
+            out["userLabels"] = dict(self.user_labels)
+        return out
 
     def to_json(self, *, indent: int | None = None) -> str:
         return json.dumps(self.to_dict(), indent=indent)

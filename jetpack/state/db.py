@@ -7,6 +7,7 @@ short ``BEGIN IMMEDIATE`` transactions so that writers queue instead of failing 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping
@@ -19,6 +20,9 @@ from typing import Any
 from jetpack.errors import StateError
 
 DB_NAME = "jetpack.db"
+# The database holds pods' environment variables: root only. SQLite gives its -wal and -shm
+# files the database file's mode.
+DB_MODE = 0o600
 BUSY_TIMEOUT_MS = 30_000
 
 # Each entry migrates from version (index) to version (index + 1). Never edit a shipped entry:
@@ -170,6 +174,17 @@ class Transaction:
         return event
 
 
+def restrict_database(path: Path) -> None:
+    """Create the database file (and fix an existing one, its -wal and -shm) mode 0600, so
+    that SQLite never makes a world-readable file of it."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, DB_MODE))
+    for name in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            os.chmod(name, DB_MODE)
+        except FileNotFoundError:
+            pass
+
+
 class StateDB:
     """The state database of one state root. Open one per process (or per thread)."""
 
@@ -179,6 +194,12 @@ class StateDB:
             raise StateError(
                 f"no state database at {path}", hint="run 'jetpack init' to create the state root"
             )
+        if create:
+            try:
+                restrict_database(path)
+            except OSError as exc:
+                raise StateError(f"cannot create state database {path}: {exc.strerror}"
+                                 ) from None
         try:
             self.conn = sqlite3.connect(
                 path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False

@@ -78,6 +78,7 @@ class DirStorage:
         try:
             for sub in ("images", "pods", "tmp"):
                 (self.root / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+                (self.root / sub).chmod(0o700)  # a root made by an older jetpack too
         except OSError as exc:
             raise self._error("cannot create the storage directories", exc) from None
 

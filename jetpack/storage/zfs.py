@@ -92,6 +92,11 @@ class ZfsCommand:
                 time.sleep(0.2)
 
 
+# Image datasets are never run directly (pods run clones under pods/, which do not inherit
+# these): setuid binaries and device nodes in them do nothing there.
+SEALED_IMAGE_PROPS = {"setuid": "off", "devices": "off"}
+
+
 @dataclass
 class ZfsStorage:
     root: Path
@@ -121,15 +126,23 @@ class ZfsStorage:
             self.zfs.run("set", f"mountpoint={self.root}", self.dataset)
         if self.zfs.get(self.dataset, "mounted") != "yes":
             self.zfs.run("mount", self.dataset)
-        for sub, props in (("images", self.image_props), ("pods", self.pod_props)):
+        for sub, props in (("images", {**SEALED_IMAGE_PROPS, **self.image_props}),
+                           ("pods", self.pod_props)):
             child = f"{self.dataset}/{sub}"
             if not self.zfs.exists(child):
                 opts = [arg for k, v in sorted(props.items()) for arg in ("-o", f"{k}={v}")]
                 self.zfs.run("create", *opts, child)
+            elif sub == "images":  # a root made by an older jetpack
+                for key, value in SEALED_IMAGE_PROPS.items():
+                    if key not in self.image_props:
+                        self.zfs.run("set", f"{key}={value}", child)
         try:
             (self.root / "tmp").mkdir(exist_ok=True, mode=0o700)
+            for sub in ("images", "pods", "tmp"):
+                (self.root / sub).chmod(0o700)  # datasets are mounted 0755
         except OSError as exc:
-            raise StorageError(f"cannot create {self.root / 'tmp'}: {exc}") from None
+            raise StorageError(f"cannot prepare the storage directories under {self.root}: {exc}"
+                               ) from None
 
     # --- images --------------------------------------------------------------------------
 

@@ -2,6 +2,8 @@
 ports checked, an address allocated, a rootfs clone per app, and one row + event.
 
 The same ``PodOptions`` come from the command line and from a pod manifest file (``-f``).
+Every field of a pod manifest is either honoured (and shown in the reified manifest) or refused
+with an error naming it: nothing it asks for is dropped silently.
 Anything made on disk before the database insert is destroyed again if the insert fails.
 """
 
@@ -15,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from jetpack.config import Config
-from jetpack.errors import ConflictError, UsageError
+from jetpack.errors import ConflictError, UsageError, ValidationError
 from jetpack.state import StateDB
 from jetpack.store.addresses import allocate_address, host_ipv4_addresses
 from jetpack.store.pods import AppRecord, PodRecord, PodStore, new_uuid, validate_pod_name
@@ -36,8 +38,15 @@ class AppOptions:
     group: str | None = None
     working_directory: str | None = None
     environment: dict[str, str] = field(default_factory=dict)
-    mounts: list[tuple[str, str | None]] = field(default_factory=list)  # (volume, mountPoint)
+    # (volume, mount point name or path, read-only)
+    mounts: list[tuple[str, str | None, bool]] = field(default_factory=list)
     image_labels: dict[str, str] = field(default_factory=dict)  # from a template
+    # From a pod manifest: its app's other fields (isolators, mountPoints, ports,
+    # eventHandlers, supplementaryGIDs) replace the image's; where they came from, for errors.
+    app_fields: dict[str, Any] = field(default_factory=dict)
+    read_only_rootfs: bool = False
+    annotations: dict[str, str] = field(default_factory=dict)
+    manifest_path: str | None = None  # ``apps[0]`` when the app came from a pod manifest
 
 
 @dataclass
@@ -45,6 +54,7 @@ class PortOption:
     name: str
     host_port: int
     host_ip: str | None = None
+    pod_port: dict[str, Any] | None = None  # appc ``podPort``: forward to a port no app declares
 
 
 @dataclass
@@ -56,6 +66,9 @@ class PodOptions:
     volumes: list[dict[str, Any]] = field(default_factory=list)  # appc volume objects
     annotations: dict[str, str] = field(default_factory=dict)
     keep_image_etc: bool = False  # keep the image's own /etc/resolv.conf and /etc/hosts
+    isolators: list[dict[str, Any]] = field(default_factory=list)  # pod-level, from -f
+    user_annotations: dict[str, str] = field(default_factory=dict)
+    user_labels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -102,11 +115,11 @@ def parse_env(text: str) -> tuple[str, str]:
     return name, value
 
 
-def parse_mount(text: str) -> tuple[str, str | None]:
+def parse_mount(text: str) -> tuple[str, str | None, bool]:
     volume, _, target = text.partition(":")
     if not volume:
         raise UsageError(f"-m {text}: expected VOLUME[:MOUNTPOINT]")
-    return volume, target or None
+    return volume, target or None, False
 
 
 def default_app_name(image_name: str) -> str:
@@ -147,6 +160,7 @@ def _effective_app(image: ResolvedImage, options: AppOptions) -> dict[str, Any]:
         env = {e["name"]: e["value"] for e in app.get("environment", [])}
         env.update(options.environment)
         app["environment"] = [{"name": k, "value": v} for k, v in env.items()]
+    app.update(options.app_fields)
     return app
 
 
@@ -160,7 +174,8 @@ def build_pod_manifest(
         app = _effective_app(image, app_options)
         mounts = []
         points = {mp["name"]: mp for mp in app.get("mountPoints", [])}
-        for volume, target in app_options.mounts:
+        by_path = {mp["path"]: mp for mp in points.values()}
+        for volume, target, read_only in app_options.mounts:
             if target is None or not target.startswith("/"):
                 point_name = target or volume
                 if point_name not in points:
@@ -170,9 +185,14 @@ def build_pod_manifest(
                         + (f" (it has: {', '.join(sorted(points))})" if points else ""),
                         hint="give the path instead: -m VOLUME:/path/in/app",
                     )
-                mounts.append({"volume": volume, "path": points[point_name]["path"]})
+                point = points[point_name]
             else:
-                mounts.append({"volume": volume, "path": target})
+                point = by_path.get(target, {"path": target})
+            # a mount point the image declares read-only stays read-only
+            mount = {"volume": volume, "path": point["path"]}
+            if read_only or point.get("readOnly"):
+                mount["readOnly"] = True
+            mounts.append(mount)
         entry: dict[str, Any] = {
             "name": name,
             "image": {"name": image.name, "id": image.id,
@@ -180,21 +200,31 @@ def build_pod_manifest(
                                  for k, v in image.manifest.labels.items()]},
             "app": app,
         }
+        if app_options.read_only_rootfs:
+            entry["readOnlyRootFS"] = True
         if mounts:
             entry["mounts"] = mounts
+        if app_options.annotations:
+            entry["annotations"] = [{"name": k, "value": v}
+                                    for k, v in app_options.annotations.items()]
         runtime_apps.append(entry)
     manifest: dict[str, Any] = {
         "acVersion": "0.8.11",
         "acKind": "PodManifest",
         "apps": runtime_apps,
         "volumes": options.volumes,
-        "isolators": [],
+        "isolators": options.isolators,
         "annotations": [{"name": k, "value": v} for k, v in options.annotations.items()],
         "ports": [],
     }
+    if options.user_annotations:
+        manifest["userAnnotations"] = dict(options.user_annotations)
+    if options.user_labels:
+        manifest["userLabels"] = dict(options.user_labels)
     for port in options.ports:
         manifest["ports"].append({"name": port.name, "hostPort": port.host_port,
-                                  **({"hostIP": port.host_ip} if port.host_ip else {})})
+                                  **({"hostIP": port.host_ip} if port.host_ip else {}),
+                                  **({"podPort": port.pod_port} if port.pod_port else {})})
     return manifest
 
 
@@ -207,12 +237,23 @@ def _resolve_ports(manifest: dict[str, Any], options: PodOptions) -> list[dict[s
     resolved = []
     seen: set[tuple[str, int]] = set()
     for option in options.ports:
-        if option.name not in declared:
+        if option.pod_port is not None:
+            app_name, port = "", option.pod_port
+        elif option.name not in declared:
             names = ", ".join(sorted(declared)) or "none"
             raise UsageError(f"-p {option.name}:{option.host_port}: no app declares a port "
                              f"named {option.name!r} (declared: {names})")
-        app_name, port = declared[option.name]
+        else:
+            app_name, port = declared[option.name]
         protocol = port.get("protocol", "tcp")
+        what = f"port {option.name} ({protocol} {port['port']})"
+        if protocol not in ("tcp", "udp"):
+            raise UsageError(f"{what}: only tcp and udp ports can be forwarded")
+        if int(port.get("count", 1)) != 1:
+            raise UsageError(f"{what}: a range of {port['count']} ports cannot be forwarded; "
+                             "forward single ports")
+        if not 0 < option.host_port < 65536:
+            raise UsageError(f"{what}: host port {option.host_port} is not 1-65535")
         if (protocol, option.host_port) in seen:
             raise UsageError(f"host port {option.host_port}/{protocol} is given twice")
         seen.add((protocol, option.host_port))
@@ -222,31 +263,76 @@ def _resolve_ports(manifest: dict[str, Any], options: PodOptions) -> list[dict[s
     return resolved
 
 
-def _isolator_plans(manifest: dict[str, Any]
+# Validated and planned, but applied by no stage1 driver yet.
+_NOT_APPLIED = ("os/unix/sysctl",)
+
+
+def _isolator_problems(isolators: list[dict[str, Any]], path: str) -> list[tuple[str, str]]:
+    from jetpack.stage1.isolators import isolator_problems
+
+    problems = [(where, why.removesuffix("; ignored").removesuffix(" ignored"))
+                for where, why in isolator_problems(isolators, path)]
+    problems += [(f"{path}[{i}]", f"isolator {iso['name']} is not applied by jetpack yet")
+                 for i, iso in enumerate(isolators) if iso.get("name") in _NOT_APPLIED]
+    return problems
+
+
+def _isolator_plans(manifest: dict[str, Any], apps: list[AppOptions]
                     ) -> tuple[list[dict[str, Any]], dict[str, Any], list[str]]:
     """Each app's isolator plan (capabilities, seccomp, no_new_privs) as JSON, the pod's
-    cgroup/rctl limits, and the warnings for isolators that are not enforced."""
+    cgroup/rctl limits, and the warnings for an image's isolators that are not enforced.
+    An isolator a pod manifest asks for and jetpack would not enforce is refused instead."""
     from jetpack.stage1.apply import plan_to_json
     from jetpack.stage1.isolators import plan_isolators, pod_limits
 
     pod_isolators = manifest.get("isolators", [])
-    plans = []
+    refused = _isolator_problems(pod_isolators, "isolators")
     warnings: list[str] = []
+    for app, options in zip(manifest["apps"], apps, strict=True):
+        app_isolators = app["app"].get("isolators", [])
+        if options.manifest_path is not None and "isolators" in options.app_fields:
+            refused += _isolator_problems(app_isolators, f"{options.manifest_path}.app.isolators")
+        else:
+            warnings += [f"app {app['name']}: isolator {iso['name']} is not applied by "
+                         "jetpack yet; ignored"
+                         for iso in app_isolators if iso.get("name") in _NOT_APPLIED]
+    if refused:
+        raise ValidationError(*refused[0])
+    plans = []
     for app in manifest["apps"]:
         plan = plan_isolators(app["app"].get("isolators", []), pod_isolators,
                               path=f"apps[{app['name']}].app.isolators")
         plans.append(plan)
         warnings += [f"app {app['name']}: {w}" for w in plan.warnings]
     limits = pod_limits(pod_isolators, plans)
+    # Limits are enforced on the pod's cgroup only: one app's limit with an unlimited sibling
+    # limits nothing.
+    for resource, total in (("resource/memory", limits.memory_bytes),
+                            ("resource/cpu", limits.cpu_millicores)):
+        if total is not None:
+            continue
+        for app, options in zip(manifest["apps"], apps, strict=True):
+            names = [iso.get("name") for iso in app["app"].get("isolators", [])]
+            if resource not in names:
+                continue
+            why = (f"isolator {resource} cannot be enforced for one app of a pod whose "
+                   "other apps have none (limits apply to the whole pod)")
+            if options.manifest_path is not None and "isolators" in options.app_fields:
+                raise ValidationError(
+                    f"{options.manifest_path}.app.isolators[{names.index(resource)}]",
+                    why + "; give every app a limit or set it at the pod level")
+            warnings.append(f"app {app['name']}: {why}; ignored")
     return ([plan_to_json(p.capabilities, p.seccomp, p.no_new_privileges,
                           ambient=p.ambient_capabilities) for p in plans],
             {"memory_bytes": limits.memory_bytes, "cpu_millicores": limits.cpu_millicores,
              "pids": limits.pids}, sorted(set(warnings)))
 
 
-def _app_spec(name: str, app: dict[str, Any], mounts: list[dict[str, Any]],
-              volumes: dict[str, dict[str, Any]], isolators: dict[str, Any]) -> str:
-    """The stage1 ``AppSpec`` JSON (rootfs, log path and metadata URL are filled at start)."""
+def _app_spec(entry: dict[str, Any], volumes: dict[str, dict[str, Any]],
+              isolators: dict[str, Any]) -> str:
+    """The stage1 ``AppSpec`` JSON for one app of the reified manifest (rootfs, log path and
+    metadata URL are filled at start)."""
+    name, app, mounts = entry["name"], entry["app"], entry.get("mounts", [])
     handlers = {h["name"]: list(h["exec"]) for h in app.get("eventHandlers", [])}
     mount_specs = []
     for mount in mounts:
@@ -269,7 +355,7 @@ def _app_spec(name: str, app: dict[str, Any], mounts: list[dict[str, Any]],
         "pre_start": [handlers["pre-start"]] if "pre-start" in handlers else [],
         "post_stop": [handlers["post-stop"]] if "post-stop" in handlers else [],
         "metadata_url": "",
-        "read_only_rootfs": False,
+        "read_only_rootfs": bool(entry.get("readOnlyRootFS", False)),
         "log_path": None,
         "log_max_bytes": 8 << 20,
         "isolators": isolators,
@@ -323,11 +409,9 @@ def prepare_pod(
             raise ConflictError(f"host port {port['host_port']}/{port['protocol']} is already "
                                 f"forwarded to pod {holder}")
     volumes = {v["name"]: v for v in options.volumes}
-    plans, limits, warnings = _isolator_plans(manifest)
-    specs = [
-        _app_spec(app["name"], app["app"], app.get("mounts", []), volumes, plan)
-        for app, plan in zip(manifest["apps"], plans, strict=True)
-    ]
+    plans, limits, warnings = _isolator_plans(manifest, options.apps)
+    specs = [_app_spec(app, volumes, plan)
+             for app, plan in zip(manifest["apps"], plans, strict=True)]
     pod = PodRecord(
         uuid=uuid, name=pod_name, state="prepared", manifest=manifest_json,
         options={"restart": options.restart, "ports": ports, "limits": limits,
@@ -449,19 +533,32 @@ def _set_app_flag(app: AppOptions, flag: str, value: str) -> None:
         app.working_directory = value
 
 
+# Fields of a pod manifest's app that replace the image's (exec, user, group,
+# workingDirectory and environment go through the same options as the command line's).
+_APP_FIELDS = ("supplementaryGIDs", "eventHandlers", "isolators", "mountPoints", "ports")
+
+
 def options_from_manifest(text: str, base: PodOptions) -> PodOptions:
     """A pod manifest (reified, or a template whose apps name images without an ``id``)
-    turned into options; command-line pod options given too take precedence."""
+    turned into options; command-line pod options given too take precedence.
+
+    A field given in the manifest's ``app`` replaces the image's (the environment is merged,
+    the manifest's values winning). What jetpack cannot honour is refused, naming the field."""
     from jetpack.appc import PodManifest
 
     manifest = PodManifest.from_json(text)
     data = json.loads(manifest.to_json())
+    if base.apps:
+        raise UsageError("give images either on the command line or in the pod manifest")
+    volumes = list(data.get("volumes", []))
     apps = []
-    for app in data.get("apps", []):
+    for index, app in enumerate(data.get("apps", [])):
+        where = f"apps[{index}]"
         image = app["image"]
         labels = {lab["name"]: lab["value"] for lab in image.get("labels", [])}
         option = AppOptions(image=image.get("id") or image["name"], name=app["name"],
-                            image_labels=labels if not image.get("id") else {})
+                            image_labels=labels if not image.get("id") else {},
+                            manifest_path=where)
         inner = app.get("app")
         if inner:
             option.exec = inner.get("exec")
@@ -469,15 +566,38 @@ def options_from_manifest(text: str, base: PodOptions) -> PodOptions:
             option.group = inner.get("group")
             option.working_directory = inner.get("workingDirectory")
             option.environment = {e["name"]: e["value"] for e in inner.get("environment", [])}
-        option.mounts = [(m["volume"], m["path"]) for m in app.get("mounts", [])]
+            option.app_fields = {k: inner[k] for k in _APP_FIELDS if k in inner}
+            for i, port in enumerate(inner.get("ports", [])):
+                _refuse_socket_activation(port, f"{where}.app.ports[{i}]")
+        option.read_only_rootfs = bool(app.get("readOnlyRootFS", False))
+        option.annotations = {a["name"]: a["value"] for a in app.get("annotations", [])}
+        for i, mount in enumerate(app.get("mounts", [])):
+            option.mounts.append((mount["volume"], mount["path"],
+                                  bool(mount.get("readOnly", False))))
+            if "appVolume" in mount:  # an inline volume is a pod volume of that name
+                if any(v["name"] == mount["volume"] for v in volumes):
+                    raise ValidationError(f"{where}.mounts[{i}].appVolume",
+                                          f"volume {mount['volume']!r} is defined twice")
+                volumes.append(mount["appVolume"])
         apps.append(option)
-    if base.apps:
-        raise UsageError("give images either on the command line or in the pod manifest")
-    ports = list(base.ports) or [PortOption(p["name"], int(p["hostPort"]), p.get("hostIP"))
-                                 for p in data.get("ports", [])]
+    ports = list(base.ports)
+    if not ports:
+        for i, p in enumerate(data.get("ports", [])):
+            if "podPort" in p:
+                _refuse_socket_activation(p["podPort"], f"ports[{i}].podPort")
+            ports.append(PortOption(p["name"], int(p["hostPort"]), p.get("hostIP"),
+                                    p.get("podPort")))
     annotations = {a["name"]: a["value"] for a in data.get("annotations", [])}
     annotations.update(base.annotations)
     return PodOptions(apps=apps, name=base.name, restart=base.restart, ports=ports,
-                      volumes=data.get("volumes", []) + base.volumes, annotations=annotations,
-                      keep_image_etc=base.keep_image_etc)
+                      volumes=volumes + base.volumes, annotations=annotations,
+                      keep_image_etc=base.keep_image_etc,
+                      isolators=list(data.get("isolators", [])),
+                      user_annotations=dict(data.get("userAnnotations", {})),
+                      user_labels=dict(data.get("userLabels", {})))
 
+
+def _refuse_socket_activation(port: dict[str, Any], where: str) -> None:
+    if port.get("socketActivated"):
+        raise ValidationError(f"{where}.socketActivated",
+                              "socket activation is not supported by jetpack")

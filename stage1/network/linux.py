@@ -15,6 +15,14 @@ nftables layout (``table ip jetpack``)::
                                        (only with jail.nat = on)
     chain guard       (filter, raw)    iifname != "lo" ip daddr 127.0.0.0/8 drop
 
+Anti-spoofing (``table bridge jetpack``, chain ``antispoof``, bridge prerouting): a pod's
+packets enter the bridge through the host side of its veth; frames from that port must carry the
+pod's own MAC, IPv4 packets its own address, ARP its own sender address and MAC, and nothing
+else (no IPv6, no other ether type) passes. So CAP_NET_RAW, which stays in the default set for
+ping, cannot forge another pod's or the host's address (ARP poisoning, spoofed sources). The
+rules are added before the veth joins the bridge, each with a counter and the comment
+``veth <name>``, and go with the veth (``detach_pod``).
+
 Loopback forwards (``curl 127.0.0.1:PORT``, as with docker): the output chain rewrites the
 destination of the host's own packets; the source stays 127.0.0.1, which the kernel refuses to
 route out of a non-loopback device unless ``net.ipv4.conf.<bridge>.route_localnet=1``
@@ -166,6 +174,14 @@ def remove_bridge(name: str = DEFAULT_BRIDGE, *, host_netns: str | None = None) 
 # ---------------------------------------------------------------- pods
 
 
+def _pod_mac(netns: str) -> str:
+    links = json.loads(run(_in_pod(["ip", "-j", "link", "show", "dev", "eth0"], netns)) or "[]")
+    mac = links[0].get("address") if links else None
+    if not isinstance(mac, str) or mac.count(":") != 5:
+        raise NetworkError(f"pod network namespace {netns}: eth0 has no MAC address")
+    return mac.lower()
+
+
 def attach_pod(
     netns: str,
     pod_ip: str,
@@ -191,6 +207,8 @@ def attach_pod(
     run(_in_host(["ip", "link", "add", "name", veth_name, "type", "veth",
                   "peer", "name", "eth0", "netns", netns], host_netns))
     try:
+        # before the veth joins the bridge: the pod never sends a frame unchecked
+        _nft(_antispoof_rules(veth_name, str(address.ip), _pod_mac(netns)), host_netns)
         run(_in_host(["ip", "link", "set", "dev", veth_name, "master", bridge, "up"], host_netns))
         for argv in (["ip", "addr", "add", str(address), "dev", "eth0"],
                      ["ip", "link", "set", "dev", "lo", "up"],
@@ -203,8 +221,10 @@ def attach_pod(
 
 
 def detach_pod(veth_name: str, *, host_netns: str | None = None) -> bool:
-    """Delete the pod's veth pair by its host side; idempotent (False when already gone)."""
+    """Delete the pod's veth pair by its host side and its anti-spoofing rules; idempotent
+    (False when the veth was already gone)."""
     _check_ifname(veth_name)
+    remove_antispoof(veth_name, host_netns=host_netns)
     if _link(veth_name, host_netns) is None:
         return False
     try:
@@ -260,6 +280,46 @@ def ensure_firewall(
         script += (f"add rule ip {TABLE} outbound ip saddr {net} ip daddr != {net} masquerade\n")
         _sysctl("net.ipv4.ip_forward=1", host_netns)
     _nft(script, host_netns)
+
+
+def _antispoof_rules(veth_name: str, pod_ip: str, pod_mac: str) -> str:
+    t = f"bridge {TABLE}"
+    on = f'add rule {t} antispoof iifname "{veth_name}"'
+    tail = f'counter drop comment "veth {veth_name}"'
+    return "\n".join([
+        f"add table {t}",
+        f"add chain {t} antispoof {{ type filter hook prerouting priority -200; "
+        "policy accept; }",
+        f"{on} ether saddr != {pod_mac} {tail}",
+        f"{on} ether type != {{ ip, arp }} {tail}",
+        f"{on} ether type ip ip saddr != {pod_ip} {tail}",
+        f"{on} ether type arp arp saddr ip != {pod_ip} {tail}",
+        f"{on} ether type arp arp saddr ether != {pod_mac} {tail}",
+        "",
+    ])
+
+
+def antispoof_rules(veth_name: str, *, host_netns: str | None = None) -> list[dict[str, Any]]:
+    """The anti-spoofing rules of one pod's veth as nft's JSON objects (with their counters)."""
+    try:
+        out = run(_in_host(["nft", "-j", "-a", "list", "chain", "bridge", TABLE, "antispoof"],
+                           host_netns))
+    except NetworkError as exc:
+        if "No such file or directory" in str(exc):
+            return []
+        raise
+    items = json.loads(out).get("nftables", [])
+    return [item["rule"] for item in items
+            if "rule" in item and item["rule"].get("comment") == f"veth {veth_name}"]
+
+
+def remove_antispoof(veth_name: str, *, host_netns: str | None = None) -> int:
+    """Delete the anti-spoofing rules of one veth; idempotent. Returns how many went."""
+    handles = [rule["handle"] for rule in antispoof_rules(veth_name, host_netns=host_netns)]
+    if handles:
+        _nft("".join(f"delete rule bridge {TABLE} antispoof handle {h}\n" for h in handles),
+             host_netns)
+    return len(handles)
 
 
 def _comment(pod_uuid: str) -> str:
@@ -370,11 +430,15 @@ def remove_port_forwards(pod_uuid: str, *, host_netns: str | None = None) -> int
 
 
 def remove_table(*, host_netns: str | None = None) -> bool:
-    """Delete jetpack's nftables table (``gc --network``); False when it was not there."""
-    try:
-        run(_in_host(["nft", "delete", "table", "ip", TABLE], host_netns))
-    except NetworkError as exc:
-        if "No such file or directory" in str(exc):
-            return False
-        raise
-    return True
+    """Delete jetpack's nftables tables, ``ip`` and ``bridge`` (``gc --network``); False when
+    neither was there."""
+    removed = False
+    for family in ("ip", "bridge"):
+        try:
+            run(_in_host(["nft", "delete", "table", family, TABLE], host_netns))
+        except NetworkError as exc:
+            if "No such file or directory" in str(exc):
+                continue
+            raise
+        removed = True
+    return removed
