@@ -37,6 +37,7 @@ outbound NAT (``ensure_firewall(nat=True)``) or a port forward reachable from ot
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import os
@@ -106,6 +107,12 @@ def _ipv4_interfaces(name: str, host_netns: str | None) -> list[ipaddress.IPv4In
 # ---------------------------------------------------------------- bridge
 
 
+def bridge_mac(name: str) -> str:
+    """A stable, locally administered unicast MAC for the bridge ``name``."""
+    digest = hashlib.sha256(f"jetpack bridge {name}".encode()).digest()
+    return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
+
+
 def ensure_bridge(
     name: str = DEFAULT_BRIDGE, host_cidr: str = "172.23.0.1/16", *,
     host_netns: str | None = None,
@@ -120,7 +127,10 @@ def ensure_bridge(
     link = _link(name, host_netns)
     if link is None:
         try:
-            run(_in_host(["ip", "link", "add", "name", name, "type", "bridge"], host_netns))
+            # An address of its own: a bridge without one takes the lowest of its ports' MACs,
+            # so every veth that joins could change the gateway's MAC under running pods.
+            run(_in_host(["ip", "link", "add", "name", name, "address", bridge_mac(name),
+                          "type", "bridge"], host_netns))
         except NetworkError as exc:
             if "File exists" not in str(exc):  # another caller made it meanwhile: reuse
                 raise
