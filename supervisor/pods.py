@@ -223,7 +223,7 @@ class PodManager:
                         _log_failure(bound.bind(app=app.name), "app failed to start", exc)
                         apps.start_soon(self._stop_apps, task, 0.0)
                         break
-                if not task.stopping and adopted is None:
+                if not task.stopping and not task.start_failed and adopted is None:
                     await self._record(lambda tx: self.store.transition(tx, pod, "running"))
                 task_status.started(task)
                 reported = True

@@ -173,6 +173,7 @@ async def test_failed_start_fails_the_pod_and_tears_it_down(
     final = await manager.wait("broken")  # start raised once the pod was torn down
     assert final.state == "failed"
     assert "bad" in str(events(sup.db, pod)[-1][2]["reason"])
+    assert "pod.started" not in [t for t, _, _ in events(sup.db, pod)]  # it never ran
     assert sup.runtime.running() == []
     assert sup.runtime.sandboxes == set()
 
