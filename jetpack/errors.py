@@ -17,7 +17,8 @@ the CLI lets a ``CalledProcessError``, a raw ``OSError`` or a traceback escape f
      ├── StateError            the state database failed or holds something impossible
      ├── TrustError            a signature is missing, untrusted or does not verify
      ├── FetchError            discovery or download failed (names the URL)
-     └── SupervisorError       the supervisor cannot be reached or refused a request
+     ├── SupervisorError       the supervisor cannot be reached or refused a request
+     └── PodStartError         a pod could not start (the reason its pod.failed event records)
 """
 
 from __future__ import annotations
@@ -106,3 +107,8 @@ class FetchError(JetpackError):
 
 class SupervisorError(JetpackError):
     """The supervisor cannot be reached, or refused a request."""
+
+
+class PodStartError(JetpackError):
+    """A pod could not start (its sandbox, a volume, an app); the message names the pod and
+    carries the reason its ``pod.failed`` event records."""

@@ -45,9 +45,10 @@ class PodMetadata:
 
 
 class PodDirectory(Protocol):
-    """What the supervisor provides: the running pod that owns a source address."""
+    """What the supervisor provides: the running pod that owns a source address (async: an
+    entry may have to be read from the state database, which never happens on the loop)."""
 
-    def pod_by_address(self, address: str) -> PodMetadata | None: ...
+    async def pod_by_address(self, address: str) -> PodMetadata | None: ...
 
 
 class StaticDirectory:
@@ -56,7 +57,7 @@ class StaticDirectory:
     def __init__(self) -> None:
         self.by_address: dict[str, PodMetadata] = {}
 
-    def pod_by_address(self, address: str) -> PodMetadata | None:
+    async def pod_by_address(self, address: str) -> PodMetadata | None:
         return self.by_address.get(address)
 
 
@@ -81,7 +82,7 @@ class MetadataService:
 
     async def handle(self, scope: Scope, receive: Receive) -> tuple[int, bytes, bytes]:
         client = scope.get("client") or ("", 0)
-        pod = self.directory.pod_by_address(client[0])
+        pod = await self.directory.pod_by_address(client[0])
         if pod is None:
             return _text(403, "forbidden: the request does not come from a running pod")
         parts = scope["path"].split("/")

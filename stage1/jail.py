@@ -252,7 +252,9 @@ class JailDriver(MonitoredApps):
             lines = await read_report(report_r)
             report_r = -1
             await helper.wait()
-            process = self.started(app, lines, status_path, stdio, log_path)
+            # identify(): ps(1), never on the loop thread
+            process: AppProcess = await self._thread(self.started, app, lines, status_path,
+                                                     stdio, log_path)
             os.write(go_w, b"g")
             return process
         finally:

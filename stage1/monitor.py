@@ -2,6 +2,8 @@
 
 An app's monitor (pid 1 of its pid namespace on Linux, a host process around jexec on FreeBSD)
 reports ``pid N`` and ``ready`` (or ``error ...``) on a pipe, then writes the status file.
+Checking a pid's identity reads /proc (Linux) or runs ps(1) (FreeBSD): always in a worker
+thread, so ``started`` (synchronous) is for a worker thread too.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class MonitoredApps:
 
     def started(self, app: AppSpec, lines: list[str], status_path: Path,
                  stdio: Stdio | None, log_path: Path) -> AppProcess:
+        """The app its monitor reported, identified and watched (blocks: see the module)."""
         pid = next((int(line.split()[1]) for line in lines if line.startswith("pid ")), None)
         errors = [line[len("error "):] for line in lines if line.startswith("error ")]
         if errors or "ready" not in lines or pid is None:
@@ -60,7 +63,7 @@ class MonitoredApps:
 
     async def wait(self, handle: SandboxHandle, process: AppProcess) -> ExitStatus:
         del handle
-        watch = process.watch or open_watch(process.identity)
+        watch = process.watch or await self._thread(open_watch, process.identity)
         if watch is not None:
             await watch.wait_exited()
             if watch is not process.watch:
@@ -72,10 +75,11 @@ class MonitoredApps:
     async def signal(self, handle: SandboxHandle, process: AppProcess, signum: int) -> None:
         del handle
         if process.watch is None:
-            process.watch = open_watch(process.identity)
+            process.watch = await self._thread(open_watch, process.identity)
         if process.watch is not None:
             # The pid-1 monitor forwards it to the app (SIGKILL ends the monitor and so all).
-            process.watch.send_signal(signum)
+            # FreeBSD's watch checks the pid's identity (ps) before it signals.
+            await self._thread(process.watch.send_signal, signum)
 
     async def stop(
         self, handle: SandboxHandle, process: AppProcess, grace: float
@@ -92,7 +96,7 @@ class MonitoredApps:
     ) -> AppProcess | None:
         del handle
         process = AppProcess.from_json(process_json)
-        process.watch = open_watch(process.identity)
+        process.watch = await self._thread(open_watch, process.identity)
         return process if process.watch is not None else None
 
     async def last_status(self, process: AppProcess) -> ExitStatus | None:

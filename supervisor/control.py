@@ -1,7 +1,9 @@
 """The pod routes of the control API: list, start, stop, restart, kill, wait, shutdown.
 
 Handlers translate HTTP into PodManager calls; errors travel as ``jetpack.errors`` classes
-(api.py maps them to status codes and the CLI's client raises them again).
+(api.py maps them to status codes and the CLI's client raises them again). A pod that cannot
+start answers ``PodStartError`` (``pod NAME failed to start: REASON``). Every database read
+goes through the manager's ``in_db_thread``, the connection's one limiter.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ def add_pod_routes(
 
     async def list_pods(request: Request) -> Any:
         del request
-        pods = await trio.to_thread.run_sync(manager.store.all)
+        pods = await manager.in_db_thread(manager.store.all)
         return [pod.to_json_obj() for pod in pods]
 
     async def show(request: Request) -> Any:

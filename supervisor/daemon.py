@@ -96,9 +96,9 @@ class Daemon:
         self.keep_pods = self.keep_pods or keep_pods
         self._stop.set()
 
-    def reload(self) -> None:
+    async def reload(self) -> None:
         try:
-            fresh = load_config(self.config_path, self.overrides)
+            fresh = await trio.to_thread.run_sync(load_config, self.config_path, self.overrides)
         except JetpackError as exc:
             log.error("configuration reload failed; keeping the old one", error=str(exc))
             return
@@ -120,20 +120,25 @@ class Daemon:
             lock.release()
 
     async def _serve(self, task_status: trio.TaskStatus[Daemon]) -> None:
-        db = await trio.to_thread.run_sync(StateDB.for_root, self.config.root)
+        # One connection, one thread at a time: the pod manager, the control API and the
+        # metadata service all reach ``db`` through this limiter (the hub has its own).
+        db_limiter = trio.CapacityLimiter(1)
+        db = await trio.to_thread.run_sync(StateDB.for_root, self.config.root,
+                                           limiter=db_limiter)
         await trio.to_thread.run_sync(self._clean_leftovers)
         try:
-            await _record(db, "supervisor.started", pid=os.getpid())
+            await _record(db, db_limiter, "supervisor.started", pid=os.getpid())
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP,
                                            signal.SIGUSR2) as signals:
                 async with trio.open_nursery() as nursery:
                     hub = await nursery.start(EventHub(db.path).run)
-                    manager = PodManager(self.config, db, self.runtime, notify=hub.notify)
+                    manager = PodManager(self.config, db, self.runtime, notify=hub.notify,
+                                         db_limiter=db_limiter)
                     self.manager = await nursery.start(manager.run)
                     router = core_router(hub)
                     add_pod_routes(router, manager, self.request_stop)
                     self.mds_addresses = await nursery.start(
-                        self._serve_metadata, manager, db)
+                        self._serve_metadata, manager)
                     nursery.start_soon(self._watch_signals, signals)
                     nursery.start_soon(manager.start_boot_pods)
                     async with trio.open_nursery() as serving:
@@ -151,10 +156,10 @@ class Daemon:
                         await self._stop_pods(manager)
                         serving.cancel_scope.deadline = trio.current_time() + 10
                     nursery.cancel_scope.cancel()
-            await _record(db, "supervisor.stopped", keep_pods=self.keep_pods)
+            await _record(db, db_limiter, "supervisor.stopped", keep_pods=self.keep_pods)
         finally:
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(db.close)
+                await trio.to_thread.run_sync(db.close, limiter=db_limiter)
 
     def metadata_bind(self) -> list[str]:
         if self.mds_bind is not None:
@@ -163,12 +168,13 @@ class Daemon:
         return [f"{host}:{self.config['mds.port']}"]
 
     async def _serve_metadata(
-        self, manager: PodManager, db: StateDB,
+        self, manager: PodManager,
         *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """The metadata service in this loop, on the pod network's host address."""
-        directory = ManagerDirectory(manager, db, load_key(self.config, "mds.token-key"))
-        service = MetadataService(directory, load_key(self.config, "mds.signing-key"))
+        token_key = await trio.to_thread.run_sync(load_key, self.config, "mds.token-key")
+        signing_key = await trio.to_thread.run_sync(load_key, self.config, "mds.signing-key")
+        service = MetadataService(ManagerDirectory(manager, token_key), signing_key)
         await serve_metadata(service, self.metadata_bind(), task_status=task_status)
 
     def _clean_leftovers(self) -> None:
@@ -187,7 +193,7 @@ class Daemon:
         async for signum in signals:
             if signum == signal.SIGHUP:
                 await _sd_notify("RELOADING=1")
-                self.reload()
+                await self.reload()
                 await _sd_notify("READY=1")
             else:
                 log.info("signal received", signal=signal.Signals(signum).name)
@@ -204,13 +210,14 @@ class Daemon:
                 with trio.move_on_after(grace + 30):
                     await manager.stop_all()
 
-async def _record(db: StateDB, type_: str, **payload: Any) -> None:
+async def _record(db: StateDB, limiter: trio.CapacityLimiter, type_: str, **payload: Any
+                  ) -> None:
     def write() -> None:
         with db.transaction() as tx:
             tx.event(type_, **payload)
 
     with trio.CancelScope(shield=True):
-        await trio.to_thread.run_sync(write)
+        await trio.to_thread.run_sync(write, limiter=limiter)
 
 
 async def _sd_notify(*lines: str) -> None:

@@ -4,6 +4,11 @@ It owns lifecycle state: each transition (prepared → starting → running → 
 restarts, failed) is written to the database with its event in one transaction. Teardown is
 shielded from cancellation and always confirms the exit; detaching (``daemon-stop
 --keep-pods``) cancels the tasks without touching the apps, which the next supervisor adopts.
+
+Each pod task is a boundary: whatever it raises (a driver's ``JetpackError``, an ``OSError`` of
+the host, a bug) fails that pod only, as ``pod.failed`` with a one-line reason (the traceback
+goes to the daemon log); the supervisor and the other pods go on. Every database call runs in
+a worker thread under one limiter (``in_db_thread``): the connection has one user at a time.
 """
 
 from __future__ import annotations
@@ -12,10 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import structlog
 import trio
 
 from jetpack.config import Config
-from jetpack.errors import ConflictError, JetpackError
+from jetpack.errors import ConflictError, JetpackError, PodStartError
 from jetpack.log import get_logger
 from jetpack.state import StateDB, Transaction
 from jetpack.store.pods import AppRecord, PodRecord, PodStore
@@ -39,6 +45,7 @@ class PodTask:
     stopping: bool = False
     failed: bool = False
     failure: str | None = None
+    start_failed: bool = False  # the pod never ran: its sandbox or an app could not start
     stop_timeout: float | None = None
     done: trio.Event = field(default_factory=trio.Event)
     restart_waits: set[trio.CancelScope] = field(default_factory=set)
@@ -54,6 +61,7 @@ class PodManager:
         runtime: PodRuntime,
         *,
         notify: Callable[[], None] = lambda: None,
+        db_limiter: trio.CapacityLimiter | None = None,
     ) -> None:
         self.config = config
         self.db = db
@@ -62,13 +70,16 @@ class PodManager:
         self.notify = notify
         self.tasks: dict[str, PodTask] = {}
         self.detaching = False
-        self._db_limiter = trio.CapacityLimiter(1)
+        # The one limiter of the connection ``db``: whoever else uses it from async code (the
+        # daemon, the control API, the metadata service) goes through ``in_db_thread``.
+        self.db_limiter = db_limiter if db_limiter is not None else trio.CapacityLimiter(1)
         self._nursery: trio.Nursery | None = None
 
     # --- database access, off the event loop -------------------------------------------------
 
-    async def _db(self, fn: Callable[[], T]) -> T:
-        return await trio.to_thread.run_sync(fn, limiter=self._db_limiter)
+    async def in_db_thread(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` (which uses the state database) in a worker thread, one at a time."""
+        return await trio.to_thread.run_sync(fn, limiter=self.db_limiter)
 
     async def _record(self, change: Callable[[Transaction], None]) -> None:
         def run() -> None:
@@ -76,11 +87,11 @@ class PodManager:
                 change(tx)
 
         with trio.CancelScope(shield=True):  # a half-recorded transition is worse than a delay
-            await self._db(run)
+            await self.in_db_thread(run)
         self.notify()
 
     async def resolve(self, ref: str) -> PodRecord:
-        return await self._db(lambda: self.store.resolve(ref))
+        return await self.in_db_thread(lambda: self.store.resolve(ref))
 
     # --- service ----------------------------------------------------------------------------
 
@@ -110,7 +121,7 @@ class PodManager:
         """Start the pods marked with ``enable``: by ascending priority; the pods of one
         priority in parallel (at most ``boot.parallel`` at once); a group only once every pod
         of the one before is running or has failed."""
-        pods = await self._db(self.store.all)
+        pods = await self.in_db_thread(self.store.all)
         boot = [p for p in pods if p.boot and p.uuid not in self.tasks]
         limiter = trio.CapacityLimiter(self.config.int("boot.parallel"))
 
@@ -118,9 +129,9 @@ class PodManager:
             async with limiter:
                 try:
                     await self.start(pod.uuid)
-                except JetpackError as exc:
-                    log.error("boot pod did not start", pod=pod.uuid, pod_name=pod.name,
-                              error=str(exc))
+                except Exception as exc:  # noqa: BLE001  # one boot pod's failure stops no other
+                    _log_failure(log.bind(pod=pod.uuid, pod_name=pod.name),
+                                 "boot pod did not start", exc)
 
         for priority in sorted({p.priority for p in boot}):
             async with trio.open_nursery() as nursery:
@@ -130,15 +141,21 @@ class PodManager:
     # --- commands ---------------------------------------------------------------------------
 
     async def start(self, ref: str) -> PodRecord:
-        """Start a prepared, exited or failed pod; returns once every app runs (or ran)."""
+        """Start a prepared, exited or failed pod; returns once every app runs (or ran).
+
+        A pod that cannot start raises ``PodStartError`` with the reason once it is torn
+        down and recorded failed."""
         pod = await self.resolve(ref)
         if pod.uuid in self.tasks:
             raise ConflictError(f"pod {pod.name} is already {pod.state}")
         if pod.state in LIVE_STATES:
             raise ConflictError(f"pod {pod.name} is {pod.state} under another supervisor")
         assert self._nursery is not None, "PodManager.run is not running"
-        await self._nursery.start(self._run_pod, pod, None)
-        return await self._db(lambda: self.store.get(pod.uuid))
+        task: PodTask = await self._nursery.start(self._run_pod, pod, None)
+        if task.start_failed:
+            await task.done.wait()
+            raise PodStartError(f"pod {pod.name} failed to start: {task.failure}")
+        return await self.in_db_thread(lambda: self.store.get(pod.uuid))
 
     async def stop(self, ref: str, grace: float | None = None) -> PodRecord:
         """Stop a pod; returns once every app's exit is confirmed and the sandbox is gone."""
@@ -146,7 +163,7 @@ class PodManager:
         task = self.tasks.get(pod.uuid)
         if task is not None:
             await self._stop_task(task, grace)
-        return await self._db(lambda: self.store.get(pod.uuid))
+        return await self.in_db_thread(lambda: self.store.get(pod.uuid))
 
     async def wait(self, ref: str) -> PodRecord:
         """Wait until the pod is no longer running (returns at once if it is not)."""
@@ -154,7 +171,7 @@ class PodManager:
         task = self.tasks.get(pod.uuid)
         if task is not None:
             await task.done.wait()
-        return await self._db(lambda: self.store.get(pod.uuid))
+        return await self.in_db_thread(lambda: self.store.get(pod.uuid))
 
     async def kill(self, ref: str, signum: int) -> PodRecord:
         pod = await self.resolve(ref)
@@ -187,9 +204,9 @@ class PodManager:
                 await self._record(lambda tx: self.store.transition(tx, pod, "starting"))
                 try:
                     task.sandbox = await self.runtime.create_sandbox(pod)
-                except JetpackError as exc:
-                    task.failed, task.failure = True, f"sandbox: {exc}"
-                    bound.error("pod sandbox failed", error=str(exc))
+                except Exception as exc:  # noqa: BLE001  # the pod task's boundary
+                    _fail_start(task, f"sandbox: {failure_reason(exc)}")
+                    _log_failure(bound, "pod sandbox failed", exc)
                     await self._finish(task)
                     task_status.started(task)
                     reported = True
@@ -201,23 +218,44 @@ class PodManager:
                     process = adopted.get(app.name) if adopted is not None else None
                     try:
                         await apps.start(self._run_app, task, app, process, adopted is not None)
-                    except JetpackError as exc:
-                        task.failed, task.failure = True, f"app {app.name}: {exc}"
-                        bound.error("app failed to start", app=app.name, error=str(exc))
+                    except Exception as exc:  # noqa: BLE001  # the pod task's boundary
+                        _fail_start(task, f"app {app.name}: {failure_reason(exc)}")
+                        _log_failure(bound.bind(app=app.name), "app failed to start", exc)
                         apps.start_soon(self._stop_apps, task, 0.0)
                         break
-                if not task.stopping and adopted is None:
+                if not task.stopping and not task.start_failed and adopted is None:
                     await self._record(lambda tx: self.store.transition(tx, pod, "running"))
                 task_status.started(task)
                 reported = True
             if self.detaching:
                 return
             await self._finish(task)
+        except Exception as exc:  # noqa: BLE001  # the pod task's boundary: this pod fails alone
+            if not reported:
+                _fail_start(task, failure_reason(exc))
+            await self._contain(task, exc)
         finally:
             if not reported:
                 task_status.started(task)
             self.tasks.pop(pod.uuid, None)
             task.done.set()
+
+    async def _contain(self, task: PodTask, exc: Exception) -> None:
+        """The pod task's last boundary (the state database or the manager itself failed):
+        stop what still runs, tear down, and record the pod failed, as far as that goes."""
+        task.failed = True
+        task.failure = task.failure or failure_reason(exc)
+        bound = log.bind(pod=task.pod.uuid, pod_name=task.pod.name)
+        _log_failure(bound, "pod task failed", exc)
+        with trio.CancelScope(shield=True):
+            task.stopping = True
+            for process in list(task.processes.values()):
+                await self._stop_process(task, process, 0.0)
+            task.processes.clear()
+            try:
+                await self._finish(task)
+            except Exception as again:  # noqa: BLE001  # logged; the supervisor goes on
+                _log_failure(bound, "recording the failed pod failed", again)
 
     async def _finish(self, task: PodTask) -> None:
         """Tear the sandbox down (shielded) and record the pod's final state."""
@@ -226,8 +264,8 @@ class PodManager:
             if task.sandbox:
                 try:
                     await self.runtime.destroy_sandbox(pod, task.sandbox)
-                except JetpackError as exc:
-                    log.error("pod teardown failed", pod=pod.uuid, error=str(exc))
+                except Exception as exc:  # noqa: BLE001  # the pod is recorded all the same
+                    _log_failure(log.bind(pod=pod.uuid), "pod teardown failed", exc)
             final = "failed" if task.failed else "exited"
             extra = {"reason": task.failure} if task.failure else {}
 
@@ -256,7 +294,16 @@ class PodManager:
         with trio.CancelScope(shield=True):
             async with trio.open_nursery() as nursery:
                 for process in list(task.processes.values()):
-                    nursery.start_soon(self.runtime.stop_app, task.pod, process, grace)
+                    nursery.start_soon(self._stop_process, task, process, grace)
+
+    async def _stop_process(self, task: PodTask, process: AppProcess, grace: float) -> None:
+        """``runtime.stop_app``; a failure is logged (the sandbox's teardown kills what is
+        left) and never reaches the nursery it runs in (the manager's, the pod's)."""
+        try:
+            await self.runtime.stop_app(task.pod, process, grace)
+        except Exception as exc:  # noqa: BLE001  # see the docstring
+            _log_failure(log.bind(pod=task.pod.uuid, app=process.app), "stopping an app failed",
+                         exc)
 
     # --- the app task -----------------------------------------------------------------------
 
@@ -269,6 +316,43 @@ class PodManager:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
+        """The app task's boundary. What fails before the app first runs goes to the pod task
+        (which fails the start); what fails later (a restart that cannot start, a runtime that
+        loses the app) fails the pod, which stops its other apps."""
+        reported = False
+
+        def report() -> None:
+            nonlocal reported
+            if not reported:
+                reported = True
+                task_status.started()
+
+        try:
+            await self._watch_app(task, app, process, adopted, report)
+        except Exception as exc:
+            if not reported:
+                raise
+            reason = f"app {app.name}: {failure_reason(exc)}"
+            _log_failure(log.bind(pod=task.pod.uuid, pod_name=task.pod.name, app=app.name),
+                         "app failed", exc)
+            task.failed, task.failure = True, task.failure or reason
+            with trio.CancelScope(shield=True):
+                left = task.processes.pop(app.name, None)
+                if left is not None:
+                    await self._stop_process(task, left, 0.0)
+                await self._app_exited(task.pod, app, None, reason=reason)
+            self._stop_rest(task)
+
+    async def _watch_app(
+        self,
+        task: PodTask,
+        app: AppRecord,
+        process: AppProcess | None,
+        adopted: bool,
+        report: Callable[[], None],
+    ) -> None:
+        """Run the app, wait for it, restart it as its policy says; ``report()`` once it first
+        runs (or is found gone, when adopted)."""
         pod = task.pod
         policy = RestartPolicy.parse(str(pod.options.get("restart", "never")))
         backoff = Backoff(
@@ -277,7 +361,6 @@ class PodManager:
             reset_after=self.config.duration("restart.reset-after"),
         )
         restarts = app.restarts if adopted else 0
-        reported = False
         unknown_exit = adopted and process is None
         while True:
             if unknown_exit:
@@ -298,17 +381,13 @@ class PodManager:
                         return
                     await self._app_started(pod, app, process, restarts)
                 task.processes[app.name] = process
-                if not reported:
-                    task_status.started()
-                    reported = True
+                report()
                 began = trio.current_time()
                 status = await self.runtime.wait_app(pod, process)
                 task.processes.pop(app.name, None)
                 uptime = trio.current_time() - began
             await self._app_exited(pod, app, status)
-            if not reported:
-                task_status.started()
-                reported = True
+            report()
             process, unknown_exit = None, False
             failed = status is None or status.failed
             if task.stopping:
@@ -358,14 +437,15 @@ class PodManager:
 
         await self._record(record)
 
-    async def _app_exited(self, pod: PodRecord, app: AppRecord, status: ExitStatus | None
-                          ) -> None:
+    async def _app_exited(self, pod: PodRecord, app: AppRecord, status: ExitStatus | None,
+                          *, reason: str = UNKNOWN_EXIT) -> None:
+        """Record the app's end: its status, or (``status`` None) ``reason`` why none is known."""
         app.state, app.pid, app.pid_start = "exited", None, None
         app.process = {}
         app.exit_status = status.code if status is not None else None
         app.signal = status.signal if status is not None else None
         payload: dict[str, Any] = (
-            status.payload() if status is not None else {"reason": UNKNOWN_EXIT}
+            status.payload() if status is not None else {"reason": reason}
         )
 
         def record(tx: Transaction) -> None:
@@ -380,14 +460,14 @@ class PodManager:
     async def adopt_all(self) -> None:
         """Adopt the pods a previous supervisor left running; reconcile those that are gone."""
         assert self._nursery is not None
-        pods = await self._db(self.store.all)
+        pods = await self.in_db_thread(self.store.all)
         for pod in pods:
             if pod.state not in LIVE_STATES:
                 continue
             try:
                 processes = await self.runtime.recover(pod, pod.runtime)
-            except JetpackError as exc:
-                log.error("pod recovery failed", pod=pod.uuid, error=str(exc))
+            except Exception as exc:  # noqa: BLE001  # one pod's recovery stops no other
+                _log_failure(log.bind(pod=pod.uuid), "pod recovery failed", exc)
                 processes = None
             if not processes:
                 await self._reconcile_gone(pod)
@@ -401,8 +481,8 @@ class PodManager:
             if pod.runtime:
                 try:
                     await self.runtime.destroy_sandbox(pod, pod.runtime)
-                except JetpackError as exc:
-                    log.error("cleanup of a vanished pod failed", pod=pod.uuid, error=str(exc))
+                except Exception as exc:  # noqa: BLE001  # the pod is reconciled all the same
+                    _log_failure(log.bind(pod=pod.uuid), "cleanup of a vanished pod failed", exc)
 
             def record(tx: Transaction) -> None:
                 for app in pod.apps:
@@ -417,6 +497,29 @@ class PodManager:
 
             await self._record(record)
 
+
+def failure_reason(exc: BaseException) -> str:
+    """One line for a ``pod.failed`` reason: a ``JetpackError``'s message, anything else
+    with its class name (a bug or a host surprise); a group of one stands for its member."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    text = str(exc) if isinstance(exc, JetpackError) else f"{type(exc).__name__}: {exc}"
+    return " ".join(text.split())
+
+
+def _fail_start(task: PodTask, reason: str) -> None:
+    task.failed, task.start_failed = True, True
+    task.failure = task.failure or reason
+
+
+def _log_failure(bound: structlog.typing.FilteringBoundLogger, message: str,
+                 exc: BaseException) -> None:
+    """A ``JetpackError`` is already a plain report; anything else is logged with its
+    traceback, which only the daemon log shows."""
+    if isinstance(exc, JetpackError):
+        bound.error(message, error=failure_reason(exc))
+    else:
+        bound.error(message, error=failure_reason(exc), exc_info=exc)
 
 
 def _adopted_event(pod: PodRecord, apps: list[str]) -> Callable[[Transaction], None]:

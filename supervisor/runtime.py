@@ -2,7 +2,8 @@
 wait for them, stop them, tear down, and find them again after a supervisor restart.
 
 ``PodRuntime`` is the seam; ``jetpack.supervisor.stage1_runtime`` implements it with the
-storage driver and a stage1 isolation driver, and tests script a fake one.
+storage driver and a stage1 isolation driver; ``jetpack.testing.fake_runtime.FakeRuntime`` is
+the scriptable fake the supervisor's tests and benchmarks run on.
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
 """Serving the control app: hypercorn's trio HTTP/websocket protocol on the unix control socket
 and on the optional events-only TCP listener, with readiness, permissions and graceful shutdown.
 
-We run hypercorn's per-connection ``TCPServer`` under our own accept loop instead of
+We run hypercorn's per-connection server under our own accept loop instead of
 ``hypercorn.trio.serve`` for one reason: hypercorn writes to the socket inside a shielded cancel
 scope, so a client that stops reading would pin its connection forever and hold up every
 graceful shutdown. Each connection's stream here gives every write a deadline
-(``write_timeout``); a peer that accepts nothing for that long is disconnected.
+(``write_timeout``); a peer that accepts nothing for that long is disconnected. The hypercorn
+internals this takes live in ``hypercorn_adapter`` alone.
 """
 
 from __future__ import annotations
@@ -22,14 +23,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import cast
 
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio.tcp_server import TCPServer
-from hypercorn.trio.worker_context import WorkerContext
-from hypercorn.typing import AppWrapper, ASGIFramework, ConnectionState
-from hypercorn.utils import wrap_app
 
 from jetpack.config import Config
 from jetpack.errors import ConfigError, SupervisorError
@@ -37,6 +32,7 @@ from jetpack.events import Retention
 from jetpack.log import get_logger
 from jetpack.supervisor.api import ControlApp, Router, core_router
 from jetpack.supervisor.events import RETENTION_INTERVAL, EventHub, run_retention
+from jetpack.supervisor.hypercorn_adapter import ConnectionServer
 
 WRITE_TIMEOUT = 10.0
 """Seconds a single write to a client may wait for the client to read before it is dropped."""
@@ -101,11 +97,9 @@ async def serve(
     unix_sock, temporary = await trio.to_thread.run_sync(
         _bind_unix, socket_path, config["supervisor.group"]
     )
-    hyper = HypercornConfig()
-    hyper.graceful_timeout = graceful_timeout
-    hyper.accesslog = None
-    hyper.errorlog = logging.getLogger("jetpack.hypercorn")
-    context = WorkerContext(None)
+    servers = [ConnectionServer(each_app, graceful_timeout=graceful_timeout,
+                                errorlog=logging.getLogger("jetpack.hypercorn"))
+               for each_app in apps]
     tcp_address = None
     if tcp_sock is not None:
         host, port = tcp_sock.getsockname()[:2]
@@ -120,13 +114,9 @@ async def serve(
                     partial(run_retention, hub.db_path,
                             Retention.from_config(config), interval=retention_interval)
                 )
-                for sock, each_app in zip(socks, apps, strict=True):
+                for sock, server in zip(socks, servers, strict=True):
                     listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
-                    # ControlApp speaks ASGI 3 with plain dicts; hypercorn types the messages
-                    # as TypedDicts.
-                    asgi = cast("ASGIFramework", each_app)
-                    handler = partial(_serve_connection, wrap_app(asgi, 0, "asgi"), hyper,
-                                      context, write_timeout)
+                    handler = partial(_serve_connection, server, write_timeout)
                     services.start_soon(
                         partial(trio.serve_listeners, handler, [listener],
                                 handler_nursery=connections)
@@ -145,7 +135,8 @@ async def serve(
             # ... open streams end with 1001 (resume with since), requests get a deadline.
             for each_app in apps:
                 each_app.shutdown()
-            await context.terminated.set()
+            for server in servers:
+                await server.terminate()
             connections.cancel_scope.deadline = trio.current_time() + graceful_timeout
     finally:
         with trio.CancelScope(shield=True):
@@ -172,15 +163,9 @@ async def _first_of(*waits: Callable[[], Awaitable[object]] | None) -> None:
 
 
 async def _serve_connection(
-    app: AppWrapper,
-    hyper: HypercornConfig,
-    context: WorkerContext,
-    write_timeout: float,
-    stream: trio.SocketStream,
+    server: ConnectionServer, write_timeout: float, stream: trio.SocketStream
 ) -> None:
-    # hypercorn annotates an SSLStream but uses only the Stream methods and `.socket`.
-    wrapped = cast("trio.SSLStream[trio.SocketStream]", WriteDeadlineStream(stream, write_timeout))
-    await TCPServer(app, hyper, context, ConnectionState({}), wrapped)
+    await server.serve(WriteDeadlineStream(stream, write_timeout))
 
 
 class WriteDeadlineStream(trio.abc.HalfCloseableStream):

@@ -1,4 +1,4 @@
-"""Fakes that ship with the product: a scriptable isolation driver and stand-in tools.
+"""Fakes that ship with the product: a scriptable pod runtime and stand-in tools.
 
 Installed as ``jetpack.testing``.
 """

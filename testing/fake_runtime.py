@@ -1,5 +1,7 @@
-"""A scriptable in-memory ``PodRuntime``: apps that run for N seconds and exit with code K,
-ignore SIGTERM, or fail to start — for supervisor tests under trio's virtual clock.
+"""The fake runtime that ships with the product: a scriptable in-memory ``PodRuntime`` whose
+apps run for N seconds and exit with code K, ignore SIGTERM, or fail to start, and whose
+sandboxes can fail, with a ``JetpackError`` or any exception (a host surprise, a bug). The
+supervisor's tests drive it under trio's virtual clock; the benchmarks run a daemon on it.
 
 The fake's state (its "machine") outlives any one PodManager, so a test can drop a supervisor
 and let a new one adopt what still "runs", as after ``kill -9`` of the daemon.
@@ -21,12 +23,18 @@ from jetpack.supervisor.runtime import AppProcess, ExitStatus
 
 @dataclass
 class Behaviour:
-    """One run of an app: exit with ``code`` after ``runs_for`` seconds (None: until stopped)."""
+    """One run of an app: exit with ``code`` after ``runs_for`` seconds (None: until stopped).
+
+    ``fails_to_start``: True makes ``start_app`` raise ``IsolationError``; an exception makes
+    it raise that one. ``lost_with``: ``wait_app`` raises this when the run ends, as a runtime
+    that lost track of its app would.
+    """
 
     runs_for: float | None = None
     code: int = 0
     ignores_sigterm: bool = False
-    fails_to_start: bool = False
+    fails_to_start: bool | Exception = False
+    lost_with: Exception | None = None
 
 
 @dataclass
@@ -45,7 +53,11 @@ class FakeProcess:
 
 
 class FakeRuntime:
-    """``script[app name]`` lists behaviours for successive runs; the last one repeats."""
+    """``script[app name]`` lists behaviours for successive runs; the last one repeats.
+
+    ``fail_sandbox``: True makes ``create_sandbox`` raise ``IsolationError``; an exception
+    makes it raise that one.
+    """
 
     def __init__(self, script: dict[str, list[Behaviour]] | None = None) -> None:
         self.script = script or {}
@@ -54,7 +66,7 @@ class FakeRuntime:
         self.sandboxes: set[str] = set()
         self.log: list[tuple[float, str, str]] = []  # (time, what, app or pod)
         self._pids = itertools.count(1000)
-        self.fail_sandbox = False
+        self.fail_sandbox: bool | Exception = False
 
     def _behaviour(self, app: str) -> Behaviour:
         plan = self.script.get(app, [Behaviour()])
@@ -77,6 +89,8 @@ class FakeRuntime:
 
     async def create_sandbox(self, pod: PodRecord) -> dict[str, Any]:
         await trio.lowlevel.checkpoint()
+        if isinstance(self.fail_sandbox, Exception):
+            raise self.fail_sandbox
         if self.fail_sandbox:
             raise IsolationError("fake sandbox refused")
         self.sandboxes.add(pod.uuid)
@@ -87,6 +101,8 @@ class FakeRuntime:
                         ) -> AppProcess:
         await trio.lowlevel.checkpoint()
         behaviour = self._behaviour(app.name)
+        if isinstance(behaviour.fails_to_start, Exception):
+            raise behaviour.fails_to_start
         if behaviour.fails_to_start:
             raise IsolationError(f"fake app {app.name} refused to start")
         process = FakeProcess(pod.uuid, app.name, next(self._pids), behaviour)
@@ -100,6 +116,8 @@ class FakeRuntime:
         await fake.exited.wait()
         assert fake.status is not None
         self.log.append((trio.current_time(), "exit", process.app))
+        if fake.behaviour.lost_with is not None:
+            raise fake.behaviour.lost_with
         return fake.status
 
     async def stop_app(self, pod: PodRecord, process: AppProcess, grace: float) -> None:

@@ -3,6 +3,7 @@ signals (TERM stops pods, USR2 leaves them), and supervisor events."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import stat
@@ -15,8 +16,9 @@ import trio
 
 from jetpack.cli.client import ControlClient
 from jetpack.config import Config, load_config
-from jetpack.errors import ConflictError, NotFoundError, SupervisorError
-from jetpack.keys import ensure_keys
+from jetpack.errors import ConflictError, NotFoundError, PodStartError, SupervisorError
+from jetpack.keys import ensure_keys, load_key
+from jetpack.mds.identity import pod_token
 from jetpack.state import StateDB
 from jetpack.store.pods import AppRecord, PodRecord, PodStore, new_uuid
 from jetpack.supervisor.daemon import Daemon
@@ -34,13 +36,15 @@ def config(tmp_path: Path) -> Config:
     return config
 
 
-def prepare(config: Config, name: str, restart: str = "never") -> PodRecord:
+def prepare(config: Config, name: str, restart: str = "never", ip: str | None = None
+            ) -> PodRecord:
     db = StateDB.for_root(config.root)
     with db.transaction() as tx:
         tx.execute("INSERT OR IGNORE INTO images (id, name, labels, manifest, size, created,"
                    " storage) VALUES ('sha512-1', 'example.com/app', '{}', '{}', 1, 0, '')")
-    pod = PodRecord(uuid=new_uuid(), name=name, state="prepared", manifest="{}",
-                    options={"restart": restart}, apps=[AppRecord("app", "sha512-1")])
+    manifest = {"apps": [{"name": "app", "image": {"id": "sha512-1"}}]}
+    pod = PodRecord(uuid=new_uuid(), name=name, state="prepared", manifest=json.dumps(manifest),
+                    options={"restart": restart}, ip=ip, apps=[AppRecord("app", "sha512-1")])
     with db.transaction() as tx:
         PodStore(db).insert(tx, pod)
     db.close()
@@ -153,3 +157,80 @@ async def test_ready_is_notified_to_systemd(
         assert b"STOPPING=1" in listener.recv(4096)
     finally:
         listener.close()
+
+
+async def test_a_pod_that_cannot_start_is_an_error_answer_and_the_supervisor_goes_on(
+    config: Config, running: Daemon
+) -> None:
+    prepare(config, "broken")
+    prepare(config, "fine")
+    runtime = running.runtime
+    assert isinstance(runtime, FakeRuntime)
+    runtime.fail_sandbox = RuntimeError("no namespaces left")
+    reason = "sandbox: RuntimeError: no namespaces left"
+    with pytest.raises(PodStartError) as raised:
+        await client(config).request("POST", "/v1/pods/broken/start")
+    assert str(raised.value) == f"pod broken failed to start: {reason}"
+    transport = httpx.AsyncHTTPTransport(uds=str(config.path("supervisor.socket")))
+    async with httpx.AsyncClient(transport=transport, base_url="http://jetpack") as http:
+        answer = await http.post("/v1/pods/broken/restart")
+    assert answer.status_code == 500
+    assert answer.json() == {"error": f"pod broken failed to start: {reason}", "hint": None,
+                             "kind": "PodStartError"}
+    runtime.fail_sandbox = False
+    assert (await client(config).request("POST", "/v1/pods/fine/start"))["state"] == "running"
+    pods = {p["name"]: p["state"] for p in await client(config).request("GET", "/v1/pods")}
+    assert pods == {"broken": "failed", "fine": "running"}
+
+
+@pytest.fixture
+def db_use(running: Daemon, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every use of the supervisor's own database connection, as "thread: limiter" lines;
+    the loop thread or a thread outside the manager's limiter is a bug."""
+    assert running.manager is not None
+    manager = running.manager
+    uses: list[str] = []
+
+    def check(db: StateDB, what: str) -> None:
+        if db is not manager.db:
+            return  # the event hub's own connections
+        try:
+            trio.lowlevel.current_trio_token()
+            where = "loop thread"
+        except RuntimeError:
+            where = "worker thread"
+        held = "limiter held" if manager.db_limiter.borrowed_tokens == 1 else "limiter free"
+        uses.append(f"{what} in {where}: {held}")
+
+    query, transaction = StateDB.query, StateDB.transaction
+
+    def guarded_query(self: StateDB, *args: object) -> object:
+        check(self, f"query {args[0]}")
+        return query(self, *args)  # type: ignore[arg-type]  # passed through
+
+    def guarded_transaction(self: StateDB) -> object:
+        check(self, "transaction")
+        return transaction(self)
+
+    monkeypatch.setattr(StateDB, "query", guarded_query)
+    monkeypatch.setattr(StateDB, "transaction", guarded_transaction)
+    return uses
+
+
+async def test_the_database_is_used_off_the_loop_under_one_limiter(
+    config: Config, running: Daemon, db_use: list[str]
+) -> None:
+    pod = prepare(config, "meta", restart="always", ip="127.0.0.1")
+    api = client(config)
+    await api.request("POST", "/v1/pods/meta/start")
+    await api.request("GET", "/v1/pods")
+    await api.request("GET", "/v1/pods/meta")
+    token = pod_token(load_key(config, "mds.token-key"), pod.uuid)
+    (address,) = running.mds_addresses
+    async with httpx.AsyncClient() as http:
+        answer = await http.get(f"{address}/{token}/acMetadata/v1/apps/app/image/id")
+    assert (answer.status_code, answer.text) == (200, "sha512-1")
+    await api.request("POST", "/v1/pods/meta/stop", params={"grace": "1"})
+    assert [use for use in db_use if "FROM images" in use]  # the MDS read the image
+    assert [use for use in db_use if "FROM pods ORDER BY" in use]  # the API listed the pods
+    assert {use for use in db_use if not use.endswith("in worker thread: limiter held")} == set()

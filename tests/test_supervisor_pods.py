@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import signal
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
+from structlog.testing import capture_logs
 
 from jetpack.config import load_config
-from jetpack.errors import ConflictError
+from jetpack.errors import ConflictError, PodStartError
 from jetpack.state import StateDB
 from jetpack.store.pods import AppRecord, PodRecord, PodStore, new_uuid
 from jetpack.supervisor.pods import PodManager
@@ -165,10 +168,12 @@ async def test_failed_start_fails_the_pod_and_tears_it_down(
     sup.runtime.script["bad"] = [Behaviour(fails_to_start=True)]
     pod = prepare(sup.db, "broken", ["good", "bad"])
     manager = await sup.manager()
-    await manager.start("broken")
-    final = await manager.wait("broken")
+    with pytest.raises(PodStartError, match=r"^pod broken failed to start: app bad: "):
+        await manager.start("broken")
+    final = await manager.wait("broken")  # start raised once the pod was torn down
     assert final.state == "failed"
     assert "bad" in str(events(sup.db, pod)[-1][2]["reason"])
+    assert "pod.started" not in [t for t, _, _ in events(sup.db, pod)]  # it never ran
     assert sup.runtime.running() == []
     assert sup.runtime.sandboxes == set()
 
@@ -179,9 +184,97 @@ async def test_sandbox_failure_fails_the_pod(
     sup.runtime.fail_sandbox = True
     pod = prepare(sup.db, "nosandbox", ["app"])
     manager = await sup.manager()
-    result = await manager.start("nosandbox")
-    assert result.state == "failed"
+    with pytest.raises(PodStartError, match=r"^pod nosandbox failed to start: sandbox: "):
+        await manager.start("nosandbox")
+    assert PodStore(sup.db).get(pod.uuid).state == "failed"
     assert "sandbox" in str(events(sup.db, pod)[-1][2]["reason"])
+
+
+@pytest.mark.parametrize(("error", "reason"), [
+    (RuntimeError("boom"), "sandbox: RuntimeError: boom"),
+    (FileNotFoundError(errno.ENOENT, "No such file or directory", "/srv/gone"),
+     "sandbox: FileNotFoundError: [Errno 2] No such file or directory: '/srv/gone'"),
+])
+async def test_any_sandbox_error_fails_only_that_pod(
+    clock: trio.testing.MockClock, sup: Supervisor, error: Exception, reason: str
+) -> None:
+    steady = prepare(sup.db, "steady", ["steady"])
+    broken = prepare(sup.db, "broken", ["app"])
+    later = prepare(sup.db, "later", ["later"])
+    manager = await sup.manager()
+    await manager.start("steady")
+    sup.runtime.fail_sandbox = error
+    with capture_logs() as logs, pytest.raises(PodStartError) as raised:
+        await manager.start("broken")
+    assert str(raised.value) == f"pod broken failed to start: {reason}"
+    assert events(sup.db, broken)[-1] == ("pod.failed", None, {"reason": reason})
+    (logged,) = [e for e in logs if e["event"] == "pod sandbox failed"]
+    assert logged["exc_info"] is error  # the traceback goes to the daemon log
+    # the supervisor goes on: the running pod is untouched, another pod starts
+    sup.runtime.fail_sandbox = False
+    assert [p.app for p in sup.runtime.running()] == ["steady"]
+    assert (await manager.start("later")).state == "running"
+    assert [t for t, _, _ in events(sup.db, later)][-1] == "pod.started"
+    assert "pod.failed" not in [t for t, _, _ in events(sup.db, steady)]
+    await manager.stop_all()
+
+
+async def test_app_start_raising_any_error_fails_the_start(
+    clock: trio.testing.MockClock, sup: Supervisor
+) -> None:
+    sup.runtime.script["good"] = [Behaviour()]
+    sup.runtime.script["bad"] = [Behaviour(fails_to_start=KeyError("uid"))]
+    pod = prepare(sup.db, "keyerr", ["good", "bad"])
+    manager = await sup.manager()
+    with pytest.raises(PodStartError, match=r"^pod keyerr failed to start: app bad: KeyError"):
+        await manager.start("keyerr")
+    assert events(sup.db, pod)[-1] == ("pod.failed", None, {"reason": "app bad: KeyError: 'uid'"})
+    assert sup.runtime.running() == []
+    assert sup.runtime.sandboxes == set()
+
+
+async def test_app_lost_after_start_fails_its_pod_and_stops_the_others(
+    clock: trio.testing.MockClock, sup: Supervisor
+) -> None:
+    sup.runtime.script["lost"] = [Behaviour(runs_for=1.0, lost_with=OSError("pidfd gone"))]
+    sup.runtime.script.update(partner=[Behaviour()], bystander=[Behaviour()])
+    pod = prepare(sup.db, "losing", ["lost", "partner"])
+    prepare(sup.db, "bystander", ["bystander"])
+    manager = await sup.manager()
+    await manager.start("bystander")
+    assert (await manager.start("losing")).state == "running"
+    final = await manager.wait("losing")
+    assert final.state == "failed"
+    reason = "app lost: OSError: pidfd gone"
+    log = events(sup.db, pod)
+    assert log[-1] == ("pod.failed", None, {"reason": reason})
+    assert ("app.exited", "lost", {"reason": reason}) in log
+    assert [p.app for p in sup.runtime.running()] == ["bystander"]
+    assert pod.uuid not in sup.runtime.sandboxes  # torn down
+    assert (await manager.stop("bystander")).state == "exited"
+
+
+async def test_a_failing_database_write_fails_the_start_not_the_supervisor(
+    clock: trio.testing.MockClock, sup: Supervisor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pod = prepare(sup.db, "unlucky", ["app"])
+    prepare(sup.db, "lucky", ["lucky"])
+    manager = await sup.manager()
+    set_runtime = manager.store.set_runtime
+    failures = [sqlite3.OperationalError("disk I/O error")]
+
+    def flaky_set_runtime(*args: object) -> None:
+        if failures:
+            raise failures.pop()
+        set_runtime(*args)  # type: ignore[arg-type]  # the original's arguments
+
+    monkeypatch.setattr(manager.store, "set_runtime", flaky_set_runtime)
+    with pytest.raises(PodStartError, match="OperationalError: disk I/O error"):
+        await manager.start("unlucky")
+    assert PodStore(sup.db).get(pod.uuid).state == "failed"
+    assert sup.runtime.sandboxes == set()  # torn down all the same
+    assert (await manager.start("lucky")).state == "running"
+    await manager.stop_all()
 
 
 async def test_exited_pod_starts_again(

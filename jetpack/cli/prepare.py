@@ -160,6 +160,9 @@ def _run_foreground(ctx: Context, images: Any, pod_uuid: str, *, rm: bool, tty: 
 
     async def main() -> dict[str, Any]:
         result: dict[str, Any] = {}
+        # Outside the nursery, so a pod that fails to start is reported as itself (no group);
+        # the offsets were taken before, so the follower misses no output.
+        await client.request("POST", f"/v1/pods/{pod.uuid}/start")
         async with trio.open_nursery() as nursery:
             async def follow() -> None:
                 while True:
@@ -167,7 +170,6 @@ def _run_foreground(ctx: Context, images: Any, pod_uuid: str, *, rm: bool, tty: 
                     await trio.sleep(0.05)
 
             nursery.start_soon(follow)
-            await client.request("POST", f"/v1/pods/{pod.uuid}/start")
             result = await client.request("GET", f"/v1/pods/{pod.uuid}/wait")
             nursery.cancel_scope.cancel()
         pump()
@@ -188,13 +190,22 @@ def _run_terminal(ctx: Context, images: Any, client: Any, store: Any, pod: Any, 
                   rm: bool) -> int:
     """``run -t``: the first app gets a pty; this terminal is attached to it."""
     from jetpack.cli.attach import attach_terminal
+    from jetpack.errors import PodStartError
 
     if not pod.options.get("tty"):
         with ctx.state.transaction() as tx:
             pod.options["tty"] = True
             tx.execute("UPDATE pods SET options = ? WHERE uuid = ?",
                        (json.dumps(pod.options), pod.uuid))
-    client.request_sync("POST", f"/v1/pods/{pod.uuid}/start", timeout=None)
+    try:
+        client.request_sync("POST", f"/v1/pods/{pod.uuid}/start", timeout=None)
+    except PodStartError:
+        if rm:
+            from jetpack.store.lifecycle import destroy_pod
+
+            destroy_pod(ctx.config, ctx.state, images, store.get(pod.uuid),
+                        stop_through_supervisor(ctx))
+        raise
     final = attach_terminal(str(ctx.config.path("supervisor.socket")), pod.uuid, None)
     if final is None:
         return 0  # detached: the pod goes on
