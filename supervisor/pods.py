@@ -367,18 +367,9 @@ class PodManager:
                 status: ExitStatus | None = None
             else:
                 if process is None:
-                    try:
-                        process = await self.runtime.start_app(pod, task.sandbox, app)
-                    except JetpackError as exc:
-                        if not reported:
-                            raise  # the first start: _run_pod reports it
-                        # A restart that cannot start (e.g. a volume source the pod swapped
-                        # for a symlink) fails the pod, never the supervisor.
-                        log.error("app failed to restart", pod=pod.uuid, app=app.name,
-                                  error=str(exc))
-                        task.failed, task.failure = True, f"app {app.name}: {exc}"
-                        self._stop_rest(task)
-                        return
+                    # A restart that cannot start (a volume source swapped for a symlink)
+                    # fails the pod at _run_app's boundary, never the supervisor.
+                    process = await self.runtime.start_app(pod, task.sandbox, app)
                     await self._app_started(pod, app, process, restarts)
                 task.processes[app.name] = process
                 report()
