@@ -94,10 +94,26 @@ def _children() -> dict[int, list[int]]:
     return tree
 
 
+def _rooted_in(path: str) -> list[int]:
+    """Processes whose root directory is ``path``: every way into a stand-in jail chroots
+    there, as jail_attach(2) does, and a reparented orphan keeps its root."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.readlink(entry / "root") == path:
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
 def jail_processes(jail: dict[str, Any]) -> list[int]:
-    """The live pids in the jail: the recorded ones (not recycled) and their descendants."""
+    """The live pids in the jail: the recorded ones (not recycled), those rooted in its path
+    (a process whose parent died is reparented but stays in its jail) and their descendants."""
     roots = [pid for pid, started in jail.get("procs", [])
              if started is not None and start_time(pid) == started]
+    roots += _rooted_in(jail["params"]["path"])
     tree, found = _children(), []
     while roots:
         pid = roots.pop()
