@@ -2,7 +2,10 @@
 
 The pod jail holds the hostname, address and lifetime (``persist``, like the Linux driver's pinned
 namespaces); each app's child jail (``POD.APP``) has the app's own rootfs as its path and inherits
-the pod's hostname and address. Apps run under a host-side monitor (jail_monitor) that runs jexec.
+the pod's hostname and address. Each jail is described by a jail.conf of its own and made and
+removed with ``jail -f CONF -c|-r NAME``, so that jail(8) also undoes its ``mount.devfs``. Apps
+run under a host-side monitor (jail_monitor) whose helper enters the app jail with jail_attach(2)
+and sets appc's credentials itself (jail_attach.py).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,7 +23,7 @@ import trio
 
 import jetpack
 from jetpack.config import Config
-from jetpack.errors import IsolationError, NotFoundError
+from jetpack.errors import IsolationError, JetpackError, NotFoundError
 from jetpack.stage1.base import (
     AppProcess,
     AppSpec,
@@ -32,9 +36,10 @@ from jetpack.stage1.base import (
     Stdio,
     Volume,
 )
-from jetpack.stage1.monitor import MonitoredApps, read_report
+from jetpack.stage1.jail_attach import BOOTSTRAP as ATTACH_BOOTSTRAP
+from jetpack.stage1.jail_attach import check_attach, default_attach
+from jetpack.stage1.monitor import KILL_CONFIRM_TIMEOUT, MonitoredApps, read_report
 from jetpack.stage1.volumes import check_host_volume, prepare_empty_volume
-from jetpack.stage2.credentials import user_name
 from jetpack.stage2.paths import make_in_root, open_root, resolve_in_root
 from jetpack.stage2.plan import plan_app
 
@@ -42,6 +47,10 @@ ANNOTATION_PREFIX = "jetpack/jail.conf/"
 # What every pod jail gets unless config (jail.param.*) or annotations say otherwise.
 DEFAULT_PARAMS = {"devfs_ruleset": "4", "securelevel": "2", "enforce_statfs": "2",
                   "children.max": "64"}
+# Parameters that shape only the pod jail (app jails get no children of their own).
+POD_ONLY_PARAMS = ("children.max",)
+# How long umount retries a mount that is busy while a removed jail is still dying.
+UMOUNT_RETRY_SECONDS = 10.0
 _BOOTSTRAP = (
     "import sys; sys.path.insert(0, sys.argv[1]); "
     "from jetpack.stage1.jail_monitor import main; sys.exit(main(sys.argv[2:]))"
@@ -63,7 +72,7 @@ def jail_params(defaults: Mapping[str, str], configured: Mapping[str, str],
 
 
 class JailDriver(MonitoredApps):
-    """Isolation with FreeBSD jails, driven through jail(8), jexec(8), jls(8) and nullfs."""
+    """Isolation with FreeBSD jails, driven through jail(8), jls(8), mount(8) and nullfs."""
 
     name = "jail"
     capabilities = IsolationCapabilities(
@@ -73,19 +82,25 @@ class JailDriver(MonitoredApps):
 
     def __init__(self, *, name_prefix: str = "jetpack/", params: Mapping[str, str] | None = None,
                  network: NetworkHook | None = None, python: str = sys.executable,
-                 limiter: trio.CapacityLimiter | None = None) -> None:
+                 limiter: trio.CapacityLimiter | None = None,
+                 attach: Mapping[str, str] | None = None) -> None:
         self.name_prefix = name_prefix
         self.params = dict(params or {})
         self.network = network
         self.python = python
         self.limiter = limiter or trio.CapacityLimiter(4)
-        # Resolved now: jexec runs with the app's environment, whose PATH is the app's own.
-        self.jexec = shutil.which("jexec") or "/usr/sbin/jexec"
+        # How the helper enters a jail: jail_attach(2) on FreeBSD, the stand-ins' in tests.
+        self.attach = dict(attach or default_attach())
 
     @classmethod
     def from_config(cls, config: Config, *, network: NetworkHook | None = None) -> JailDriver:
         return cls(name_prefix=config["jail.namePrefix"], params=config.prefixed("jail.param."),
                    network=network)
+
+    @property
+    def helper(self) -> list[str]:
+        """The helper that enters an app jail; its request comes as the last argument."""
+        return [self.python, "-I", "-S", "-c", ATTACH_BOOTSTRAP, _PACKAGE_ROOT]
 
     async def _tool(self, *argv: str, check: bool = True) -> str:
         result = await trio.run_process(list(argv), capture_stdout=True, capture_stderr=True,
@@ -118,17 +133,22 @@ class JailDriver(MonitoredApps):
             ip4 = spec.ip4
             if self.network is not None:
                 ip4 = await self.network.attach(self._attachment(handle)) or ip4
-            argv = ["jail", "-c", f"name={name}", f"path={root}",
-                    f"host.hostname={spec.hostname}", "persist", "mount.devfs"]
-            argv.append(f"ip4.addr={ip4}" if ip4 else "ip4=disable")
-            argv += [f"{k}={v}" for k, v in sorted(params.items())]
-            await self._tool(*argv)
+            conf = run_dir / "jail.conf"
+            pod_params = {"path": str(root), "host.hostname": spec.hostname,
+                          "persist": "true", "mount.devfs": "true",
+                          **({"ip4.addr": ip4} if ip4 else {"ip4": "disable"}), **params}
+            await self._thread(conf.write_text, jail_conf(name, pod_params))
+            await self._tool("jail", "-f", str(conf), "-c", name)
             jid = await self._jid(name)
             if jid is None:
                 raise IsolationError(f"jail {name} was created but jls does not list it")
-        except BaseException:
+        except BaseException as exc:
             with trio.CancelScope(shield=True):
-                await self.destroy_sandbox(handle)
+                try:
+                    await self.destroy_sandbox(handle)
+                except JetpackError as cleanup:
+                    # The first error is the one the user must see; the cleanup's goes along.
+                    exc.add_note(f"and cleaning up failed too: {cleanup}")
             raise
         return SandboxHandle(self.name, spec.pod_uuid, {**data, "jid": jid, "ip4": ip4})
 
@@ -136,28 +156,83 @@ class JailDriver(MonitoredApps):
         return NetworkAttachment(handle.pod_uuid, jail_name=handle.data["name"])
 
     async def destroy_sandbox(self, handle: SandboxHandle) -> None:
+        """Every step runs even when one before it failed (a host without pf must still lose
+        the pod's alias and run dir); the first failure is raised at the end."""
         data = handle.data
-        apps_dir = Path(data["run_dir"]) / "apps"
+        run_dir = Path(data["run_dir"])
+        apps_dir = run_dir / "apps"
+        errors: list[JetpackError] = []
+
+        async def step(fn: Any, *args: Any) -> None:
+            try:
+                await fn(*args)
+            except JetpackError as exc:
+                errors.append(exc)
+
         app_names = await self._thread(lambda: sorted(p.name for p in apps_dir.iterdir())
                                        if apps_dir.is_dir() else [])
         for app in app_names:
-            await self._remove_app_jail(handle, app)
-        if await self._jid(data["name"]) is not None:
-            await self._tool("jail", "-r", data["name"])
+            await step(self._remove_app_jail, handle, app)
+        await step(self._remove_jail, data["name"], run_dir / "jail.conf")
+        await step(self._unmount_under, Path(data["root"]), True)
         if self.network is not None:
-            await self.network.detach(self._attachment(handle))
-        await self._thread(shutil.rmtree, data["run_dir"], True)
+            await step(self.network.detach, self._attachment(handle))
+        if not errors:
+            await self._thread(shutil.rmtree, str(run_dir), True)
+        if errors:
+            for later in errors[1:]:
+                errors[0].add_note(f"also: {later}")
+            raise errors[0]
+
+    async def _remove_jail(self, name: str, conf: Path) -> None:
+        """``jail -f CONF -r NAME``: kills the jail's processes and, as the jail is in CONF,
+        unmounts its devfs too (a jail made on the command line would keep it mounted)."""
+        if await self._jid(name) is None:
+            return
+        if await self._thread(conf.is_file):
+            await self._tool("jail", "-f", str(conf), "-r", name)
+        else:
+            await self._tool("jail", "-r", name)
 
     async def _remove_app_jail(self, handle: SandboxHandle, app: str) -> None:
         child = f"{handle.data['name']}.{app}"
-        if await self._jid(child) is not None:
-            await self._tool("jail", "-r", child)  # kills every process left in it
-        mounts_file = Path(handle.data["run_dir"]) / "apps" / app / "mounts.json"
+        app_dir = Path(handle.data["run_dir"]) / "apps" / app
+        await self._remove_jail(child, app_dir / "jail.conf")  # kills every process left in it
+        mounts_file = app_dir / "mounts.json"
         mounted: list[str] = await self._thread(_read_mounts, mounts_file)
-        for target in reversed(mounted):
-            await self._tool("umount", target)
+        for target in reversed(list(mounted)):
+            await self._umount(target)
             mounted.remove(target)
             await self._thread(_write_mounts, mounts_file, mounted)
+        rootfs = await self._thread(_read_rootfs, app_dir)
+        if rootfs is not None:
+            await self._unmount_under(rootfs, False)
+
+    async def _umount(self, target: str) -> None:
+        """umount, retried while the mount is busy: a removed jail is dying until its last
+        process is gone, and its mounts stay busy until then."""
+        with trio.move_on_after(UMOUNT_RETRY_SECONDS):
+            while True:
+                try:
+                    await self._tool("umount", target)
+                except IsolationError as exc:
+                    if "busy" not in str(exc).lower():
+                        raise
+                    await trio.sleep(0.1)
+                else:
+                    return
+        await self._tool("umount", target)
+
+    async def _unmount_under(self, path: Path, including: bool) -> None:
+        """Unmount what ``mount -p`` lists below ``path`` (and at it when ``including``),
+        deepest first, each stacked mount once per line: leftovers of a jail that jail(8) did
+        not clean (one made on the command line by an older jetpack, a crash mid-way)."""
+        listing = await self._tool("mount", "-p")
+        base = str(path)
+        found = [point for point in _mount_points(listing)
+                 if point.startswith(base + "/") or (including and point == base)]
+        for point in sorted(found, key=len, reverse=True):
+            await self._umount(point)
 
     async def recover(self, handle_json: Mapping[str, Any]) -> SandboxHandle | None:
         handle = SandboxHandle.from_json(handle_json)
@@ -171,6 +246,7 @@ class JailDriver(MonitoredApps):
     async def start_app(
         self, handle: SandboxHandle, app: AppSpec, *, stdio: Stdio | None = None
     ) -> AppProcess:
+        check_attach(self.attach)
         data = handle.data
         child = f"{data['name']}.{app.name}"
         app_dir = Path(data["run_dir"]) / "apps" / app.name
@@ -180,23 +256,20 @@ class JailDriver(MonitoredApps):
             working_directory=app.working_directory, environment=app.environment,
             metadata_url=app.metadata_url, pre_start=app.pre_start, post_stop=app.post_stop,
         ))
-        user = await self._thread(user_name, app.rootfs, plan.credentials.uid)
-        if user is None:
-            raise IsolationError(
-                f"app {app.name}: uid {plan.credentials.uid} has no /etc/passwd entry in the "
-                "app's rootfs, and jexec -U runs only as a named user")
-        await self._thread(lambda: app_dir.mkdir(parents=True, exist_ok=True))
+        await self._thread(_prepare_app_dir, app_dir, app.rootfs)
         await self._mount_volumes(handle, app, app_dir / "mounts.json")
-        if await self._jid(child) is None:
-            await self._tool(
-                "jail", "-c", f"name={child}", f"path={app.rootfs}", "host=inherit",
-                "ip4=inherit", "persist", "mount.devfs",
-                f"devfs_ruleset={data['params'].get('devfs_ruleset', '4')}",
-                f"securelevel={data['params'].get('securelevel', '2')}",
-            )
+        jid = await self._jid(child)
+        if jid is None:
+            conf = app_dir / "jail.conf"
+            await self._thread(conf.write_text, jail_conf(child, self._app_params(data, app)))
+            await self._tool("jail", "-f", str(conf), "-c", child)
+            jid = await self._jid(child)
+            if jid is None:
+                raise IsolationError(f"jail {child} was created but jls does not list it")
         log_path = app.log_path or app_dir / "log"
         launch = {
-            "plan": plan.to_json(), "jail": child, "user": user, "jexec": self.jexec,
+            "plan": plan.to_json(), "jail": child, "jid": jid, "attach": self.attach,
+            "helper": self.helper,
             "status_path": str(app_dir / "status"), "log_dir": str(log_path.parent),
             "log_name": log_path.name, "log_max_bytes": app.log_max_bytes,
             "stdio": None if stdio is None else {"stdin": 0, "stdout": 1, "stderr": 2},
@@ -204,6 +277,36 @@ class JailDriver(MonitoredApps):
         launch_path = app_dir / "launch.json"
         await self._thread(launch_path.write_text, json.dumps(launch))
         return await self._spawn_monitor(app, launch_path, app_dir / "status", log_path, stdio)
+
+    def _app_params(self, data: Mapping[str, Any], app: AppSpec) -> dict[str, str]:
+        """The app jail: the pod's parameters (jail.param.*, jetpack/jail.conf/* annotations:
+        the allow.* bits, sysv*, securelevel... apply where the apps run), its own rootfs as
+        path, the pod's hostname and address inherited."""
+        params = {k: v for k, v in data["params"].items() if k not in POD_ONLY_PARAMS}
+        return {"path": str(app.rootfs), "host": "inherit", "ip4": "inherit",
+                "persist": "true", "mount.devfs": "true", **params}
+
+    async def stop(
+        self, handle: SandboxHandle, process: AppProcess, grace: float
+    ) -> ExitStatus:
+        """SIGTERM to the app (its monitor forwards it), ``grace`` seconds; then the monitor is
+        killed and the app jail removed, which kills every process in it wherever it was
+        reparented. Either way the app jail goes (what the app left running goes with it) and
+        is made anew by the next start_app."""
+        await self.signal(handle, process, signal.SIGTERM)
+        status: ExitStatus | None = None
+        with trio.move_on_after(grace):
+            status = await self.wait(handle, process)
+        if status is None:
+            await self.signal(handle, process, signal.SIGKILL)
+            await self._remove_app_jail(handle, process.app)
+            with trio.fail_after(KILL_CONFIRM_TIMEOUT):
+                status = await self.wait(handle, process)
+        await self._remove_app_jail(handle, process.app)
+        child = f"{handle.data['name']}.{process.app}"
+        if await self._jid(child) is not None:
+            raise IsolationError(f"app {process.app}: jail {child} is still there after jail -r")
+        return status
 
     async def _mount_volumes(self, handle: SandboxHandle, app: AppSpec, record: Path) -> None:
         volumes = {v["name"]: v for v in handle.data["volumes"]}
@@ -274,33 +377,93 @@ class JailDriver(MonitoredApps):
         tty: bool = False,
         stdio: Stdio | None = None,
     ) -> ExitStatus:
+        """``argv`` in the app's jail through the same helper as the app: appc's credentials
+        for ``user``/``group`` (numeric or from the rootfs's /etc/passwd, /etc/group), the
+        app's exact environment, no login class."""
         del process, tty
+        check_attach(self.attach)
         plan = await self._thread(lambda: plan_app(
             app_name=app.name, rootfs=app.rootfs, argv=argv, user=user or app.user,
             group=group or app.group, supplementary_gids=app.supplementary_gids,
             working_directory=app.working_directory, environment=app.environment,
             metadata_url=app.metadata_url,
         ))
-        name = await self._thread(user_name, app.rootfs, plan.credentials.uid)
-        if name is None:
-            raise IsolationError(f"uid {plan.credentials.uid} has no /etc/passwd entry in "
-                                 f"app {app.name}'s rootfs")
-        result = await trio.run_process(
-            [self.jexec, "-d", plan.working_directory, "-U", name,
-             f"{handle.data['name']}.{app.name}", *plan.argv],
-            env=dict(plan.environment), check=False,
-            stdin=None if stdio is None else stdio.stdin,
-            stdout=None if stdio is None else stdio.stdout,
-            stderr=None if stdio is None else stdio.stderr,
-        )
+        child = f"{handle.data['name']}.{app.name}"
+        jid = await self._jid(child)
+        if jid is None:
+            raise IsolationError(f"app {app.name} is not running (no jail {child})")
+        error_r, error_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            body = json.dumps({"attach": self.attach, "jid": jid, "argv": list(plan.argv),
+                               "plan": plan.to_json(), "error_fd": error_w})
+            result = await trio.run_process(
+                [*self.helper, body], check=False, pass_fds=(error_w,),
+                stdin=None if stdio is None else stdio.stdin,
+                stdout=None if stdio is None else stdio.stdout,
+                stderr=None if stdio is None else stdio.stderr,
+            )
+            os.close(error_w)
+            error_w = -1
+            report = os.read(error_r, 256).decode()
+        finally:
+            os.close(error_r)
+            if error_w >= 0:
+                os.close(error_w)
+        if report:
+            code, _, step = report.partition(":")
+            reason = os.strerror(int(code)) if code.isdigit() else report
+            raise IsolationError(f"app {app.name}: cannot run {plan.argv[0]} ({step}): {reason}")
         if result.returncode < 0:
             return ExitStatus(signal=-result.returncode)
         return ExitStatus(code=result.returncode)
 
 
+def jail_conf(name: str, params: Mapping[str, str]) -> str:
+    """One jail's jail.conf(5) block; every value quoted (jail names hold "/")."""
+
+    def quote(text: str) -> str:
+        # jail.conf(5) expands $variables in double-quoted strings: a "$" is refused.
+        if any(c in text for c in "\n\r\0$"):
+            raise IsolationError(f"jail {name}: parameter value {text!r} holds a line break "
+                                 "or a \"$\", which jail.conf cannot carry")
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    lines = [f"{quote(name)} {{"]
+    for key, value in params.items():
+        if value == "true" and key in BOOLEAN_PARAMS:
+            lines.append(f"\t{key};")
+        else:
+            lines.append(f"\t{key} = {quote(value)};")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def jail_processes(data: Mapping[str, Any], apps: Sequence[str]) -> list[dict[str, Any]]:
+    """``jetpack ps`` on FreeBSD: every process in each app's jail (``ps -J JID``)."""
+    import subprocess
+
+    rows: list[dict[str, Any]] = []
+    for app in apps:
+        found = subprocess.run(["jls", "-j", f"{data['name']}.{app}", "jid"],
+                               capture_output=True, text=True, check=False)
+        if found.returncode != 0 or not found.stdout.strip().isdigit():
+            continue
+        listing = subprocess.run(["ps", "-J", found.stdout.strip(), "-o", "pid=", "-o",
+                                  "command="], capture_output=True, text=True, check=False)
+        for line in listing.stdout.splitlines():
+            pid, _, command = line.strip().partition(" ")
+            if pid.isdigit():
+                rows.append({"pid": int(pid), "app": app, "command": command.strip()})
+    return rows
+
+
+BOOLEAN_PARAMS = ("persist", "mount.devfs")
+
+
 def _prepare_dirs(spec: SandboxSpec, run_dir: Path, root: Path, volumes_dir: Path) -> None:
     try:
-        root.mkdir(parents=True, exist_ok=True)
+        # jail(8) mounts the devfs of mount.devfs on <path>/dev, which must exist.
+        (root / "dev").mkdir(parents=True, exist_ok=True)
         (run_dir / "apps").mkdir(exist_ok=True)
         for volume in spec.volumes:
             if volume.kind == "host":
@@ -321,6 +484,31 @@ def _mount_point(rootfs: Path, path: str) -> Path:
     finally:
         os.close(root)
     return resolve_in_root(rootfs, path)
+
+
+def _prepare_app_dir(app_dir: Path, rootfs: Path) -> None:
+    """The app's run dir, with its rootfs noted for destroy, and ``/dev`` in the rootfs (made
+    inside it, no symlink followed out) for the app jail's devfs."""
+    app_dir.mkdir(parents=True, exist_ok=True)
+    (app_dir / "rootfs").write_text(str(rootfs))
+    _mount_point(rootfs, "/dev")
+
+
+def _read_rootfs(app_dir: Path) -> Path | None:
+    try:
+        return Path((app_dir / "rootfs").read_text())
+    except FileNotFoundError:
+        return None
+
+
+def _mount_points(listing: str) -> list[str]:
+    """The mount points of ``mount -p`` (fstab(5) lines; blanks in paths are \\040)."""
+    points = []
+    for line in listing.splitlines():
+        fields = line.split()
+        if len(fields) >= 2:
+            points.append(fields[1].replace("\\040", " "))
+    return points
 
 
 def _read_mounts(record: Path) -> list[str]:

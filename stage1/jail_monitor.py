@@ -1,4 +1,5 @@
-"""The FreeBSD app monitor: a host process that runs an app's handlers and the app via jexec.
+"""The FreeBSD app monitor: a host process that runs an app's handlers and the app, each through
+the helper that attaches to the app's jail (jail_attach.py) and execs with the plan's credentials.
 
 Started by jail.py in a fresh interpreter; it detaches (so a new supervisor can adopt it), reports
 ``pid``/``ready`` on its report pipe like the Linux monitor, and writes the app's status file.
@@ -8,27 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
-from jetpack.stage2.executor import Executor, Launcher, Output, RotatingLog, write_status
+from jetpack.stage2.enter import helper_launcher
+from jetpack.stage2.executor import Executor, Output, RotatingLog, write_status
 from jetpack.stage2.plan import ExecPlan
 from jetpack.stage2.status import ExitStatus
-
-
-def jexec_launcher(jexec: str, jail: str, user: str) -> Launcher:
-    def launch(argv: Sequence[str], plan: ExecPlan, stdin: int, stdout: int,
-               stderr: int) -> subprocess.Popen[bytes]:
-        # No -l: jexec passes our environment through, and it must be exactly the plan's.
-        return subprocess.Popen(
-            [jexec, "-d", plan.working_directory, "-U", user, jail, *argv],
-            env=dict(plan.environment), stdin=stdin, stdout=stdout, stderr=stderr,
-            close_fds=True,
-        )
-
-    return launch
 
 
 def _report(fd: int, line: str) -> None:
@@ -57,7 +44,8 @@ def main(argv: list[str]) -> int:
                                                launch["log_max_bytes"]))
         else:
             output = Output(stdio["stdin"], stdio["stdout"], stdio["stderr"])
-        launcher = jexec_launcher(launch["jexec"], launch["jail"], launch["user"])
+        launcher = helper_launcher(launch["helper"], {"attach": launch["attach"],
+                                                      "jid": launch["jid"]})
         executor = Executor(plan, launcher, output)
         _report(report_fd, "ready")
         os.close(report_fd)

@@ -15,6 +15,8 @@ from jetpack.stage1.cgroups import Limits, parse_bytes, parse_millicores
 
 from conftest import REPO
 
+pytestmark = pytest.mark.freebsd
+
 STANDINS = REPO / "testing" / "standins"
 
 

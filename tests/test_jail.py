@@ -1,12 +1,15 @@
-"""The FreeBSD jail driver against stand-in jail/jexec/jls/mount_nullfs/umount executables.
+"""The FreeBSD jail driver against the stand-ins of testing/standins (jail, jls, mount, umount,
+mount_nullfs, ...) and the stand-in jail_attach.
 
-The stand-ins parse arguments as the FreeBSD tools do and refuse what those would refuse; their
-call log lets the tests assert the exact command lines. jexec runs the command on the host.
+The stand-ins parse arguments as the FreeBSD tools do, refuse what those would refuse and model
+what the driver relies on (one mount table, jails with processes); their call log lets the tests
+assert the exact command lines. An attached process is chrooted into its jail's path.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 from collections.abc import AsyncIterator
@@ -17,7 +20,15 @@ import pytest
 import trio
 
 from jetpack.errors import IsolationError
-from jetpack.stage1.base import AppSpec, ExitStatus, MountSpec, SandboxHandle, SandboxSpec, Volume
+from jetpack.stage1.base import (
+    AppSpec,
+    ExitStatus,
+    MountSpec,
+    SandboxHandle,
+    SandboxSpec,
+    Stdio,
+    Volume,
+)
 from jetpack.stage1.jail import JailDriver, jail_params
 from jetpack.stage2.plan import DEFAULT_PATH
 from jetpack.testing import freebsd_standins
@@ -25,11 +36,15 @@ from jetpack.testing import freebsd_standins
 POD = "0f8e2c1a-5b7d-4e9f-8a6b-000000000002"
 
 
+pytestmark = pytest.mark.freebsd
+
+
 @pytest.fixture
 def standins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     state = tmp_path / "standin-state"
     bin_dir = freebsd_standins.install(tmp_path / "bin", state)
     monkeypatch.setenv("PATH", f"{bin_dir}:/usr/sbin:/usr/bin:/sbin:/bin")
+    monkeypatch.setenv("JETPACK_STANDIN_STATE", str(state))  # the driver's attach primitive
     return state
 
 
@@ -73,27 +88,32 @@ def test_params_layer_defaults_config_and_annotations() -> None:
         jail_params({}, {}, {"jetpack/jail.conf/bad name": "1"})
 
 
-async def test_pod_jail_command_line(
+async def test_pod_jail_is_made_from_its_own_jail_conf(
     sandbox: SandboxHandle, standins: Path, tmp_path: Path
 ) -> None:
-    [create] = calls(standins, "jail")
+    conf = tmp_path / "pod/run/jail.conf"
+    assert calls(standins, "jail") == [["jail", "-f", str(conf), "-c", f"jetpack/{POD}"]]
     root = tmp_path / "pod/run/root"
-    assert create == [
-        "jail", "-c", f"name=jetpack/{POD}", f"path={root}", "host.hostname=jailpod",
-        "persist", "mount.devfs", "ip4.addr=172.23.0.5", "allow.raw_sockets=0",
-        "children.max=64", "devfs_ruleset=4", "enforce_statfs=2", "securelevel=3",
-    ]
-    assert sandbox.data["jid"] == standin_state(standins)["jails"][f"jetpack/{POD}"]["jid"]
+    jail = standin_state(standins)["jails"][f"jetpack/{POD}"]
+    assert jail["params"] == {
+        "name": f"jetpack/{POD}", "path": str(root), "host.hostname": "jailpod",
+        "persist": "true", "mount.devfs": "true", "ip4.addr": "172.23.0.5",
+        "allow.raw_sockets": "0", "children.max": "64", "devfs_ruleset": "4",
+        "enforce_statfs": "2", "securelevel": "3",
+    }
+    assert sandbox.data["jid"] == jail["jid"]
+    assert [m["mount_point"] for m in standin_state(standins)["mounts"]] == [str(root / "dev")]
 
 
-async def test_app_runs_through_jexec_with_the_executor_environment(
+async def test_app_runs_with_the_executor_environment_and_exact_credentials(
     driver: JailDriver, sandbox: SandboxHandle, standins: Path, busybox_rootfs: Path,
     tmp_path: Path,
 ) -> None:
+    os.chown(busybox_rootfs / "var/www", 1000, 1000)
     app = AppSpec(
         name="web", rootfs=busybox_rootfs, user="user", group="user",
         working_directory="/var/www", metadata_url="http://172.23.0.1:1104/tok/",
-        exec=("sh", "-c", "echo app >> order; env; exit 3"),
+        exec=("sh", "-c", "echo app >> order; id -u; id -g; id -G; env; exit 3"),
         pre_start=(("sh", "-c", "echo pre-start >> order"),),
         post_stop=(("sh", "-c", "echo post-stop >> order"),),
         mounts=(MountSpec("shared", "/shared"), MountSpec("data", "/data")),
@@ -102,29 +122,33 @@ async def test_app_runs_through_jexec_with_the_executor_environment(
         process = await driver.start_app(sandbox, app)
         status = await driver.wait(sandbox, process)
     process.close()
-    assert status == ExitStatus(code=3)
+    assert process.log_path is not None
+    log = process.log_path.read_text()
+    assert status == ExitStatus(code=3), log
     child = f"jetpack/{POD}.web"
     jail_calls = calls(standins, "jail")
-    assert jail_calls[1] == ["jail", "-c", f"name={child}", f"path={busybox_rootfs}",
-                             "host=inherit", "ip4=inherit", "persist", "mount.devfs",
-                             "devfs_ruleset=4", "securelevel=3"]
+    assert jail_calls[1] == ["jail", "-f", str(tmp_path / "pod/run/apps/web/jail.conf"), "-c",
+                             child]
+    assert calls(standins, "jexec") == []
     assert calls(standins, "mount_nullfs") == [
         ["mount_nullfs", "-o", "rw", str(tmp_path / "pod/volumes/shared"),
          str(busybox_rootfs / "shared")],
         ["mount_nullfs", "-o", "ro", str(tmp_path / "hostdata"), str(busybox_rootfs / "data")],
     ]
-    jexecs = calls(standins, "jexec")
-    assert [c[:6] for c in jexecs] == [["jexec", "-d", "/var/www", "-U", "user", child]] * 3
-    assert jexecs[1][6:] == list(app.exec)
     assert (busybox_rootfs / "var/www/order").read_text().split() == [
         "pre-start", "app", "post-stop"]
-    assert process.log_path is not None
-    env = dict(line.split("=", 1) for line in process.log_path.read_text().splitlines()
-               if "=" in line)
-    assert env["PATH"] == DEFAULT_PATH
+    lines = log.splitlines()
+    # appc's user and group, and no supplementary group: "user" is in "users" (100) in the
+    # rootfs's /etc/group, which jexec -U (initgroups) would have added.
+    assert lines[:3] == ["1000", "1000", "1000"]
+    env = dict(line.split("=", 1) for line in lines if "=" in line)
+    assert env["PATH"] == DEFAULT_PATH  # not login.conf's
     assert env["AC_APP_NAME"] == "web"
     assert env["AC_METADATA_URL"] == "http://172.23.0.1:1104/tok"
     assert env["container"] == "jetpack"
+    assert "HOME" not in env
+    assert "USER" not in env
+    assert "SHELL" not in env
 
 
 async def test_destroy_removes_jails_and_mounts(
@@ -142,8 +166,10 @@ async def test_destroy_removes_jails_and_mounts(
         process.close()
         await driver.destroy_sandbox(handle)
     assert status == ExitStatus(signal=signal.SIGTERM)
-    assert calls(standins, "jail")[-2:] == [["jail", "-r", f"jetpack/{POD}.idle"],
-                                             ["jail", "-r", f"jetpack/{POD}"]]
+    assert ["jail", "-f", str(tmp_path / "pod/run/apps/idle/jail.conf"), "-r",
+            f"jetpack/{POD}.idle"] in calls(standins, "jail")
+    assert calls(standins, "jail")[-1] == ["jail", "-f", str(tmp_path / "pod/run/jail.conf"),
+                                           "-r", f"jetpack/{POD}"]
     assert calls(standins, "umount") == [["umount", str(busybox_rootfs / "shared")]]
     assert standin_state(standins)["jails"] == {}
     assert standin_state(standins)["mounts"] == []
@@ -159,21 +185,24 @@ async def test_recover_finds_the_jail_by_jls(
     assert ["jls", "-j", f"jetpack/{POD}", "jid"] in calls(standins, "jls")
 
 
-async def test_enter_uses_jexec_in_the_app_jail(
+async def test_enter_runs_as_a_uid_without_passwd_entry_in_the_app_jail(
     driver: JailDriver, sandbox: SandboxHandle, standins: Path, busybox_rootfs: Path,
     tmp_path: Path,
 ) -> None:
+    """Finding 4: appc allows a numeric uid with no /etc/passwd entry; jexec -U refused it."""
     app = AppSpec(name="target", rootfs=busybox_rootfs, exec=("sleep", "60"))
+    out = tmp_path / "enter.out"
     with trio.fail_after(20):
         process = await driver.start_app(sandbox, app)
-        status = await driver.enter(sandbox, process, app, ["sh", "-c", "exit 4"], user="user")
+        with out.open("wb") as sink:
+            status = await driver.enter(
+                sandbox, process, app, ["sh", "-c", "id -u; id -g; id -G; exit 4"],
+                user="4242", group="4343", stdio=Stdio(0, sink.fileno(), sink.fileno()))
         await driver.stop(sandbox, process, grace=5)
     process.close()
-    assert status == ExitStatus(code=4)
-    # The app's own jexec may be logged before or after this one: the monitor runs it
-    # concurrently once start_app has returned.
-    assert ["jexec", "-d", "/", "-U", "user", f"jetpack/{POD}.target", "sh", "-c",
-            "exit 4"] in calls(standins, "jexec")
+    assert status == ExitStatus(code=4), out.read_text()
+    assert out.read_text().split() == ["4242", "4343", "4343"]
+    assert calls(standins, "jexec") == []
 
 
 async def test_a_parameter_jail_rejects_is_reported(

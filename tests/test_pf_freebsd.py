@@ -15,6 +15,8 @@ from jetpack.stage1.network import freebsd
 
 from conftest import REPO
 
+pytestmark = pytest.mark.freebsd
+
 STANDINS = REPO / "testing" / "standins"
 
 

@@ -113,9 +113,27 @@ def load_pod_rules(pod_uuid: str, rules: str) -> None:
     run(["pfctl", "-a", pod_anchor(pod_uuid), "-f", "-"], input=rules)
 
 
-def flush_pod_rules(pod_uuid: str) -> None:
-    """Empty the pod's anchor (``pfctl -a jetpack/<uuid> -F all``); idempotent."""
-    run(["pfctl", "-a", pod_anchor(pod_uuid), "-F", "all"])
+PF_ABSENT = "/dev/pf: No such file or directory"
+
+
+def flush_pod_rules(pod_uuid: str) -> bool:
+    """Empty the pod's anchor (``pfctl -a jetpack/<uuid> -F all``); idempotent. False when pf
+    is not loaded at all: then no anchor holds anything to flush."""
+    try:
+        run(["pfctl", "-a", pod_anchor(pod_uuid), "-F", "all"])
+    except NetworkError as exc:
+        if PF_ABSENT in str(exc):
+            return False
+        raise
+    return True
+
+
+def kill_pod_states(pod_ip: str) -> None:
+    """Kill pf's states from and to the pod's address: flushing an anchor leaves the states its
+    rules made (the state table is global), and a forwarded connection would live on."""
+    address = str(_ipv4(pod_ip))
+    run(["pfctl", "-k", address])
+    run(["pfctl", "-k", "0.0.0.0/0", "-k", address])
 
 
 def parse_default_interface(route_output: str) -> str | None:

@@ -124,9 +124,13 @@ class FreeBSDNetwork(_Hook):
         plan = self.pods.get(attachment.pod_uuid)
 
         def detach() -> None:
-            freebsd.flush_pod_rules(attachment.pod_uuid)
-            if plan is not None:
-                freebsd.remove_alias(plan.ip, self.interface)
+            # The alias goes even when pf fails: the next pod given this address needs it gone.
+            try:
+                if freebsd.flush_pod_rules(attachment.pod_uuid) and plan is not None:
+                    freebsd.kill_pod_states(plan.ip)
+            finally:
+                if plan is not None:
+                    freebsd.remove_alias(plan.ip, self.interface)
 
         await trio.to_thread.run_sync(detach, limiter=self.limiter)
 
