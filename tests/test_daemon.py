@@ -18,7 +18,7 @@ from jetpack.cli.client import ControlClient
 from jetpack.config import Config, load_config
 from jetpack.errors import ConflictError, NotFoundError, PodStartError, SupervisorError
 from jetpack.keys import ensure_keys, load_key
-from jetpack.mds.identity import pod_token
+from jetpack.mds.tokens import pod_token
 from jetpack.state import StateDB
 from jetpack.store.pods import AppRecord, PodRecord, PodStore, new_uuid
 from jetpack.supervisor.daemon import Daemon

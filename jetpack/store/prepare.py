@@ -14,6 +14,7 @@ import re
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from jetpack.config import Config
@@ -330,10 +331,12 @@ def _isolator_plans(manifest: dict[str, Any], apps: list[AppOptions]
 
 def _app_spec(entry: dict[str, Any], volumes: dict[str, dict[str, Any]],
               isolators: dict[str, Any]) -> str:
-    """The stage1 ``AppSpec`` JSON for one app of the reified manifest (rootfs, log path and
-    metadata URL are filled at start)."""
+    """The stage1 ``AppSpec`` for one app of the reified manifest, as the JSON the pod store
+    keeps (rootfs, log path and metadata URL are filled at start)."""
+    from jetpack.stage1.base import AppSpec, MountSpec
+
     name, app, mounts = entry["name"], entry["app"], entry.get("mounts", [])
-    handlers = {h["name"]: list(h["exec"]) for h in app.get("eventHandlers", [])}
+    handlers = {h["name"]: tuple(h["exec"]) for h in app.get("eventHandlers", [])}
     mount_specs = []
     for mount in mounts:
         volume = volumes.get(mount["volume"])
@@ -341,27 +344,24 @@ def _app_spec(entry: dict[str, Any], volumes: dict[str, dict[str, Any]],
             raise UsageError(f"app {name}: mount {mount['path']} names volume "
                              f"{mount['volume']!r}, which the pod does not define",
                              hint="define it with -v NAME,kind=empty (or kind=host,source=...)")
-        mount_specs.append([mount["volume"], mount["path"], bool(mount.get("readOnly", False))])
-    spec = {
-        "name": name,
-        "rootfs": "",
-        "exec": list(app["exec"]),
-        "user": str(app.get("user", DEFAULT_USER)),
-        "group": str(app.get("group", DEFAULT_USER)),
-        "supplementary_gids": list(app.get("supplementaryGIDs", [])),
-        "working_directory": app.get("workingDirectory") or "/",
-        "environment": [[e["name"], e["value"]] for e in app.get("environment", [])],
-        "mounts": mount_specs,
-        "pre_start": [handlers["pre-start"]] if "pre-start" in handlers else [],
-        "post_stop": [handlers["post-stop"]] if "post-stop" in handlers else [],
-        "metadata_url": "",
-        "read_only_rootfs": bool(entry.get("readOnlyRootFS", False)),
-        "log_path": None,
-        "log_max_bytes": 8 << 20,
-        "isolators": isolators,
-        "cgroup_dirs": [],
-    }
-    return json.dumps(spec)
+        mount_specs.append(MountSpec(mount["volume"], mount["path"],
+                                     bool(mount.get("readOnly", False))))
+    spec = AppSpec(
+        name=name,
+        rootfs=Path(),
+        exec=tuple(app["exec"]),
+        user=str(app.get("user", DEFAULT_USER)),
+        group=str(app.get("group", DEFAULT_USER)),
+        supplementary_gids=tuple(app.get("supplementaryGIDs", [])),
+        working_directory=app.get("workingDirectory") or "/",
+        environment=tuple((e["name"], e["value"]) for e in app.get("environment", [])),
+        mounts=tuple(mount_specs),
+        pre_start=(handlers["pre-start"],) if "pre-start" in handlers else (),
+        post_stop=(handlers["post-stop"],) if "post-stop" in handlers else (),
+        read_only_rootfs=bool(entry.get("readOnlyRootFS", False)),
+        isolators=isolators,
+    )
+    return json.dumps(spec.to_json())
 
 
 def _sandbox_volumes(volumes: list[dict[str, Any]]) -> list[dict[str, Any]]:
