@@ -261,7 +261,7 @@ def bench_fake_memory(work: Path, counts: list[int], batch: int) -> list[tuple[i
             for _ in range(count):
                 pod_uuid = new_uuid()
                 pod = PodRecord(uuid=pod_uuid, name=f"idle-{pod_uuid[:13]}", state="prepared",
-                                manifest="{}", options={"restart": "never"},
+                                manifest="{}",
                                 apps=[AppRecord("app", "sha512-1")])
                 PodStore(db).insert(tx, pod)
                 pods.append(pod.uuid)

@@ -354,7 +354,7 @@ class PodManager:
         """Run the app, wait for it, restart it as its policy says; ``report()`` once it first
         runs (or is found gone, when adopted)."""
         pod = task.pod
-        policy = RestartPolicy.parse(str(pod.options.get("restart", "never")))
+        policy = RestartPolicy.parse(pod.options.restart)
         backoff = Backoff(
             initial=self.config.duration("restart.delay"),
             cap=self.config.duration("restart.max-delay"),

@@ -25,9 +25,7 @@ from jetpack.stage1.base import (
     AppSpec,
     ExitStatus,
     IsolationDriver,
-    Limits,
     NetworkPlan,
-    PodVolume,
     SandboxHandle,
     SandboxSpec,
     Stdio,
@@ -61,19 +59,18 @@ def app_log_path(config: Config, pod_uuid: str, app: str) -> Path:
 
 def sandbox_spec(config: Config, pod: PodRecord) -> SandboxSpec:
     """The pod's record as the driver's spec (reads the host's resolv.conf: a worker thread)."""
-    plan = pod.options.get("sandbox", {})
+    options = pod.options
     network = None
     if pod.ip is not None:
-        forwards = as_forwards((p["protocol"], int(p["host_port"]), int(p["pod_port"]),
-                                p.get("host_ip")) for p in pod.options.get("ports", []))
+        forwards = as_forwards((p.protocol, p.host_port, p.pod_port, p.host_ip)
+                               for p in options.ports)
         network = NetworkPlan(pod.ip, tuple(forwards))
-    etc_files = {} if pod.options.get("keep_image_etc") else {
+    etc_files = {} if options.keep_image_etc else {
         "resolv.conf": pod_resolv_conf(config), "hosts": pod_hosts(pod.name, pod.ip)}
     return SandboxSpec(
         pod_uuid=pod.uuid, hostname=pod.name, pod_dir=pod_dir(config, pod.uuid),
-        volumes=tuple(PodVolume(**v) for v in plan.get("volumes", [])),
-        annotations=dict(plan.get("annotations", {})), network=network,
-        limits=Limits.from_json(pod.options.get("limits") or {}), etc_files=etc_files,
+        volumes=options.volumes, annotations=options.annotations, network=network,
+        limits=options.limits, etc_files=etc_files,
     )
 
 
@@ -113,7 +110,7 @@ class Stage1Runtime:
         rootfs = await self._thread(self.rootfs.mount_app, pod.uuid, app.name)
         spec = self._app_spec(pod, app, rootfs)
         stdio = None
-        wants_tty = bool(pod.options.get("tty")) and pod.apps and pod.apps[0].name == app.name
+        wants_tty = pod.options.tty and pod.apps and pod.apps[0].name == app.name
         if wants_tty:
             master, slave = os.openpty()
             stdio = Stdio(slave, slave, slave)

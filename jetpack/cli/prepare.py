@@ -4,7 +4,7 @@ foreground through the supervisor, and removing them."""
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -55,7 +55,7 @@ def run(ctx: Context, name: str, args: argparse.Namespace) -> int:
             Path(extra["manifest"]).read_text()
         options = options_from_manifest(text, options)
     pod = prepare_pod(ctx.config, ctx.state, FetchingImages(ctx, images), options)
-    for warning in pod.options.get("isolator_warnings", []):
+    for warning in pod.options.isolator_warnings:
         print(f"jetpack: warning: {warning}", file=sys.stderr)
     if name == "prepare":
         print(pod.uuid)
@@ -192,11 +192,9 @@ def _run_terminal(ctx: Context, images: Any, client: Any, store: Any, pod: Any, 
     from jetpack.cli.attach import attach_terminal
     from jetpack.errors import PodStartError
 
-    if not pod.options.get("tty"):
+    if not pod.options.tty:
         with ctx.state.transaction() as tx:
-            pod.options["tty"] = True
-            tx.execute("UPDATE pods SET options = ? WHERE uuid = ?",
-                       (json.dumps(pod.options), pod.uuid))
+            store.set_options(tx, pod, dataclasses.replace(pod.options, tty=True))
     try:
         client.request_sync("POST", f"/v1/pods/{pod.uuid}/start", timeout=None)
     except PodStartError:

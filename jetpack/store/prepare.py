@@ -1,7 +1,7 @@
 """Preparing a pod: images resolved, apps named and configured, the reified pod manifest,
 ports checked, an address allocated, a rootfs clone per app, and one row + event.
 
-The same ``PodOptions`` come from the command line and from a pod manifest file (``-f``).
+The same ``PrepareRequest`` come from the command line and from a pod manifest file (``-f``).
 Every field of a pod manifest is either honoured (and shown in the reified manifest) or refused
 with an error naming it: nothing it asks for is dropped silently.
 Anything made on disk before the database insert is destroyed again if the insert fails.
@@ -19,9 +19,18 @@ from typing import Any, Protocol
 
 from jetpack.config import Config
 from jetpack.errors import ConflictError, UsageError, ValidationError
+from jetpack.stage1.base import Limits, PodVolume
 from jetpack.state import StateDB
 from jetpack.store.addresses import allocate_address, host_ipv4_addresses
-from jetpack.store.pods import AppRecord, PodRecord, PodStore, new_uuid, validate_pod_name
+from jetpack.store.pods import (
+    AppRecord,
+    PodOptions,
+    PodRecord,
+    PodStore,
+    PortBinding,
+    new_uuid,
+    validate_pod_name,
+)
 from jetpack.store.restart import RestartPolicy
 
 DEFAULT_USER = "0"
@@ -59,7 +68,7 @@ class PortOption:
 
 
 @dataclass
-class PodOptions:
+class PrepareRequest:
     apps: list[AppOptions] = field(default_factory=list)
     name: str | None = None
     restart: str = "never"
@@ -134,8 +143,8 @@ def _used_host_ports(store: PodStore, exclude: str | None = None) -> dict[tuple[
     for pod in store.all():
         if pod.uuid == exclude:
             continue
-        for port in pod.options.get("ports", []):
-            used[(port.get("protocol", "tcp"), int(port["host_port"]))] = pod.name
+        for port in pod.options.ports:
+            used[(port.protocol, port.host_port)] = pod.name
     return used
 
 
@@ -167,7 +176,7 @@ def _effective_app(image: ResolvedImage, options: AppOptions) -> dict[str, Any]:
 
 def build_pod_manifest(
     uuid: str, images: list[ResolvedImage], apps: list[AppOptions], names: list[str],
-    options: PodOptions,
+    options: PrepareRequest,
 ) -> dict[str, Any]:
     """The reified pod manifest (appc ``PodManifest``) for the options."""
     runtime_apps = []
@@ -229,7 +238,7 @@ def build_pod_manifest(
     return manifest
 
 
-def _resolve_ports(manifest: dict[str, Any], options: PodOptions) -> list[dict[str, Any]]:
+def _resolve_ports(manifest: dict[str, Any], options: PrepareRequest) -> list[dict[str, Any]]:
     """Each ``-p NAME:HOSTPORT`` matched to the app port declared as NAME."""
     declared: dict[str, tuple[str, dict[str, Any]]] = {}
     for app in manifest["apps"]:
@@ -378,7 +387,7 @@ def _sandbox_volumes(volumes: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def prepare_pod(
-    config: Config, state: StateDB, images: ImageSource, options: PodOptions
+    config: Config, state: StateDB, images: ImageSource, options: PrepareRequest
 ) -> PodRecord:
     """Prepare a pod from ``options``; returns its record (state ``prepared``)."""
     from jetpack.appc import PodManifest
@@ -414,11 +423,14 @@ def prepare_pod(
              for app, plan in zip(manifest["apps"], plans, strict=True)]
     pod = PodRecord(
         uuid=uuid, name=pod_name, state="prepared", manifest=manifest_json,
-        options={"restart": options.restart, "ports": ports, "limits": limits,
-                 "isolator_warnings": warnings,
-                 "sandbox": {"volumes": _sandbox_volumes(options.volumes),
-                             "annotations": dict(options.annotations)},
-                 "keep_image_etc": options.keep_image_etc},
+        options=PodOptions(
+            restart=options.restart,
+            ports=tuple(PortBinding(**p) for p in ports),
+            limits=Limits.from_json(limits),
+            volumes=tuple(PodVolume(**v) for v in _sandbox_volumes(options.volumes)),
+            annotations=dict(options.annotations),
+            keep_image_etc=options.keep_image_etc,
+            isolator_warnings=tuple(warnings)),
         apps=[AppRecord(name, image.id, spec=spec)
               for name, image, spec in zip(names, resolved, specs, strict=True)],
     )
@@ -451,12 +463,12 @@ APP_FLAGS = {"--app-name": 1, "-m": 1, "--mount": 1, "--exec": 1, "--user": 1, "
              "-e": 1, "--env": 1, "--working-dir": 1, "-w": 1}
 
 
-def parse_command_line(argv: Sequence[str]) -> tuple[PodOptions, dict[str, Any]]:
+def parse_command_line(argv: Sequence[str]) -> tuple[PrepareRequest, dict[str, Any]]:
     """Pod options anywhere; app options apply to the image before them. Returns the options
     and the remaining pod-level flags (``--rm``, ``-t``, ``-f``)."""
     from jetpack.appc import parse_volume_arg
 
-    options = PodOptions()
+    options = PrepareRequest()
     extra: dict[str, Any] = {"rm": False, "tty": False, "manifest": None}
     words = list(argv)
     i = 0
@@ -538,7 +550,7 @@ def _set_app_flag(app: AppOptions, flag: str, value: str) -> None:
 _APP_FIELDS = ("supplementaryGIDs", "eventHandlers", "isolators", "mountPoints", "ports")
 
 
-def options_from_manifest(text: str, base: PodOptions) -> PodOptions:
+def options_from_manifest(text: str, base: PrepareRequest) -> PrepareRequest:
     """A pod manifest (reified, or a template whose apps name images without an ``id``)
     turned into options; command-line pod options given too take precedence.
 
@@ -589,7 +601,7 @@ def options_from_manifest(text: str, base: PodOptions) -> PodOptions:
                                     p.get("podPort")))
     annotations = {a["name"]: a["value"] for a in data.get("annotations", [])}
     annotations.update(base.annotations)
-    return PodOptions(apps=apps, name=base.name, restart=base.restart, ports=ports,
+    return PrepareRequest(apps=apps, name=base.name, restart=base.restart, ports=ports,
                       volumes=volumes + base.volumes, annotations=annotations,
                       keep_image_etc=base.keep_image_etc,
                       isolators=list(data.get("isolators", [])),
