@@ -134,10 +134,11 @@ class Host:
 
     def prepare(self, count: int, exec_: str) -> list[str]:
         """``count`` pods prepared in this process (the CLI's code path, minus its startup)."""
+        from jetpack.cli.prepare import parse_command_line
         from jetpack.config import load_config
         from jetpack.state import StateDB
         from jetpack.store.images import ImageStore
-        from jetpack.store.prepare import parse_command_line, prepare_pod
+        from jetpack.store.prepare import prepare_pod
 
         config = load_config(str(self.conf))
         state = StateDB.for_root(config.root)
