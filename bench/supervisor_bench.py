@@ -134,10 +134,11 @@ class Host:
 
     def prepare(self, count: int, exec_: str) -> list[str]:
         """``count`` pods prepared in this process (the CLI's code path, minus its startup)."""
+        from jetpack.cli.prepare import parse_command_line
         from jetpack.config import load_config
         from jetpack.state import StateDB
         from jetpack.store.images import ImageStore
-        from jetpack.store.prepare import parse_command_line, prepare_pod
+        from jetpack.store.prepare import prepare_pod
 
         config = load_config(str(self.conf))
         state = StateDB.for_root(config.root)
@@ -261,7 +262,7 @@ def bench_fake_memory(work: Path, counts: list[int], batch: int) -> list[tuple[i
             for _ in range(count):
                 pod_uuid = new_uuid()
                 pod = PodRecord(uuid=pod_uuid, name=f"idle-{pod_uuid[:13]}", state="prepared",
-                                manifest="{}", options={"restart": "never"},
+                                manifest="{}",
                                 apps=[AppRecord("app", "sha512-1")])
                 PodStore(db).insert(tx, pod)
                 pods.append(pod.uuid)

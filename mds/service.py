@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import trio
 
-from jetpack.mds.identity import sign, tokens_equal, verify
+from jetpack.mds.tokens import sign, tokens_equal, verify
 
 Scope = dict[str, Any]
 Message = dict[str, Any]

@@ -1,4 +1,10 @@
-"""The isolation driver interface: what the supervisor asks of a pod sandbox and its apps.
+"""The isolation driver interface: the one seam between the supervisor and a platform.
+
+A driver is to jetpack what a task driver is to Nomad: it reports its ``capabilities``, takes
+typed specs (``SandboxSpec``: volumes, ``Limits``, a ``NetworkPlan``, the pod's /etc files;
+``AppSpec``) and returns typed results (``SandboxHandle``, ``AppProcess``, ``ExitStatus``). Each
+driver owns its platform's policy (Linux: cgroups and device policy, the bridge attachment;
+FreeBSD: the lo1 alias and pf anchor, rctl) so the caller never branches on a platform.
 
 Records here are plain data that round-trip through JSON (the supervisor stores them in the state
 database so that a new supervisor process can adopt running pods); drivers hold no lifecycle state.
@@ -12,15 +18,18 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from jetpack.errors import IsolationError
+from jetpack.stage1.network.ports import PortForward
 from jetpack.stage2.status import ExitStatus
 
 __all__ = [
-    "AppProcess", "AppSpec", "ExitStatus", "IsolationCapabilities", "IsolationDriver",
-    "MountSpec", "NetworkAttachment", "NetworkHook", "ProcessIdentity", "ProcessWatch",
-    "SandboxHandle", "SandboxSpec", "Stdio", "Volume",
+    "DEFAULT_PIDS_LIMIT", "AppProcess", "AppSpec", "ExitStatus", "IsolationCapabilities",
+    "IsolationDriver", "Limits", "MountSpec", "NetworkAttachment", "NetworkHook", "NetworkPlan",
+    "PodVolume", "PortForward", "ProcessIdentity", "ProcessWatch", "SandboxHandle",
+    "SandboxSpec", "Stdio",
 ]
 
 VolumeKind = Literal["host", "empty"]
+DEFAULT_PIDS_LIMIT = 1024
 
 
 @dataclass(frozen=True)
@@ -32,11 +41,32 @@ class IsolationCapabilities:
     enter: bool  # exec/console into a running app
     recover: bool  # a new supervisor can adopt running sandboxes and apps
     network_namespace: bool  # the pod has its own network stack (Linux netns, vnet)
+    limits: bool  # the sandbox's ``Limits`` are enforced (cgroups; rctl once wired)
 
 
 @dataclass(frozen=True)
-class Volume:
-    """A pod volume (appc ``volumes`` entry): a host directory or a per-pod empty directory."""
+class Limits:
+    """What a pod's resource controls enforce; None leaves that resource unlimited."""
+
+    memory_bytes: int | None = None
+    cpu_millicores: int | None = None
+    pids: int | None = DEFAULT_PIDS_LIMIT
+
+    def to_json(self) -> dict[str, int | None]:
+        return {"memory_bytes": self.memory_bytes, "cpu_millicores": self.cpu_millicores,
+                "pids": self.pids}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Limits:
+        return cls(memory_bytes=data.get("memory_bytes"),
+                   cpu_millicores=data.get("cpu_millicores"),
+                   pids=data.get("pids", DEFAULT_PIDS_LIMIT))
+
+
+@dataclass(frozen=True)
+class PodVolume:
+    """A pod volume resolved for the driver (from the appc schema's ``Volume``): a host
+    directory or a per-pod empty directory."""
 
     name: str
     kind: VolumeKind
@@ -46,6 +76,27 @@ class Volume:
     mode: int = 0o755  # empty only
     uid: int = 0
     gid: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "source": self.source,
+                "read_only": self.read_only, "recursive": self.recursive, "mode": self.mode,
+                "uid": self.uid, "gid": self.gid}
+
+
+@dataclass(frozen=True)
+class NetworkPlan:
+    """The pod's network: its IPv4 address and port forwards. A spec without one gets loopback
+    only, and says so (no side channel)."""
+
+    ip4: str
+    forwards: tuple[PortForward, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ip4": self.ip4, "forwards": [list(f) for f in self.forwards]}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> NetworkPlan:
+        return cls(str(data["ip4"]), tuple(PortForward(*f) for f in data.get("forwards", ())))
 
 
 @dataclass(frozen=True)
@@ -69,14 +120,23 @@ class SandboxSpec:
     pod_uuid: str
     hostname: str
     pod_dir: Path
-    volumes: tuple[Volume, ...] = ()
+    volumes: tuple[PodVolume, ...] = ()
     annotations: Mapping[str, str] = field(default_factory=dict)
-    ip4: str | None = None  # set by the network layer when it has given the pod an address
+    network: NetworkPlan | None = None  # None: loopback only
+    limits: Limits | None = None  # None: no resource controls (a driver without ``limits``
+    #                               capability ignores them)
+    # Files the driver writes over each app's /etc/<name> (resolv.conf, hosts) before it starts:
+    # empty keeps the image's own.
+    etc_files: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class AppSpec:
-    """One app as stage2 must run it (ace.md "Execution Environment")."""
+    """One app as stage2 must run it (ace.md "Execution Environment").
+
+    The one spec from prepare to stage1: prepare builds it from the reified manifest and the
+    pod store keeps ``to_json()``; the supervisor fills ``rootfs``, ``log_path`` and
+    ``metadata_url`` at start; the driver resolves it to stage2's ``ExecPlan``."""
 
     name: str
     rootfs: Path
@@ -94,9 +154,8 @@ class AppSpec:
     log_path: Path | None = None  # None: the driver's default under pod_dir/run
     log_max_bytes: int = 8 << 20  # the log rotates to ``<log>.1`` past this size
     # What stage1 applies in the app's process before exec (stage1.isolators.IsolatorPlan as
-    # JSON: capabilities, seccomp, no_new_privileges) and the cgroup directories it joins.
+    # JSON: capabilities, seccomp, no_new_privileges).
     isolators: Mapping[str, Any] = field(default_factory=dict)
-    cgroup_dirs: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -116,7 +175,6 @@ class AppSpec:
             "log_path": None if self.log_path is None else str(self.log_path),
             "log_max_bytes": self.log_max_bytes,
             "isolators": dict(self.isolators),
-            "cgroup_dirs": list(self.cgroup_dirs),
         }
 
     @classmethod
@@ -138,7 +196,6 @@ class AppSpec:
             log_path=None if data["log_path"] is None else Path(data["log_path"]),
             log_max_bytes=data["log_max_bytes"],
             isolators=dict(data.get("isolators") or {}),
-            cgroup_dirs=tuple(data.get("cgroup_dirs") or ()),
         )
 
 
@@ -168,9 +225,19 @@ class SandboxHandle:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> SandboxHandle:
         try:
-            return cls(str(data["driver"]), str(data["pod_uuid"]), dict(data["data"]))
+            own = dict(data["data"])
+            if "cgroup_dirs" in data and "cgroup_dirs" not in own:
+                # Recorded before the Linux driver owned the pod's cgroup (beside the handle).
+                own["cgroup_dirs"] = list(data["cgroup_dirs"])
+            return cls(str(data["driver"]), str(data["pod_uuid"]), own)
         except (KeyError, TypeError) as exc:
             raise IsolationError(f"malformed sandbox handle: missing {exc}") from None
+
+    def network_plan(self) -> NetworkPlan | None:
+        """The network plan the sandbox was made with (older records hold only its address)."""
+        if self.data.get("network"):
+            return NetworkPlan.from_json(self.data["network"])
+        return NetworkPlan(str(self.data["ip4"])) if self.data.get("ip4") else None
 
 
 @dataclass(frozen=True)
@@ -236,22 +303,24 @@ class ProcessWatch(Protocol):
 
 @dataclass(frozen=True)
 class NetworkAttachment:
-    """What the network layer needs to wire a pod up: its netns path (Linux) or jail name."""
+    """What the network layer needs to wire a pod up: its plan, and its netns path (Linux) or
+    jail name. ``plan`` is None only on detach of a sandbox recorded without one."""
 
     pod_uuid: str
+    plan: NetworkPlan | None
     netns_path: Path | None = None
     jail_name: str | None = None
 
 
 class NetworkHook(Protocol):
-    """The seam for pod networking (veth/bridge/nftables, pf): called by create/destroy_sandbox.
+    """The drivers' network backend (veth/bridge/nftables, lo1 alias/pf): called by their
+    create/destroy_sandbox, never by the supervisor.
 
-    ``attach`` runs once the pod's network namespace exists and before any app starts; it may
-    return an IPv4 address the driver should record (``None``: loopback only). ``detach`` must be
-    idempotent: destroy calls it even after a failed attach.
+    ``attach`` runs once the pod's network namespace exists and before any app starts, with the
+    spec's plan. ``detach`` must be idempotent: destroy calls it even after a failed attach.
     """
 
-    async def attach(self, attachment: NetworkAttachment) -> str | None: ...
+    async def attach(self, attachment: NetworkAttachment) -> None: ...
 
     async def detach(self, attachment: NetworkAttachment) -> None: ...
 
@@ -263,7 +332,8 @@ class IsolationDriver(Protocol):
     capabilities: IsolationCapabilities
 
     async def create_sandbox(self, spec: SandboxSpec) -> SandboxHandle:
-        """Make the pod's persistent isolation (namespaces or jail); apps join it later."""
+        """Make the pod's persistent isolation (namespaces or jail, resource controls, network
+        attachment); apps join it later. The handle records what destroy and recover need."""
         ...
 
     async def start_app(

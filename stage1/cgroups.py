@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Literal
 
 from jetpack.errors import IsolationError, ValidationError
+from jetpack.stage1.base import DEFAULT_PIDS_LIMIT, Limits
 from jetpack.stage1.devices import ALLOWED_DEVICES, attach_device_filter
+
+__all__ = ["DEFAULT_PIDS_LIMIT", "Limits", "PodCgroup", "parse_bytes", "parse_millicores"]
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PARENT = "jetpack"
-DEFAULT_PIDS_LIMIT = 1024
 CFS_PERIOD_US = 100_000
 CONTROLLERS = ("memory", "cpu", "pids", "devices")
 
@@ -62,15 +64,6 @@ def parse_millicores(value: str | int | float, *, path: str = "limit") -> int:
     """A CPU quantity in thousandths of a core (``500m`` → 500, ``2`` → 2000)."""
     return int((parse_quantity(value, path=path) * 1000).to_integral_value(
         rounding="ROUND_CEILING"))
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What a pod's cgroup enforces; None leaves that resource unlimited."""
-
-    memory_bytes: int | None = None
-    cpu_millicores: int | None = None
-    pids: int | None = DEFAULT_PIDS_LIMIT
 
 
 @dataclass(frozen=True)

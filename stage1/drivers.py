@@ -1,23 +1,46 @@
-"""The one place that picks an isolation driver: ``isolation.driver`` = ``linux`` | ``jail``.
+"""The one place that picks the platform's drivers: the isolation driver (``isolation.driver`` =
+``linux`` | ``jail``) and the network backend that goes with it.
 
-Both driver modules import on every platform; only the chosen one is ever constructed.
+Both driver modules import on every platform; only the chosen one is ever constructed. Callers
+ask the driver's ``capabilities`` (or the backend) rather than comparing platform names. The
+storage driver's default is the configuration's per-platform default (``storage.driver``).
 """
 
 from __future__ import annotations
 
 from jetpack.config import Config
 from jetpack.errors import ConfigError
-from jetpack.stage1.base import IsolationDriver, NetworkHook
+from jetpack.stage1.base import IsolationDriver
+from jetpack.stage1.network.hook import FreeBSDNetwork, LinuxNetwork
+
+DRIVERS = ("linux", "jail")
 
 
-def isolation_driver(config: Config, *, network: NetworkHook | None = None) -> IsolationDriver:
-    name = config["isolation.driver"]
+def network_backend(config: Config) -> LinuxNetwork | FreeBSDNetwork:
+    """The pod network backend of the configured isolation driver (bridge+nftables, lo1+pf)."""
+    return FreeBSDNetwork(config) if _driver_name(config) == "jail" else LinuxNetwork(config)
+
+
+def isolation_driver(config: Config, *, setup_host: bool = False) -> IsolationDriver:
+    """The configured isolation driver. ``setup_host``: with its network backend, the host side
+    made ready (the bridge and firewall, or lo1), as the daemon runs pods; without, pods get
+    loopback only (``jetpack build``, ``exec``/``console`` into running pods)."""
+    name = _driver_name(config)
+    network = None
+    if setup_host:
+        network = network_backend(config)
+        network.setup_host()
     if name == "linux":
         from jetpack.stage1.linux import LinuxDriver
 
         return LinuxDriver(network=network)
-    if name == "jail":
-        from jetpack.stage1.jail import JailDriver
+    from jetpack.stage1.jail import JailDriver
 
-        return JailDriver.from_config(config, network=network)
-    raise ConfigError(f"isolation.driver: unknown driver {name!r} (linux or jail)")
+    return JailDriver.from_config(config, network=network)
+
+
+def _driver_name(config: Config) -> str:
+    name = config["isolation.driver"]
+    if name not in DRIVERS:
+        raise ConfigError(f"isolation.driver: unknown driver {name!r} (linux or jail)")
+    return str(name)

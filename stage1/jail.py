@@ -31,14 +31,15 @@ from jetpack.stage1.base import (
     IsolationCapabilities,
     NetworkAttachment,
     NetworkHook,
+    PodVolume,
     SandboxHandle,
     SandboxSpec,
     Stdio,
-    Volume,
 )
 from jetpack.stage1.jail_attach import BOOTSTRAP as ATTACH_BOOTSTRAP
 from jetpack.stage1.jail_attach import check_attach, default_attach
 from jetpack.stage1.monitor import KILL_CONFIRM_TIMEOUT, MonitoredApps, read_report
+from jetpack.stage1.network.etc import write_etc_files
 from jetpack.stage1.volumes import check_host_volume, prepare_empty_volume
 from jetpack.stage2.paths import make_in_root, open_root, resolve_in_root
 from jetpack.stage2.plan import plan_app
@@ -77,7 +78,7 @@ class JailDriver(MonitoredApps):
     name = "jail"
     capabilities = IsolationCapabilities(
         name="jail", pid_namespace_per_app=False, enter=True, recover=True,
-        network_namespace=False,
+        network_namespace=False, limits=False,  # rctl(8): to be wired here
     )
 
     def __init__(self, *, name_prefix: str = "jetpack/", params: Mapping[str, str] | None = None,
@@ -123,16 +124,19 @@ class JailDriver(MonitoredApps):
         volumes_dir = spec.pod_dir / "volumes"
         params = jail_params(DEFAULT_PARAMS, self.params, spec.annotations)
         await self._thread(_prepare_dirs, spec, run_dir, root, volumes_dir)
+        ip4 = None if spec.network is None else spec.network.ip4
         data: dict[str, Any] = {
             "name": name, "run_dir": str(run_dir), "root": str(root),
-            "volumes_dir": str(volumes_dir), "hostname": spec.hostname, "ip4": spec.ip4,
+            "volumes_dir": str(volumes_dir), "hostname": spec.hostname, "ip4": ip4,
+            "network": None if spec.network is None else spec.network.to_json(),
+            "etc_files": dict(spec.etc_files),
             "volumes": [_volume_json(v) for v in spec.volumes], "params": params,
         }
         handle = SandboxHandle(self.name, spec.pod_uuid, data)
         try:
-            ip4 = spec.ip4
-            if self.network is not None:
-                ip4 = await self.network.attach(self._attachment(handle)) or ip4
+            if self.network is not None and spec.network is not None:
+                # the pod's lo1 alias and pf anchor
+                await self.network.attach(self._attachment(handle))
             conf = run_dir / "jail.conf"
             pod_params = {"path": str(root), "host.hostname": spec.hostname,
                           "persist": "true", "mount.devfs": "true",
@@ -153,7 +157,8 @@ class JailDriver(MonitoredApps):
         return SandboxHandle(self.name, spec.pod_uuid, {**data, "jid": jid, "ip4": ip4})
 
     def _attachment(self, handle: SandboxHandle) -> NetworkAttachment:
-        return NetworkAttachment(handle.pod_uuid, jail_name=handle.data["name"])
+        return NetworkAttachment(handle.pod_uuid, handle.network_plan(),
+                                 jail_name=handle.data["name"])
 
     async def destroy_sandbox(self, handle: SandboxHandle) -> None:
         """Every step runs even when one before it failed (a host without pf must still lose
@@ -257,6 +262,8 @@ class JailDriver(MonitoredApps):
             metadata_url=app.metadata_url, pre_start=app.pre_start, post_stop=app.post_stop,
         ))
         await self._thread(_prepare_app_dir, app_dir, app.rootfs)
+        await self._thread(lambda: write_etc_files(
+            app.rootfs, dict(data.get("etc_files") or {}), app=app.name))
         await self._mount_volumes(handle, app, app_dir / "mounts.json")
         jid = await self._jid(child)
         if jid is None:
@@ -524,6 +531,6 @@ def _write_mounts(record: Path, mounted: list[str]) -> None:
     tmp.replace(record)  # the record never lies about what is mounted, even half-written
 
 
-def _volume_json(volume: Volume) -> dict[str, Any]:
+def _volume_json(volume: PodVolume) -> dict[str, Any]:
     return {"name": volume.name, "kind": volume.kind, "source": volume.source,
             "read_only": volume.read_only, "recursive": volume.recursive}

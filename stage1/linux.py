@@ -3,6 +3,10 @@
 The pod's namespaces are pinned by bind mounts under ``pod_dir/run/ns`` (no holder process to
 die or be mistaken for another); each app is built and run by the linux_init helper, whose pid-1
 monitor writes the app's status file. The driver keeps no state between calls.
+
+Linux policy lives here: the pod's cgroup (limits and device policy, stage1.cgroups), made by
+create_sandbox and removed by destroy_sandbox; the pod's /etc files, written into each app's
+rootfs before it starts; the bridge attachment (the network hook) with the spec's plan.
 """
 
 from __future__ import annotations
@@ -28,15 +32,17 @@ from jetpack.stage1.base import (
     AppSpec,
     ExitStatus,
     IsolationCapabilities,
+    Limits,
     NetworkAttachment,
     NetworkHook,
     SandboxHandle,
     SandboxSpec,
     Stdio,
-    Volume,
 )
+from jetpack.stage1.cgroups import PodCgroup
 from jetpack.stage1.identity import pidfd_open, pidfd_send_signal
 from jetpack.stage1.monitor import MonitoredApps, read_report
+from jetpack.stage1.network.etc import write_etc_files
 from jetpack.stage1.stdio_relay import PipeRelay, relay_terminal
 from jetpack.stage1.volumes import check_host_volume, prepare_empty_volume
 from jetpack.stage2.plan import ExecPlan, plan_app
@@ -63,7 +69,7 @@ class LinuxDriver(MonitoredApps):
     name = "linux"
     capabilities = IsolationCapabilities(
         name="linux", pid_namespace_per_app=True, enter=True, recover=True,
-        network_namespace=True,
+        network_namespace=True, limits=True,
     )
 
     def __init__(self, *, network: NetworkHook | None = None, python: str = sys.executable,
@@ -83,28 +89,29 @@ class LinuxDriver(MonitoredApps):
             "volumes_dir": str(volumes_dir),
             "hostname": spec.hostname,
             "namespaces": {kind: str(run_dir / "ns" / kind) for kind in POD_NAMESPACES},
-            "volumes": [_volume_json(v) for v in spec.volumes],
-            "ip4": spec.ip4,
+            "volumes": [v.to_json() for v in spec.volumes],
+            "ip4": None if spec.network is None else spec.network.ip4,
+            "network": None if spec.network is None else spec.network.to_json(),
+            "etc_files": dict(spec.etc_files),
+            "cgroup_dirs": [],
         }
         handle = SandboxHandle(self.name, spec.pod_uuid, data)
-        result = await trio.run_process(
-            helper_argv(self.python, "sandbox", str(run_dir), spec.hostname),
-            capture_stdout=True, capture_stderr=True, check=False,
-        )
-        if result.returncode != 0:
+        try:
+            if spec.limits is not None:
+                await self._thread(_create_cgroup, spec.pod_uuid, spec.limits, data)
+            result = await trio.run_process(
+                helper_argv(self.python, "sandbox", str(run_dir), spec.hostname),
+                capture_stdout=True, capture_stderr=True, check=False,
+            )
+            if result.returncode != 0:
+                raise IsolationError(f"pod {spec.pod_uuid}: cannot create its namespaces: "
+                                     f"{result.stderr.decode(errors='replace').strip()}")
+            if self.network is not None and spec.network is not None:
+                await self.network.attach(self._attachment(handle))
+        except BaseException:
             with trio.CancelScope(shield=True):
                 await self.destroy_sandbox(handle)
-            raise IsolationError(f"pod {spec.pod_uuid}: cannot create its namespaces: "
-                                 f"{result.stderr.decode(errors='replace').strip()}")
-        if self.network is not None:
-            try:
-                address = await self.network.attach(self._attachment(handle))
-            except BaseException:
-                with trio.CancelScope(shield=True):
-                    await self.destroy_sandbox(handle)
-                raise
-            if address is not None:
-                handle = SandboxHandle(self.name, spec.pod_uuid, {**data, "ip4": address})
+            raise
         return handle
 
     @staticmethod
@@ -121,13 +128,16 @@ class LinuxDriver(MonitoredApps):
                                  f"{exc.strerror}") from None
 
     def _attachment(self, handle: SandboxHandle) -> NetworkAttachment:
-        return NetworkAttachment(handle.pod_uuid, netns_path=Path(handle.data["namespaces"]["net"]))
+        return NetworkAttachment(handle.pod_uuid, handle.network_plan(),
+                                 netns_path=Path(handle.data["namespaces"]["net"]))
 
     async def destroy_sandbox(self, handle: SandboxHandle) -> None:
         if self.network is not None:
             await self.network.detach(self._attachment(handle))
         await self._thread(self._kill_leftovers, handle)
         await self._thread(self._remove_namespaces, handle)
+        if handle.data.get("cgroup_dirs"):
+            await self._thread(lambda: PodCgroup.for_pod(handle.pod_uuid).remove())
 
     @staticmethod
     def _kill_leftovers(handle: SandboxHandle) -> None:
@@ -186,6 +196,7 @@ class LinuxDriver(MonitoredApps):
         run_dir = Path(handle.data["run_dir"])
         app_dir = run_dir / "apps" / app.name
         app_dir.mkdir(parents=True, exist_ok=True)
+        write_etc_files(app.rootfs, dict(handle.data.get("etc_files") or {}), app=app.name)
         plan = plan_app(
             app_name=app.name, rootfs=app.rootfs, argv=app.exec, user=app.user,
             group=app.group, supplementary_gids=app.supplementary_gids,
@@ -206,7 +217,7 @@ class LinuxDriver(MonitoredApps):
             "log_name": log_path.name,
             "log_max_bytes": app.log_max_bytes,
             "isolators": dict(app.isolators),
-            "cgroup_dirs": list(app.cgroup_dirs),
+            "cgroup_dirs": list(handle.data.get("cgroup_dirs") or ()),
             "stdio": None if stdio is None else {"stdin": 0, "stdout": 1, "stderr": 2},
         }
         (app_dir / "launch.json").write_text(json.dumps(launch))
@@ -266,7 +277,9 @@ class LinuxDriver(MonitoredApps):
             lines = await read_report(report_r)
             report_r = -1
             await helper.wait()
-            process = self.started(app, lines, Path(launch["status_path"]), stdio, log_path)
+            # identify() and the pidfd read /proc: never on the loop thread
+            process: AppProcess = await self._thread(
+                self.started, app, lines, Path(launch["status_path"]), stdio, log_path)
             os.write(go_w, b"g")  # the monitor may run the app: we watch it now
             return process
         finally:
@@ -294,7 +307,8 @@ class LinuxDriver(MonitoredApps):
         ))
         app_dir = Path(handle.data["run_dir"]) / "apps" / app.name
         enter_path = app_dir / f"enter-{os.urandom(6).hex()}.json"
-        await self._thread(_write_enter, enter_path, plan, process, app)
+        await self._thread(_write_enter, enter_path, plan, process, app,
+                           list(handle.data.get("cgroup_dirs") or ()))
         caller = stdio or Stdio(0, 1, 2)
         try:
             if tty:
@@ -359,25 +373,28 @@ class LinuxDriver(MonitoredApps):
         return code
 
 
+def _create_cgroup(pod_uuid: str, limits: Limits, data: dict[str, Any]) -> None:
+    """The pod's cgroup with its limits and device policy; apps (and exec'd commands) join
+    it. Its directories are recorded first, so that a half-made one is removed too."""
+    cgroup = PodCgroup.for_pod(pod_uuid)
+    data["cgroup_dirs"] = [str(d) for d in cgroup.directories()]
+    cgroup.create(limits)
+
+
 def _receive_fd(sock: socket.socket) -> list[int]:
     """The pty master the enter helper sends (none when it failed before)."""
     _, fds, _, _ = socket.recv_fds(sock, 16, 1)
     return fds
 
 
-def _write_enter(path: Path, plan: ExecPlan, process: AppProcess, app: AppSpec) -> None:
+def _write_enter(path: Path, plan: ExecPlan, process: AppProcess, app: AppSpec,
+                 cgroup_dirs: list[str]) -> None:
     """What the enter helper needs: the command's plan, the app's process to join, and the
-    app's confinement (isolator plan, cgroups) that the command gets too."""
+    app's confinement (isolator plan, the pod's cgroups) that the command gets too."""
     path.write_text(json.dumps({"plan": plan.to_json(), "pid": process.identity.pid,
                                 "start_time": process.identity.start_time,
                                 "isolators": dict(app.isolators),
-                                "cgroup_dirs": list(app.cgroup_dirs)}))
-
-
-def _volume_json(volume: Volume) -> dict[str, Any]:
-    return {"name": volume.name, "kind": volume.kind, "source": volume.source,
-            "read_only": volume.read_only, "recursive": volume.recursive, "mode": volume.mode,
-            "uid": volume.uid, "gid": volume.gid}
+                                "cgroup_dirs": cgroup_dirs}))
 
 
 def processes_in_netns(inode: int) -> list[int]:

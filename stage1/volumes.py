@@ -11,10 +11,10 @@ import os
 from pathlib import Path
 
 from jetpack.errors import IsolationError
-from jetpack.stage1.base import Volume
+from jetpack.stage1.base import PodVolume
 
 
-def check_host_volume(volume: Volume) -> Path:
+def check_host_volume(volume: PodVolume) -> Path:
     """ace.md: a missing source is an error, and so is a symlink anywhere along its path."""
     source = Path(volume.source)
     if not source.is_absolute():
@@ -30,7 +30,7 @@ def check_host_volume(volume: Volume) -> Path:
     return source
 
 
-def prepare_empty_volume(volumes_dir: Path, volume: Volume) -> Path:
+def prepare_empty_volume(volumes_dir: Path, volume: PodVolume) -> Path:
     """The pod's directory for an empty volume, kept across restarts of the pod.
 
     Its owner and mode are set through a descriptor opened without following a symlink: the

@@ -35,7 +35,11 @@ def app_environment(
 
 @dataclass(frozen=True)
 class ExecPlan:
-    """What stage2 runs for one app, in order: pre-start handlers, the app, post-stop handlers."""
+    """What stage2 runs for one app, in order: pre-start handlers, the app, post-stop handlers.
+
+    A distinct idea from stage1's ``AppSpec`` (what the pod store keeps, as the image says it):
+    this is that spec resolved against the app's rootfs (uid/gid and groups looked up, the
+    environment and ``PATH`` completed, the argv's program found)."""
 
     app_name: str
     argv: tuple[str, ...]

@@ -1,6 +1,7 @@
 """How an app ended, as every layer records it: an exit code or the signal that killed it.
 
-Written as JSON by the process that watched the app, read by the driver and the supervisor.
+The one ``ExitStatus``: written as JSON by the process that watched the app (the status file),
+read by the driver, recorded by the supervisor (``app.exited`` events) and by ``jetpack build``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,21 @@ class ExitStatus:
 
     code: int | None = None
     signal: int | None = None
-    failed: str | None = None  # set when stage1/stage2 failed before or around the app
+    failed: str | None = None  # why stage1/stage2 failed before or around the app, if they did
+
+    @property
+    def succeeded(self) -> bool:
+        """Exit code 0 (a restart policy's "success"); a signal or any other code is a failure."""
+        return self.code == 0
+
+    def payload(self) -> dict[str, Any]:
+        """The status as an ``app.exited`` event records it (the failure reason included)."""
+        result: dict[str, Any] = (
+            {"signal": self.signal} if self.signal is not None
+            else {"exit_status": self.code if self.code is not None else -1})
+        if self.failed:
+            result["reason"] = self.failed
+        return result
 
     def to_json(self) -> dict[str, Any]:
         if self.signal is not None:

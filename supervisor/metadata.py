@@ -11,8 +11,8 @@ import json
 from functools import partial
 from typing import Any
 
-from jetpack.mds.identity import pod_token
 from jetpack.mds.service import AppMetadata, PodMetadata
+from jetpack.mds.tokens import pod_token
 from jetpack.store.pods import PodRecord
 from jetpack.supervisor.pods import PodManager
 

@@ -25,7 +25,7 @@ from jetpack.errors import ConflictError, JetpackError, PodStartError
 from jetpack.log import get_logger
 from jetpack.state import StateDB, Transaction
 from jetpack.store.pods import AppRecord, PodRecord, PodStore
-from jetpack.supervisor.restart import Backoff, RestartPolicy
+from jetpack.supervisor.backoff import Backoff, RestartPolicy
 from jetpack.supervisor.runtime import AppProcess, ExitStatus, PodRuntime
 
 log = get_logger(component="pods")
@@ -179,7 +179,7 @@ class PodManager:
         if task is None:
             raise ConflictError(f"pod {pod.name} is not running ({pod.state})")
         for process in list(task.processes.values()):
-            await self.runtime.signal_app(task.pod, process, signum)
+            await self.runtime.signal_app(task.pod, task.sandbox, process, signum)
         return pod
 
     async def restart(self, ref: str, grace: float | None = None) -> PodRecord:
@@ -300,7 +300,7 @@ class PodManager:
         """``runtime.stop_app``; a failure is logged (the sandbox's teardown kills what is
         left) and never reaches the nursery it runs in (the manager's, the pod's)."""
         try:
-            await self.runtime.stop_app(task.pod, process, grace)
+            await self.runtime.stop_app(task.pod, task.sandbox, process, grace)
         except Exception as exc:  # noqa: BLE001  # see the docstring
             _log_failure(log.bind(pod=task.pod.uuid, app=process.app), "stopping an app failed",
                          exc)
@@ -354,7 +354,7 @@ class PodManager:
         """Run the app, wait for it, restart it as its policy says; ``report()`` once it first
         runs (or is found gone, when adopted)."""
         pod = task.pod
-        policy = RestartPolicy.parse(str(pod.options.get("restart", "never")))
+        policy = RestartPolicy.parse(pod.options.restart)
         backoff = Backoff(
             initial=self.config.duration("restart.delay"),
             cap=self.config.duration("restart.max-delay"),
@@ -374,13 +374,13 @@ class PodManager:
                 task.processes[app.name] = process
                 report()
                 began = trio.current_time()
-                status = await self.runtime.wait_app(pod, process)
+                status = await self.runtime.wait_app(pod, task.sandbox, process)
                 task.processes.pop(app.name, None)
                 uptime = trio.current_time() - began
             await self._app_exited(pod, app, status)
             report()
             process, unknown_exit = None, False
-            failed = status is None or status.failed
+            failed = status is None or not status.succeeded
             if task.stopping:
                 return
             if not policy.wants_restart(failed=failed, restarts_so_far=restarts):
@@ -416,15 +416,16 @@ class PodManager:
     async def _app_started(
         self, pod: PodRecord, app: AppRecord, process: AppProcess, restarts: int
     ) -> None:
-        app.state, app.pid, app.pid_start = "running", process.pid, process.start_time
-        app.process = dict(process.state.get("process", {}))
+        pid = process.identity.pid
+        app.state, app.pid, app.pid_start = "running", pid, str(process.identity.start_time)
+        app.process = process.to_json()
         app.exit_status = app.signal = None
         app.restarts = restarts
 
         def record(tx: Transaction) -> None:
             self.store.update_app(tx, pod.uuid, app)
             tx.event("app.started", pod=pod.uuid, pod_name=pod.name, app=app.name,
-                     image=app.image_id, pid=process.pid)
+                     image=app.image_id, pid=pid)
 
         await self._record(record)
 

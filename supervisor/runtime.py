@@ -1,75 +1,53 @@
 """What the supervisor needs from the machinery below it: start a pod's sandbox and its apps,
 wait for them, stop them, tear down, and find them again after a supervisor restart.
 
-``PodRuntime`` is the seam; ``jetpack.supervisor.stage1_runtime`` implements it with the
-storage driver and a stage1 isolation driver; ``jetpack.testing.fake_runtime.FakeRuntime`` is
-the scriptable fake the supervisor's tests and benchmarks run on.
+``PodRuntime`` is the supervisor's view of the isolation driver seam, in terms of its own
+records: ``jetpack.supervisor.stage1_runtime`` maps those records to a stage1 driver's typed
+specs; ``jetpack.testing.fake_runtime.FakeRuntime`` is the scriptable fake the supervisor's tests
+and benchmarks run on. Both speak the driver's vocabulary: ``AppProcess`` and ``ExitStatus``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from jetpack.stage1.base import AppProcess, ExitStatus
 from jetpack.store.pods import AppRecord, PodRecord
 
+__all__ = ["AppProcess", "ExitStatus", "PodRuntime", "Sandbox"]
 
-@dataclass(frozen=True)
-class ExitStatus:
-    """How an app process ended: an exit code, or the signal that killed it."""
-
-    code: int | None = None
-    signal: int | None = None
-
-    @property
-    def failed(self) -> bool:
-        return self.code != 0
-
-    def payload(self) -> dict[str, int]:
-        if self.signal is not None:
-            return {"signal": self.signal}
-        return {"exit_status": self.code if self.code is not None else -1}
-
-
-@dataclass
-class AppProcess:
-    """A running app as the runtime reports it; ``state`` is the runtime's own (JSON-able)."""
-
-    app: str
-    pid: int
-    start_time: str  # /proc/PID/stat starttime (or the platform's): pid + this is unique
-    state: dict[str, Any] = field(default_factory=dict)
+Sandbox = dict[str, Any]  # the sandbox handle as JSON, recorded with the pod (``pod.runtime``)
 
 
 class PodRuntime(Protocol):
-    async def create_sandbox(self, pod: PodRecord) -> dict[str, Any]:
+    async def create_sandbox(self, pod: PodRecord) -> Sandbox:
         """Make the pod's persistent isolation (namespaces / jail, network, volumes); returns
         its JSON-able state, recorded in the database for a later supervisor to adopt."""
         ...
 
-    async def start_app(
-        self, pod: PodRecord, sandbox: dict[str, Any], app: AppRecord
-    ) -> AppProcess:
+    async def start_app(self, pod: PodRecord, sandbox: Sandbox, app: AppRecord) -> AppProcess:
         """Start one app (pre-start handlers included) in the sandbox."""
         ...
 
-    async def wait_app(self, pod: PodRecord, process: AppProcess) -> ExitStatus:
-        """Wait for the app to exit (post-stop handlers included); works for adopted apps."""
+    async def wait_app(self, pod: PodRecord, sandbox: Sandbox, process: AppProcess
+                       ) -> ExitStatus:
+        """Wait for the app to exit (post-stop handlers included); works for adopted apps.
+        The process is forgotten (``close()``d) once this returns."""
         ...
 
-    async def stop_app(self, pod: PodRecord, process: AppProcess, grace: float) -> None:
+    async def stop_app(self, pod: PodRecord, sandbox: Sandbox, process: AppProcess,
+                       grace: float) -> None:
         """SIGTERM, ``grace`` seconds, then SIGKILL of all that is left in the app."""
         ...
 
-    async def signal_app(self, pod: PodRecord, process: AppProcess, signum: int) -> None: ...
+    async def signal_app(self, pod: PodRecord, sandbox: Sandbox, process: AppProcess,
+                         signum: int) -> None: ...
 
-    async def destroy_sandbox(self, pod: PodRecord, sandbox: dict[str, Any]) -> None:
+    async def destroy_sandbox(self, pod: PodRecord, sandbox: Sandbox) -> None:
         """Tear the sandbox down; leaves no process, mount, namespace, veth or rule."""
         ...
 
-    async def recover(
-        self, pod: PodRecord, sandbox: dict[str, Any]
-    ) -> dict[str, AppProcess] | None:
+    async def recover(self, pod: PodRecord, sandbox: Sandbox) -> dict[str, AppProcess] | None:
         """The apps of a pod a previous supervisor started that still run (by name), or
         None when the sandbox itself is gone."""
         ...

@@ -12,13 +12,14 @@ from __future__ import annotations
 import itertools
 import signal
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
 
 import trio
 
 from jetpack.errors import IsolationError
+from jetpack.stage1.base import AppProcess, ExitStatus, ProcessIdentity
 from jetpack.store.pods import AppRecord, PodRecord
-from jetpack.supervisor.runtime import AppProcess, ExitStatus
+from jetpack.supervisor.runtime import Sandbox
 
 
 @dataclass
@@ -87,7 +88,7 @@ class FakeRuntime:
 
     # --- PodRuntime ---------------------------------------------------------------------------
 
-    async def create_sandbox(self, pod: PodRecord) -> dict[str, Any]:
+    async def create_sandbox(self, pod: PodRecord) -> Sandbox:
         await trio.lowlevel.checkpoint()
         if isinstance(self.fail_sandbox, Exception):
             raise self.fail_sandbox
@@ -97,8 +98,7 @@ class FakeRuntime:
         self.log.append((trio.current_time(), "sandbox", pod.uuid))
         return {"fake": pod.uuid}
 
-    async def start_app(self, pod: PodRecord, sandbox: dict[str, Any], app: AppRecord
-                        ) -> AppProcess:
+    async def start_app(self, pod: PodRecord, sandbox: Sandbox, app: AppRecord) -> AppProcess:
         await trio.lowlevel.checkpoint()
         behaviour = self._behaviour(app.name)
         if isinstance(behaviour.fails_to_start, Exception):
@@ -109,10 +109,11 @@ class FakeRuntime:
         self.processes[process.pid] = process
         self.log.append((trio.current_time(), "start", app.name))
         trio.lowlevel.spawn_system_task(self._lifetime, process)
-        return AppProcess(app.name, process.pid, f"t{process.pid}", {"pid": process.pid})
+        return _process(app.name, process.pid)
 
-    async def wait_app(self, pod: PodRecord, process: AppProcess) -> ExitStatus:
-        fake = self.processes[process.pid]
+    async def wait_app(self, pod: PodRecord, sandbox: Sandbox, process: AppProcess
+                       ) -> ExitStatus:
+        fake = self.processes[process.identity.pid]
         await fake.exited.wait()
         assert fake.status is not None
         self.log.append((trio.current_time(), "exit", process.app))
@@ -120,8 +121,9 @@ class FakeRuntime:
             raise fake.behaviour.lost_with
         return fake.status
 
-    async def stop_app(self, pod: PodRecord, process: AppProcess, grace: float) -> None:
-        fake = self.processes[process.pid]
+    async def stop_app(self, pod: PodRecord, sandbox: Sandbox, process: AppProcess,
+                       grace: float) -> None:
+        fake = self.processes[process.identity.pid]
         if not fake.behaviour.ignores_sigterm:
             fake.end(ExitStatus(signal=signal.SIGTERM))
         else:
@@ -130,23 +132,27 @@ class FakeRuntime:
             fake.end(ExitStatus(signal=signal.SIGKILL))
         await fake.exited.wait()
 
-    async def signal_app(self, pod: PodRecord, process: AppProcess, signum: int) -> None:
+    async def signal_app(self, pod: PodRecord, sandbox: Sandbox, process: AppProcess,
+                         signum: int) -> None:
         await trio.lowlevel.checkpoint()
-        fake = self.processes[process.pid]
+        fake = self.processes[process.identity.pid]
         if signum != signal.SIGTERM or not fake.behaviour.ignores_sigterm:
             fake.end(ExitStatus(signal=signum))
 
-    async def destroy_sandbox(self, pod: PodRecord, sandbox: dict[str, Any]) -> None:
+    async def destroy_sandbox(self, pod: PodRecord, sandbox: Sandbox) -> None:
         await trio.lowlevel.checkpoint()
         if self.running(pod.uuid):
             raise IsolationError("fake sandbox destroyed with apps running")
         self.sandboxes.discard(pod.uuid)
         self.log.append((trio.current_time(), "destroy", pod.uuid))
 
-    async def recover(self, pod: PodRecord, sandbox: dict[str, Any]
-                      ) -> dict[str, AppProcess] | None:
+    async def recover(self, pod: PodRecord, sandbox: Sandbox) -> dict[str, AppProcess] | None:
         await trio.lowlevel.checkpoint()
         if pod.uuid not in self.sandboxes:
             return None
-        return {p.app: AppProcess(p.app, p.pid, f"t{p.pid}", {"pid": p.pid})
-                for p in self.running(pod.uuid)}
+        return {p.app: _process(p.app, p.pid) for p in self.running(pod.uuid)}
+
+
+def _process(app: str, pid: int) -> AppProcess:
+    """A fake app's process record, as a driver would report it (no status file, no watch)."""
+    return AppProcess(app, ProcessIdentity(pid, pid), Path(f"/fake/{pid}/status"), None)

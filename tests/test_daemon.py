@@ -18,9 +18,9 @@ from jetpack.cli.client import ControlClient
 from jetpack.config import Config, load_config
 from jetpack.errors import ConflictError, NotFoundError, PodStartError, SupervisorError
 from jetpack.keys import ensure_keys, load_key
-from jetpack.mds.identity import pod_token
+from jetpack.mds.tokens import pod_token
 from jetpack.state import StateDB
-from jetpack.store.pods import AppRecord, PodRecord, PodStore, new_uuid
+from jetpack.store.pods import AppRecord, PodOptions, PodRecord, PodStore, new_uuid
 from jetpack.supervisor.daemon import Daemon
 from jetpack.testing.fake_runtime import Behaviour, FakeRuntime
 
@@ -44,7 +44,7 @@ def prepare(config: Config, name: str, restart: str = "never", ip: str | None = 
                    " storage) VALUES ('sha512-1', 'example.com/app', '{}', '{}', 1, 0, '')")
     manifest = {"apps": [{"name": "app", "image": {"id": "sha512-1"}}]}
     pod = PodRecord(uuid=new_uuid(), name=name, state="prepared", manifest=json.dumps(manifest),
-                    options={"restart": restart}, ip=ip, apps=[AppRecord("app", "sha512-1")])
+                    options=PodOptions(restart=restart), ip=ip, apps=[AppRecord("app", "sha512-1")])
     with db.transaction() as tx:
         PodStore(db).insert(tx, pod)
     db.close()

@@ -24,10 +24,11 @@ from jetpack.stage1.base import (
     AppSpec,
     ExitStatus,
     MountSpec,
+    NetworkPlan,
+    PodVolume,
     SandboxHandle,
     SandboxSpec,
     Stdio,
-    Volume,
 )
 from jetpack.stage1.jail import JailDriver, jail_params
 from jetpack.stage2.plan import DEFAULT_PATH
@@ -69,8 +70,9 @@ async def sandbox(driver: JailDriver, tmp_path: Path) -> AsyncIterator[SandboxHa
     host_dir = tmp_path / "hostdata"
     host_dir.mkdir()
     spec = SandboxSpec(
-        pod_uuid=POD, hostname="jailpod", pod_dir=tmp_path / "pod", ip4="172.23.0.5",
-        volumes=(Volume("shared", "empty"), Volume("data", "host", source=str(host_dir),
+        pod_uuid=POD, hostname="jailpod", pod_dir=tmp_path / "pod",
+        network=NetworkPlan("172.23.0.5"),
+        volumes=(PodVolume("shared", "empty"), PodVolume("data", "host", source=str(host_dir),
                                                   read_only=True)),
         annotations={"jetpack/jail.conf/securelevel": "3", "unrelated": "x"},
     )
@@ -155,7 +157,7 @@ async def test_destroy_removes_jails_and_mounts(
     driver: JailDriver, standins: Path, busybox_rootfs: Path, tmp_path: Path
 ) -> None:
     spec = SandboxSpec(pod_uuid=POD, hostname="gone", pod_dir=tmp_path / "pod",
-                       volumes=(Volume("shared", "empty"),))
+                       volumes=(PodVolume("shared", "empty"),))
     with trio.fail_after(20):
         handle = await driver.create_sandbox(spec)
         app = AppSpec(name="idle", rootfs=busybox_rootfs, exec=("sleep", "60"),

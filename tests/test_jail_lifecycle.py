@@ -17,9 +17,17 @@ import trio
 
 from jetpack.config import load_config
 from jetpack.errors import IsolationError
-from jetpack.stage1.base import AppSpec, ExitStatus, MountSpec, SandboxSpec, Volume
+from jetpack.stage1.base import (
+    AppSpec,
+    ExitStatus,
+    MountSpec,
+    NetworkPlan,
+    PodVolume,
+    SandboxSpec,
+)
 from jetpack.stage1.jail import JailDriver, jail_processes
 from jetpack.stage1.network.hook import FreeBSDNetwork
+from jetpack.stage1.network.ports import PortForward
 from jetpack.testing import freebsd_standins
 
 pytestmark = pytest.mark.freebsd
@@ -189,16 +197,15 @@ async def test_finding2_teardown_without_pf_removes_alias_and_run_dir(
 ) -> None:
     hook = network(tmp_path)
     freebsd_standins.set_pf_loaded(standins, False)
-    hook.expect(POD, "172.23.0.9", [])
     driver = JailDriver(network=hook)
     handle = await driver.create_sandbox(SandboxSpec(POD, "p", tmp_path / "pod",
-                                                     ip4="172.23.0.9"))
+                                                     network=NetworkPlan("172.23.0.9")))
     assert lo1(standins) == ["172.23.0.9/32"]
     await driver.destroy_sandbox(handle)
     assert lo1(standins) == []
     assert not (tmp_path / "pod/run").exists()
     # A failed create shows its own error, not the teardown's, and leaves the address free.
-    bad = SandboxSpec(POD, "p", tmp_path / "pod", ip4="172.23.0.9",
+    bad = SandboxSpec(POD, "p", tmp_path / "pod", network=NetworkPlan("172.23.0.9"),
                       annotations={"jetpack/jail.conf/no.such": "1"})
     with pytest.raises(IsolationError, match=r"unknown parameter: no\.such"):
         await driver.create_sandbox(bad)
@@ -284,14 +291,14 @@ async def test_finding6_stop_leaves_nothing_running_in_the_app_jail(
 
 async def test_finding8_teardown_kills_the_pods_pf_states(standins: Path, tmp_path: Path) -> None:
     hook = network(tmp_path)
-    hook.expect(POD, "172.23.0.9", [("tcp", 8080, 80, None)])
     (standins / "pf").mkdir(exist_ok=True)
     (standins / "pf/states.json").write_text(json.dumps([
         {"src": "192.0.2.1", "dst": "172.23.0.9"}, {"src": "172.23.0.9", "dst": "192.0.2.1"},
         {"src": "192.0.2.1", "dst": "172.23.0.10"}]))
     driver = JailDriver(network=hook)
-    handle = await driver.create_sandbox(SandboxSpec(POD, "p", tmp_path / "pod",
-                                                     ip4="172.23.0.9"))
+    handle = await driver.create_sandbox(SandboxSpec(
+        POD, "p", tmp_path / "pod",
+        network=NetworkPlan("172.23.0.9", (PortForward("tcp", 8080, 80),))))
     await driver.destroy_sandbox(handle)
     assert json.loads((standins / "pf/states.json").read_text()) == [
         {"src": "192.0.2.1", "dst": "172.23.0.10"}]
@@ -304,12 +311,12 @@ async def test_pod_lifecycle_under_the_jail_driver_leaves_nothing(
     standins: Path, tmp_path: Path, busybox_rootfs: Path
 ) -> None:
     hook = network(tmp_path)
-    hook.expect(POD, "172.23.0.7", [("tcp", 8080, 80, None)])
     driver = JailDriver(network=hook)
     host_dir = tmp_path / "hostdata"
     host_dir.mkdir()
-    spec = SandboxSpec(POD, "life", tmp_path / "pod", ip4="172.23.0.7",
-                       volumes=(Volume("data", "host", source=str(host_dir)),))
+    spec = SandboxSpec(POD, "life", tmp_path / "pod",
+                       network=NetworkPlan("172.23.0.7", (PortForward("tcp", 8080, 80),)),
+                       volumes=(PodVolume("data", "host", source=str(host_dir)),))
     app = AppSpec("web", busybox_rootfs, ("sh", "-c", "echo $$ >> /data/runs; exec sleep 300"),
                   mounts=(MountSpec("data", "/data"),))
     runs = 0

@@ -15,7 +15,6 @@ import httpx
 import pytest
 import trio
 
-from jetpack.mds.identity import pod_token, sign
 from jetpack.mds.service import (
     AppMetadata,
     MetadataService,
@@ -23,6 +22,7 @@ from jetpack.mds.service import (
     StaticDirectory,
     serve,
 )
+from jetpack.mds.tokens import pod_token, sign
 
 SIGNING_KEY = bytes(range(32))
 TOKEN_KEY = bytes(range(32, 64))

@@ -8,8 +8,16 @@ from pathlib import Path
 import pytest
 
 from jetpack.errors import AmbiguousError, ConflictError, NotFoundError, UsageError
+from jetpack.stage1.base import Limits, PodVolume
 from jetpack.state import StateDB
-from jetpack.store.pods import AppRecord, PodRecord, PodStore, validate_pod_name
+from jetpack.store.pods import (
+    AppRecord,
+    PodOptions,
+    PodRecord,
+    PodStore,
+    PortBinding,
+    validate_pod_name,
+)
 
 
 @pytest.fixture
@@ -25,7 +33,7 @@ def store(tmp_path: Path) -> PodStore:
 
 def add(store: PodStore, uuid: str, name: str) -> PodRecord:
     pod = PodRecord(uuid=uuid, name=name, state="prepared", manifest="{}",
-                    options={"restart": "on-failure:3"},
+                    options=PodOptions(restart="on-failure:3"),
                     apps=[AppRecord("busybox", "sha512-0123"), AppRecord("side", "sha512-0123")])
     with store.state.transaction() as tx:
         store.insert(tx, pod)
@@ -36,7 +44,7 @@ def test_insert_records_pod_apps_and_event(store: PodStore) -> None:
     add(store, "0f0e0d0c-0000-4000-8000-000000000001", "web")
     pod = store.resolve("web")
     assert [a.name for a in pod.apps] == ["busybox", "side"]
-    assert pod.options == {"restart": "on-failure:3"}
+    assert pod.options == PodOptions(restart="on-failure:3")
     obj = pod.to_json_obj()
     assert obj["uuid"] == "0f0e0d0c-0000-4000-8000-000000000001"
     assert obj["ip"] is None
@@ -92,3 +100,29 @@ def test_bad_pod_names(name: str) -> None:
 @pytest.mark.parametrize("name", ["web", "web-1", "my.pod_2", "a" * 63])
 def test_good_pod_names(name: str) -> None:
     assert validate_pod_name(name) == name
+
+
+def test_options_written_by_an_older_jetpack_still_load(store: PodStore) -> None:
+    # The untyped bag an older prepare wrote (no tty, no isolator warnings), and a ``run -t``
+    # that added tty with raw SQL.
+    add(store, "0f0e0d0c-0000-4000-8000-000000000003", "old")
+    old = {"restart": "always", "limits": {"memory_bytes": 64, "cpu_millicores": None,
+                                           "pids": 10},
+           "ports": [{"name": "http", "app": "web", "protocol": "tcp", "pod_port": 80,
+                      "host_port": 8080, "host_ip": None}],
+           "sandbox": {"volumes": [{"name": "data", "kind": "empty", "source": "",
+                                    "read_only": False, "recursive": True, "mode": 493,
+                                    "uid": 0, "gid": 0}], "annotations": {"a": "b"}},
+           "keep_image_etc": True}
+    with store.state.transaction() as tx:
+        tx.execute("UPDATE pods SET options = ? WHERE name = 'old'", (json.dumps(old),))
+    options = store.resolve("old").options
+    assert options == PodOptions(
+        restart="always", limits=Limits(64, None, 10),
+        ports=(PortBinding("http", "web", "tcp", 80, 8080),),
+        volumes=(PodVolume("data", "empty", mode=0o755),), annotations={"a": "b"},
+        keep_image_etc=True)
+    assert PodOptions.from_json(options.to_json()) == options
+    with store.state.transaction() as tx:
+        store.set_options(tx, store.resolve("old"), PodOptions(tty=True))
+    assert store.resolve("old").options.tty

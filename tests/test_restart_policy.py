@@ -8,7 +8,7 @@ import trio.lowlevel
 import trio.testing
 
 from jetpack.errors import UsageError
-from jetpack.supervisor.restart import Backoff, RestartPolicy
+from jetpack.supervisor.backoff import Backoff, RestartPolicy
 
 
 @pytest.mark.parametrize(

@@ -17,10 +17,10 @@ from jetpack.stage1.base import (
     AppSpec,
     ExitStatus,
     MountSpec,
+    PodVolume,
     SandboxHandle,
     SandboxSpec,
     Stdio,
-    Volume,
 )
 from jetpack.stage1.identity import process_start_time
 from jetpack.stage1.linux import LinuxDriver, processes_in_netns
@@ -79,8 +79,8 @@ async def sandbox(driver: LinuxDriver, tmp_path: Path) -> AsyncIterator[SandboxH
     (host_dir / "given").write_text("from the host\n")
     spec = SandboxSpec(
         pod_uuid=POD, hostname="testpod", pod_dir=tmp_path / "pod",
-        volumes=(Volume("shared", "empty", mode=0o1777, uid=1000, gid=100),
-                 Volume("data", "host", source=str(host_dir), read_only=True)),
+        volumes=(PodVolume("shared", "empty", mode=0o1777, uid=1000, gid=100),
+                 PodVolume("data", "host", source=str(host_dir), read_only=True)),
     )
     handle = await driver.create_sandbox(spec)
     yield handle
@@ -301,7 +301,7 @@ async def test_destroy_leaves_nothing_behind(
     driver: LinuxDriver, busybox_rootfs: Path, tmp_path: Path
 ) -> None:
     spec = SandboxSpec(pod_uuid=POD, hostname="doomed", pod_dir=tmp_path / "pod",
-                       volumes=(Volume("scratch", "empty"),))
+                       volumes=(PodVolume("scratch", "empty"),))
     with trio.fail_after(20):
         handle = await driver.create_sandbox(spec)
         ns_files = [Path(p) for p in handle.data["namespaces"].values()]
@@ -374,7 +374,7 @@ async def test_missing_host_volume_source_is_refused(
     driver: LinuxDriver, tmp_path: Path
 ) -> None:
     spec = SandboxSpec(pod_uuid=POD, hostname="x", pod_dir=tmp_path / "pod",
-                       volumes=(Volume("data", "host", source=str(tmp_path / "absent")),))
+                       volumes=(PodVolume("data", "host", source=str(tmp_path / "absent")),))
     with pytest.raises(IsolationError, match="does not exist"):
         await driver.create_sandbox(spec)
     assert mounts_under(tmp_path) == []

@@ -16,7 +16,7 @@ from structlog.testing import capture_logs
 from jetpack.config import load_config
 from jetpack.errors import ConflictError, PodStartError
 from jetpack.state import StateDB
-from jetpack.store.pods import AppRecord, PodRecord, PodStore, new_uuid
+from jetpack.store.pods import AppRecord, PodOptions, PodRecord, PodStore, new_uuid
 from jetpack.supervisor.pods import PodManager
 from jetpack.testing.fake_runtime import Behaviour, FakeRuntime
 
@@ -39,7 +39,7 @@ def db(tmp_path: Path) -> StateDB:
 
 def prepare(db: StateDB, name: str, apps: list[str], restart: str = "never") -> PodRecord:
     pod = PodRecord(uuid=new_uuid(), name=name, state="prepared", manifest="{}",
-                    options={"restart": restart},
+                    options=PodOptions(restart=restart),
                     apps=[AppRecord(app, "sha512-1") for app in apps])
     with db.transaction() as tx:
         PodStore(db).insert(tx, pod)

@@ -61,10 +61,9 @@ def _enter(ctx: Context, pod: Any, app: Any, argv: list[str], user: str | None, 
 
     rootfs = open_storage(ctx.config).mount_app(pod.uuid, app.name)
     spec = json.loads(app.spec)
-    # The command joins the app's cgroups (made by the supervisor, recorded with the pod's
-    # sandbox) and gets its isolator plan, both carried by the spec.
-    spec.update(rootfs=str(rootfs), metadata_url="", log_path=None,
-                cgroup_dirs=list(pod.runtime.get("cgroup_dirs") or ()))
+    # The command gets the app's isolator plan (carried by the spec) and joins the pod's
+    # cgroups (the driver's, recorded in the sandbox handle).
+    spec.update(rootfs=str(rootfs), metadata_url="", log_path=None)
     app_spec = AppSpec.from_json(spec)
     driver = isolation_driver(ctx.config)
 

@@ -4,12 +4,21 @@ foreground through the supervisor, and removing them."""
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
+import re
+import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jetpack.cli.context import Context
+from jetpack.errors import UsageError
+
+if TYPE_CHECKING:
+    from jetpack.store.prepare import AppOptions, PortOption, PrepareRequest
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 HELP_POD = """pod options (anywhere): --name NAME, --restart never|on-failure[:N]|always,
   -p NAME:HOSTPORT, -v NAME,kind=host|empty[,source=/p,readOnly=true...], -a KEY=VALUE,
@@ -43,7 +52,7 @@ def run(ctx: Context, name: str, args: argparse.Namespace) -> int:
             destroy_pod(ctx.config, ctx.state, images, pod, stop_through_supervisor(ctx))
             print(f"destroyed {pod.uuid}")
         return 0
-    from jetpack.store.prepare import options_from_manifest, parse_command_line, prepare_pod
+    from jetpack.store.prepare import options_from_manifest, prepare_pod
 
     options, extra = parse_command_line(args.words)
     if name == "run" and len(options.apps) == 1 and extra["manifest"] is None:
@@ -55,7 +64,7 @@ def run(ctx: Context, name: str, args: argparse.Namespace) -> int:
             Path(extra["manifest"]).read_text()
         options = options_from_manifest(text, options)
     pod = prepare_pod(ctx.config, ctx.state, FetchingImages(ctx, images), options)
-    for warning in pod.options.get("isolator_warnings", []):
+    for warning in pod.options.isolator_warnings:
         print(f"jetpack: warning: {warning}", file=sys.stderr)
     if name == "prepare":
         print(pod.uuid)
@@ -192,11 +201,9 @@ def _run_terminal(ctx: Context, images: Any, client: Any, store: Any, pod: Any, 
     from jetpack.cli.attach import attach_terminal
     from jetpack.errors import PodStartError
 
-    if not pod.options.get("tty"):
+    if not pod.options.tty:
         with ctx.state.transaction() as tx:
-            pod.options["tty"] = True
-            tx.execute("UPDATE pods SET options = ? WHERE uuid = ?",
-                       (json.dumps(pod.options), pod.uuid))
+            store.set_options(tx, pod, dataclasses.replace(pod.options, tty=True))
     try:
         client.request_sync("POST", f"/v1/pods/{pod.uuid}/start", timeout=None)
     except PodStartError:
@@ -229,3 +236,131 @@ def exit_status(pod: dict[str, Any]) -> int:
     if pod.get("state") == "failed":
         return 1
     return 0
+
+
+# --- the command line: pod and app options, parsed into a store.prepare.PrepareRequest -------
+
+POD_FLAGS = {"--name": 1, "--restart": 1, "-p": 1, "--port": 1, "-v": 1, "--volume": 1,
+             "-a": 1, "--annotation": 1, "-f": 1, "--pod-manifest": 1, "--rm": 0, "-t": 0,
+             "--interactive": 0, "--keep-etc": 0}
+APP_FLAGS = {"--app-name": 1, "-m": 1, "--mount": 1, "--exec": 1, "--user": 1, "--group": 1,
+             "-e": 1, "--env": 1, "--working-dir": 1, "-w": 1}
+
+
+def parse_command_line(argv: Sequence[str]) -> tuple[PrepareRequest, dict[str, Any]]:
+    """Pod options anywhere; app options apply to the image before them. Returns the options
+    and the remaining pod-level flags (``--rm``, ``-t``, ``-f``)."""
+    from jetpack.appc import parse_volume_arg
+    from jetpack.store.prepare import AppOptions, PrepareRequest
+    from jetpack.store.restart import RestartPolicy
+
+    options = PrepareRequest()
+    extra: dict[str, Any] = {"rm": False, "tty": False, "manifest": None}
+    words = list(argv)
+    i = 0
+    while i < len(words):
+        word = words[i]
+        flag, eq, inline = word.partition("=") if word.startswith("--") else (word, "", "")
+        if flag in POD_FLAGS or flag in APP_FLAGS:
+            arity = POD_FLAGS.get(flag, APP_FLAGS.get(flag, 0))
+            if arity and not eq:
+                if i + 1 >= len(words):
+                    raise UsageError(f"{flag} needs a value")
+                value = words[i + 1]
+                i += 2
+            else:
+                value = inline
+                i += 1
+            if flag in APP_FLAGS and not options.apps:
+                raise UsageError(f"{flag} applies to an image: put it after the image")
+            app = options.apps[-1] if options.apps else None
+            if flag == "--name":
+                options.name = value
+            elif flag == "--restart":
+                options.restart = str(RestartPolicy.parse(value))
+            elif flag in ("-p", "--port"):
+                options.ports.append(parse_port(value))
+            elif flag in ("-v", "--volume"):
+                options.volumes.append(parse_volume_arg(value).to_dict())
+            elif flag in ("-a", "--annotation"):
+                key, sep, val = value.partition("=")
+                if not sep or not key:
+                    raise UsageError(f"-a {value}: expected KEY=VALUE")
+                options.annotations[key] = val
+            elif flag in ("-f", "--pod-manifest"):
+                extra["manifest"] = value
+            elif flag == "--rm":
+                extra["rm"] = True
+            elif flag in ("-t", "--interactive"):
+                extra["tty"] = True
+            elif flag == "--keep-etc":
+                options.keep_image_etc = True
+            elif app is not None:
+                _set_app_flag(app, flag, value)
+            continue
+        if word == "--":
+            if not options.apps:
+                raise UsageError("-- must follow an image: it starts that app's arguments")
+            options.apps[-1].exec = words[i + 1:]
+            break
+        if word.startswith("-") and word != "-":
+            raise UsageError(f"unknown option {word}")
+        options.apps.append(AppOptions(image=word))
+        i += 1
+    return options, extra
+
+
+def _set_app_flag(app: AppOptions, flag: str, value: str) -> None:
+    if flag == "--app-name":
+        app.name = value
+    elif flag in ("-m", "--mount"):
+        app.mounts.append(parse_mount(value))
+    elif flag == "--exec":
+        try:
+            app.exec = shlex.split(value)
+        except ValueError as exc:
+            raise UsageError(f"--exec {value!r}: {exc}") from None
+    elif flag == "--user":
+        app.user = value
+    elif flag == "--group":
+        app.group = value
+    elif flag in ("-e", "--env"):
+        key, val = parse_env(value)
+        app.environment[key] = val
+    elif flag in ("-w", "--working-dir"):
+        app.working_directory = value
+
+
+def parse_port(text: str) -> PortOption:
+    """``NAME:HOSTPORT`` or ``NAME:HOSTIP:HOSTPORT``."""
+    from jetpack.store.prepare import PortOption
+
+    parts = text.split(":")
+    try:
+        if len(parts) == 2:
+            return PortOption(parts[0], _port(parts[1]))
+        if len(parts) == 3:
+            return PortOption(parts[0], _port(parts[2]), parts[1])
+    except ValueError as exc:
+        raise UsageError(f"-p {text}: {exc}") from None
+    raise UsageError(f"-p {text}: expected NAME:HOSTPORT")
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ValueError(f"{text!r} is not a port number (1-65535)")
+    return int(text)
+
+
+def parse_env(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not _ENV_NAME.match(name):
+        raise UsageError(f"-e {text}: expected NAME=VALUE with a valid variable name")
+    return name, value
+
+
+def parse_mount(text: str) -> tuple[str, str | None, bool]:
+    volume, _, target = text.partition(":")
+    if not volume:
+        raise UsageError(f"-m {text}: expected VOLUME[:MOUNTPOINT]")
+    return volume, target or None, False

@@ -24,6 +24,7 @@ from jetpack.appc import ImageManifest
 from jetpack.config import Config
 from jetpack.errors import ImageError, JetpackError, ValidationError
 from jetpack.hostinfo import appc_arch, appc_os
+from jetpack.stage2.status import ExitStatus
 from jetpack.state import StateDB
 from jetpack.storage.dir import copy_tree
 from jetpack.store.images import ImageRecord, ImageStore
@@ -251,47 +252,29 @@ class Builder:
                 shutil.rmtree(scratch, ignore_errors=True)
 
 
-@dataclass(frozen=True)
-class _Status:
-    code: int | None
-    signal: int | None
-    failed: str | None = None  # stage1/stage2 could not run the command at all
-
-
-def run_build(config: Config, scratch: Path, rootfs: Path, command: list[str]) -> _Status:
+def run_build(config: Config, scratch: Path, rootfs: Path, command: list[str]) -> ExitStatus:
     """The command as user 0 in a sandbox of its own, rootfs ``rootfs``, working directory
     /jetpack-build, the terminal as its stdio; the sandbox is gone when this returns."""
     import trio
 
-    from jetpack.stage1.base import AppSpec, SandboxSpec
-    from jetpack.stage1.cgroups import Limits, PodCgroup
+    from jetpack.stage1.base import AppSpec, Limits, SandboxSpec
     from jetpack.stage1.drivers import isolation_driver
 
-    async def main() -> _Status:
+    async def main() -> ExitStatus:
         driver = isolation_driver(config)
-        pod_uuid = str(uuid.uuid4())
         # The build command is confined as an app: the default isolator plan (the driver
-        # applies it to an app spec without one) and a cgroup of its own.
-        cgroup = PodCgroup.for_pod(pod_uuid) if driver.name == "linux" else None
-        if cgroup is not None:
-            await trio.to_thread.run_sync(cgroup.create, Limits())
+        # applies it to an app spec without one) and the default resource limits.
+        handle = await driver.create_sandbox(
+            SandboxSpec(pod_uuid=str(uuid.uuid4()), hostname="build", pod_dir=scratch / "pod",
+                        limits=Limits()))
         try:
-            handle = await driver.create_sandbox(
-                SandboxSpec(pod_uuid=pod_uuid, hostname="build", pod_dir=scratch / "pod"))
-            try:
-                app = AppSpec(name="build", rootfs=rootfs, exec=tuple(command), user="0",
-                              group="0", working_directory=f"/{BUILD_DIR}",
-                              log_path=scratch / "build.log",
-                              cgroup_dirs=tuple(str(d) for d in cgroup.directories())
-                              if cgroup is not None else ())
-                return await _run_relayed(driver, handle, app)
-            finally:
-                with trio.CancelScope(shield=True):
-                    await driver.destroy_sandbox(handle)
+            app = AppSpec(name="build", rootfs=rootfs, exec=tuple(command), user="0",
+                          group="0", working_directory=f"/{BUILD_DIR}",
+                          log_path=scratch / "build.log")
+            return await _run_relayed(driver, handle, app)
         finally:
-            if cgroup is not None:
-                with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(cgroup.remove)
+            with trio.CancelScope(shield=True):
+                await driver.destroy_sandbox(handle)
 
     try:
         return trio.run(main)
@@ -301,7 +284,7 @@ def run_build(config: Config, scratch: Path, rootfs: Path, command: list[str]) -
         raise ImageError(f"cannot run the build: {exc}") from None
 
 
-async def _run_relayed(driver: Any, handle: Any, app: Any) -> _Status:
+async def _run_relayed(driver: Any, handle: Any, app: Any) -> ExitStatus:
     """Run the build app with the caller's stdio, its terminals relayed through pipes: the
     build command never holds the caller's terminal."""
     import trio
@@ -320,6 +303,7 @@ async def _run_relayed(driver: Any, handle: Any, app: Any) -> _Status:
                 nursery.cancel_scope.cancel()
         finally:
             process.close()
-        return _Status(status.code, status.signal, getattr(status, "failed", None))
+        result: ExitStatus = status
+        return result
     finally:
         relay.finish()

@@ -51,18 +51,9 @@ def gc_pods(config: Config, state: StateDB, images: ImageStore, grace: float) ->
 
 def gc_network(config: Config, state: StateDB) -> list[str]:
     """Remove the pod bridge and jetpack's firewall table when no pod is running."""
-    from jetpack.hostinfo import platform_kind
+    from jetpack.stage1.drivers import network_backend
 
     running = [p.name for p in PodStore(state).all() if p.state in LIVE]
     if running:
         return [f"network kept: pods running ({', '.join(running)})"]
-    if platform_kind() != "linux":
-        return []
-    from jetpack.stage1.network import linux
-
-    done = []
-    if linux.remove_table():
-        done.append("removed nftables table jetpack")
-    if linux.remove_bridge(config["jail.interface"]):
-        done.append(f"removed bridge {config['jail.interface']}")
-    return done
+    return network_backend(config).teardown_host()

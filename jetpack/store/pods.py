@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import re
 import uuid as uuidlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from jetpack.errors import AmbiguousError, ConflictError, NotFoundError, UsageError
+from jetpack.stage1.base import Limits, PodVolume
 from jetpack.state import StateDB, Transaction
 from jetpack.state.db import now
 
@@ -49,13 +51,72 @@ class AppRecord:
         }
 
 
+@dataclass(frozen=True)
+class PortBinding:
+    """A host port forwarded to a pod port (``-p NAME:HOSTPORT``), resolved at prepare."""
+
+    name: str
+    app: str  # the app declaring the port ("" for a bare pod port)
+    protocol: str
+    pod_port: int
+    host_port: int
+    host_ip: str | None = None
+
+
+@dataclass(frozen=True)
+class PodOptions:
+    """What prepare decided for a pod beyond its manifest: the ``pods.options`` column,
+    serialized only here. Rows written by older versions load (missing keys: defaults)."""
+
+    restart: str = "never"
+    ports: tuple[PortBinding, ...] = ()
+    limits: Limits = field(default_factory=Limits)
+    volumes: tuple[PodVolume, ...] = ()  # the sandbox's volumes, resolved
+    annotations: Mapping[str, str] = field(default_factory=dict)  # the sandbox's
+    keep_image_etc: bool = False
+    tty: bool = False  # ``run -t``: the first app runs on a pty the CLI attaches to
+    isolator_warnings: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "restart": self.restart,
+            "ports": [{"name": p.name, "app": p.app, "protocol": p.protocol,
+                       "pod_port": p.pod_port, "host_port": p.host_port, "host_ip": p.host_ip}
+                      for p in self.ports],
+            "limits": self.limits.to_json(),
+            "sandbox": {"volumes": [v.to_json() for v in self.volumes],
+                        "annotations": dict(self.annotations)},
+            "keep_image_etc": self.keep_image_etc,
+            "tty": self.tty,
+            "isolator_warnings": list(self.isolator_warnings),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> PodOptions:
+        sandbox = data.get("sandbox") or {}
+        return cls(
+            restart=str(data.get("restart", "never")),
+            ports=tuple(PortBinding(name=p.get("name", ""), app=p.get("app", ""),
+                                    protocol=p.get("protocol", "tcp"),
+                                    pod_port=int(p["pod_port"]), host_port=int(p["host_port"]),
+                                    host_ip=p.get("host_ip"))
+                        for p in data.get("ports") or ()),
+            limits=Limits.from_json(data.get("limits") or {}),
+            volumes=tuple(PodVolume(**v) for v in sandbox.get("volumes") or ()),
+            annotations=dict(sandbox.get("annotations") or {}),
+            keep_image_etc=bool(data.get("keep_image_etc", False)),
+            tty=bool(data.get("tty", False)),
+            isolator_warnings=tuple(data.get("isolator_warnings") or ()),
+        )
+
+
 @dataclass
 class PodRecord:
     uuid: str
     name: str
     state: str
     manifest: str
-    options: dict[str, Any] = field(default_factory=dict)
+    options: PodOptions = field(default_factory=PodOptions)
     ip: str | None = None
     created: float = 0.0
     started: float | None = None
@@ -83,7 +144,7 @@ class PodRecord:
             "exited": _rfc3339(self.exited),
             "boot": self.boot,
             "priority": self.priority,
-            "restart": self.options.get("restart", "never"),
+            "restart": self.options.restart,
             "apps": [app.to_json_obj() for app in self.apps],
         }
 
@@ -171,12 +232,19 @@ class PodStore:
     def _record(row: Any, apps: list[AppRecord]) -> PodRecord:
         return PodRecord(
             uuid=row["uuid"], name=row["name"], state=row["state"], manifest=row["manifest"],
-            options=json.loads(row["options"]), ip=row["ip"], created=row["created"],
-            started=row["started"], exited=row["exited"], boot=bool(row["boot"]),
-            priority=row["priority"], runtime=json.loads(row["runtime"]), apps=apps,
+            options=PodOptions.from_json(json.loads(row["options"])), ip=row["ip"],
+            created=row["created"], started=row["started"], exited=row["exited"],
+            boot=bool(row["boot"]), priority=row["priority"],
+            runtime=json.loads(row["runtime"]), apps=apps,
         )
 
     # --- writing -----------------------------------------------------------------------------
+
+    def set_options(self, tx: Transaction, pod: PodRecord, options: PodOptions) -> None:
+        """Replace a pod's options (``run -t`` asks for a terminal on a prepared pod)."""
+        tx.execute("UPDATE pods SET options = ? WHERE uuid = ?",
+                   (json.dumps(options.to_json()), pod.uuid))
+        pod.options = options
 
     def insert(self, tx: Transaction, pod: PodRecord) -> None:
         """Record a newly prepared pod and its apps (with the ``pod.prepared`` event)."""
@@ -189,7 +257,8 @@ class PodStore:
         tx.execute(
             "INSERT INTO pods (uuid, name, state, manifest, options, ip, created, boot, priority)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (pod.uuid, pod.name, "prepared", pod.manifest, json.dumps(pod.options), pod.ip,
+            (pod.uuid, pod.name, "prepared", pod.manifest, json.dumps(pod.options.to_json()),
+             pod.ip,
              pod.created or now(), int(pod.boot), pod.priority),
         )
         for app in pod.apps:

@@ -1,7 +1,9 @@
 """Preparing a pod: images resolved, apps named and configured, the reified pod manifest,
 ports checked, an address allocated, a rootfs clone per app, and one row + event.
 
-The same ``PodOptions`` come from the command line and from a pod manifest file (``-f``).
+A ``PrepareRequest`` comes from the command line (parsed in jetpack/cli/prepare.py) or from a
+pod manifest file (``-f``, ``options_from_manifest``); the pod's record keeps a typed
+``PodOptions`` and each app's stage1 ``AppSpec``.
 Every field of a pod manifest is either honoured (and shown in the reified manifest) or refused
 with an error naming it: nothing it asks for is dropped silently.
 Anything made on disk before the database insert is destroyed again if the insert fails.
@@ -10,21 +12,26 @@ Anything made on disk before the database insert is destroyed again if the inser
 from __future__ import annotations
 
 import json
-import re
-import shlex
-from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from jetpack.config import Config
 from jetpack.errors import ConflictError, UsageError, ValidationError
+from jetpack.stage1.base import Limits, PodVolume
 from jetpack.state import StateDB
 from jetpack.store.addresses import allocate_address, host_ipv4_addresses
-from jetpack.store.pods import AppRecord, PodRecord, PodStore, new_uuid, validate_pod_name
-from jetpack.store.restart import RestartPolicy
+from jetpack.store.pods import (
+    AppRecord,
+    PodOptions,
+    PodRecord,
+    PodStore,
+    PortBinding,
+    new_uuid,
+    validate_pod_name,
+)
 
 DEFAULT_USER = "0"
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 @dataclass
@@ -58,7 +65,7 @@ class PortOption:
 
 
 @dataclass
-class PodOptions:
+class PrepareRequest:
     apps: list[AppOptions] = field(default_factory=list)
     name: str | None = None
     restart: str = "never"
@@ -89,39 +96,6 @@ class ImageSource(Protocol):
     def destroy_pod_clones(self, pod_uuid: str) -> None: ...
 
 
-def parse_port(text: str) -> PortOption:
-    """``NAME:HOSTPORT`` or ``NAME:HOSTIP:HOSTPORT``."""
-    parts = text.split(":")
-    try:
-        if len(parts) == 2:
-            return PortOption(parts[0], _port(parts[1]))
-        if len(parts) == 3:
-            return PortOption(parts[0], _port(parts[2]), parts[1])
-    except ValueError as exc:
-        raise UsageError(f"-p {text}: {exc}") from None
-    raise UsageError(f"-p {text}: expected NAME:HOSTPORT")
-
-
-def _port(text: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
-        raise ValueError(f"{text!r} is not a port number (1-65535)")
-    return int(text)
-
-
-def parse_env(text: str) -> tuple[str, str]:
-    name, sep, value = text.partition("=")
-    if not sep or not _ENV_NAME.match(name):
-        raise UsageError(f"-e {text}: expected NAME=VALUE with a valid variable name")
-    return name, value
-
-
-def parse_mount(text: str) -> tuple[str, str | None, bool]:
-    volume, _, target = text.partition(":")
-    if not volume:
-        raise UsageError(f"-m {text}: expected VOLUME[:MOUNTPOINT]")
-    return volume, target or None, False
-
-
 def default_app_name(image_name: str) -> str:
     """rkt's rule: the last path component of the image name (``example.com/envtest`` →
     ``envtest``)."""
@@ -133,8 +107,8 @@ def _used_host_ports(store: PodStore, exclude: str | None = None) -> dict[tuple[
     for pod in store.all():
         if pod.uuid == exclude:
             continue
-        for port in pod.options.get("ports", []):
-            used[(port.get("protocol", "tcp"), int(port["host_port"]))] = pod.name
+        for port in pod.options.ports:
+            used[(port.protocol, port.host_port)] = pod.name
     return used
 
 
@@ -166,7 +140,7 @@ def _effective_app(image: ResolvedImage, options: AppOptions) -> dict[str, Any]:
 
 def build_pod_manifest(
     uuid: str, images: list[ResolvedImage], apps: list[AppOptions], names: list[str],
-    options: PodOptions,
+    options: PrepareRequest,
 ) -> dict[str, Any]:
     """The reified pod manifest (appc ``PodManifest``) for the options."""
     runtime_apps = []
@@ -228,7 +202,7 @@ def build_pod_manifest(
     return manifest
 
 
-def _resolve_ports(manifest: dict[str, Any], options: PodOptions) -> list[dict[str, Any]]:
+def _resolve_ports(manifest: dict[str, Any], options: PrepareRequest) -> list[dict[str, Any]]:
     """Each ``-p NAME:HOSTPORT`` matched to the app port declared as NAME."""
     declared: dict[str, tuple[str, dict[str, Any]]] = {}
     for app in manifest["apps"]:
@@ -330,10 +304,12 @@ def _isolator_plans(manifest: dict[str, Any], apps: list[AppOptions]
 
 def _app_spec(entry: dict[str, Any], volumes: dict[str, dict[str, Any]],
               isolators: dict[str, Any]) -> str:
-    """The stage1 ``AppSpec`` JSON for one app of the reified manifest (rootfs, log path and
-    metadata URL are filled at start)."""
+    """The stage1 ``AppSpec`` for one app of the reified manifest, as the JSON the pod store
+    keeps (rootfs, log path and metadata URL are filled at start)."""
+    from jetpack.stage1.base import AppSpec, MountSpec
+
     name, app, mounts = entry["name"], entry["app"], entry.get("mounts", [])
-    handlers = {h["name"]: list(h["exec"]) for h in app.get("eventHandlers", [])}
+    handlers = {h["name"]: tuple(h["exec"]) for h in app.get("eventHandlers", [])}
     mount_specs = []
     for mount in mounts:
         volume = volumes.get(mount["volume"])
@@ -341,27 +317,24 @@ def _app_spec(entry: dict[str, Any], volumes: dict[str, dict[str, Any]],
             raise UsageError(f"app {name}: mount {mount['path']} names volume "
                              f"{mount['volume']!r}, which the pod does not define",
                              hint="define it with -v NAME,kind=empty (or kind=host,source=...)")
-        mount_specs.append([mount["volume"], mount["path"], bool(mount.get("readOnly", False))])
-    spec = {
-        "name": name,
-        "rootfs": "",
-        "exec": list(app["exec"]),
-        "user": str(app.get("user", DEFAULT_USER)),
-        "group": str(app.get("group", DEFAULT_USER)),
-        "supplementary_gids": list(app.get("supplementaryGIDs", [])),
-        "working_directory": app.get("workingDirectory") or "/",
-        "environment": [[e["name"], e["value"]] for e in app.get("environment", [])],
-        "mounts": mount_specs,
-        "pre_start": [handlers["pre-start"]] if "pre-start" in handlers else [],
-        "post_stop": [handlers["post-stop"]] if "post-stop" in handlers else [],
-        "metadata_url": "",
-        "read_only_rootfs": bool(entry.get("readOnlyRootFS", False)),
-        "log_path": None,
-        "log_max_bytes": 8 << 20,
-        "isolators": isolators,
-        "cgroup_dirs": [],
-    }
-    return json.dumps(spec)
+        mount_specs.append(MountSpec(mount["volume"], mount["path"],
+                                     bool(mount.get("readOnly", False))))
+    spec = AppSpec(
+        name=name,
+        rootfs=Path(),
+        exec=tuple(app["exec"]),
+        user=str(app.get("user", DEFAULT_USER)),
+        group=str(app.get("group", DEFAULT_USER)),
+        supplementary_gids=tuple(app.get("supplementaryGIDs", [])),
+        working_directory=app.get("workingDirectory") or "/",
+        environment=tuple((e["name"], e["value"]) for e in app.get("environment", [])),
+        mounts=tuple(mount_specs),
+        pre_start=(handlers["pre-start"],) if "pre-start" in handlers else (),
+        post_stop=(handlers["post-stop"],) if "post-stop" in handlers else (),
+        read_only_rootfs=bool(entry.get("readOnlyRootFS", False)),
+        isolators=isolators,
+    )
+    return json.dumps(spec.to_json())
 
 
 def _sandbox_volumes(volumes: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -378,7 +351,7 @@ def _sandbox_volumes(volumes: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def prepare_pod(
-    config: Config, state: StateDB, images: ImageSource, options: PodOptions
+    config: Config, state: StateDB, images: ImageSource, options: PrepareRequest
 ) -> PodRecord:
     """Prepare a pod from ``options``; returns its record (state ``prepared``)."""
     from jetpack.appc import PodManifest
@@ -414,11 +387,14 @@ def prepare_pod(
              for app, plan in zip(manifest["apps"], plans, strict=True)]
     pod = PodRecord(
         uuid=uuid, name=pod_name, state="prepared", manifest=manifest_json,
-        options={"restart": options.restart, "ports": ports, "limits": limits,
-                 "isolator_warnings": warnings,
-                 "sandbox": {"volumes": _sandbox_volumes(options.volumes),
-                             "annotations": dict(options.annotations)},
-                 "keep_image_etc": options.keep_image_etc},
+        options=PodOptions(
+            restart=options.restart,
+            ports=tuple(PortBinding(**p) for p in ports),
+            limits=Limits.from_json(limits),
+            volumes=tuple(PodVolume(**v) for v in _sandbox_volumes(options.volumes)),
+            annotations=dict(options.annotations),
+            keep_image_etc=options.keep_image_etc,
+            isolator_warnings=tuple(warnings)),
         apps=[AppRecord(name, image.id, spec=spec)
               for name, image, spec in zip(names, resolved, specs, strict=True)],
     )
@@ -442,103 +418,12 @@ def prepare_pod(
     return pod
 
 
-# --- the command line ----------------------------------------------------------------------
-
-POD_FLAGS = {"--name": 1, "--restart": 1, "-p": 1, "--port": 1, "-v": 1, "--volume": 1,
-             "-a": 1, "--annotation": 1, "-f": 1, "--pod-manifest": 1, "--rm": 0, "-t": 0,
-             "--interactive": 0, "--keep-etc": 0}
-APP_FLAGS = {"--app-name": 1, "-m": 1, "--mount": 1, "--exec": 1, "--user": 1, "--group": 1,
-             "-e": 1, "--env": 1, "--working-dir": 1, "-w": 1}
-
-
-def parse_command_line(argv: Sequence[str]) -> tuple[PodOptions, dict[str, Any]]:
-    """Pod options anywhere; app options apply to the image before them. Returns the options
-    and the remaining pod-level flags (``--rm``, ``-t``, ``-f``)."""
-    from jetpack.appc import parse_volume_arg
-
-    options = PodOptions()
-    extra: dict[str, Any] = {"rm": False, "tty": False, "manifest": None}
-    words = list(argv)
-    i = 0
-    while i < len(words):
-        word = words[i]
-        flag, eq, inline = word.partition("=") if word.startswith("--") else (word, "", "")
-        if flag in POD_FLAGS or flag in APP_FLAGS:
-            arity = POD_FLAGS.get(flag, APP_FLAGS.get(flag, 0))
-            if arity and not eq:
-                if i + 1 >= len(words):
-                    raise UsageError(f"{flag} needs a value")
-                value = words[i + 1]
-                i += 2
-            else:
-                value = inline
-                i += 1
-            if flag in APP_FLAGS and not options.apps:
-                raise UsageError(f"{flag} applies to an image: put it after the image")
-            app = options.apps[-1] if options.apps else None
-            if flag == "--name":
-                options.name = value
-            elif flag == "--restart":
-                options.restart = str(RestartPolicy.parse(value))
-            elif flag in ("-p", "--port"):
-                options.ports.append(parse_port(value))
-            elif flag in ("-v", "--volume"):
-                options.volumes.append(parse_volume_arg(value).to_dict())
-            elif flag in ("-a", "--annotation"):
-                key, sep, val = value.partition("=")
-                if not sep or not key:
-                    raise UsageError(f"-a {value}: expected KEY=VALUE")
-                options.annotations[key] = val
-            elif flag in ("-f", "--pod-manifest"):
-                extra["manifest"] = value
-            elif flag == "--rm":
-                extra["rm"] = True
-            elif flag in ("-t", "--interactive"):
-                extra["tty"] = True
-            elif flag == "--keep-etc":
-                options.keep_image_etc = True
-            elif app is not None:
-                _set_app_flag(app, flag, value)
-            continue
-        if word == "--":
-            if not options.apps:
-                raise UsageError("-- must follow an image: it starts that app's arguments")
-            options.apps[-1].exec = words[i + 1:]
-            break
-        if word.startswith("-") and word != "-":
-            raise UsageError(f"unknown option {word}")
-        options.apps.append(AppOptions(image=word))
-        i += 1
-    return options, extra
-
-
-def _set_app_flag(app: AppOptions, flag: str, value: str) -> None:
-    if flag == "--app-name":
-        app.name = value
-    elif flag in ("-m", "--mount"):
-        app.mounts.append(parse_mount(value))
-    elif flag == "--exec":
-        try:
-            app.exec = shlex.split(value)
-        except ValueError as exc:
-            raise UsageError(f"--exec {value!r}: {exc}") from None
-    elif flag == "--user":
-        app.user = value
-    elif flag == "--group":
-        app.group = value
-    elif flag in ("-e", "--env"):
-        key, val = parse_env(value)
-        app.environment[key] = val
-    elif flag in ("-w", "--working-dir"):
-        app.working_directory = value
-
-
 # Fields of a pod manifest's app that replace the image's (exec, user, group,
 # workingDirectory and environment go through the same options as the command line's).
 _APP_FIELDS = ("supplementaryGIDs", "eventHandlers", "isolators", "mountPoints", "ports")
 
 
-def options_from_manifest(text: str, base: PodOptions) -> PodOptions:
+def options_from_manifest(text: str, base: PrepareRequest) -> PrepareRequest:
     """A pod manifest (reified, or a template whose apps name images without an ``id``)
     turned into options; command-line pod options given too take precedence.
 
@@ -589,7 +474,7 @@ def options_from_manifest(text: str, base: PodOptions) -> PodOptions:
                                     p.get("podPort")))
     annotations = {a["name"]: a["value"] for a in data.get("annotations", [])}
     annotations.update(base.annotations)
-    return PodOptions(apps=apps, name=base.name, restart=base.restart, ports=ports,
+    return PrepareRequest(apps=apps, name=base.name, restart=base.restart, ports=ports,
                       volumes=volumes + base.volumes, annotations=annotations,
                       keep_image_etc=base.keep_image_etc,
                       isolators=list(data.get("isolators", [])),

@@ -1,6 +1,6 @@
 """Restart policies: never, on-failure[:N] (N restarts at most), always.
 
-Stored with each pod at prepare time; the supervisor applies them (jetpack.supervisor.restart).
+Stored with each pod at prepare time; the supervisor applies them (jetpack.supervisor.backoff).
 """
 
 from __future__ import annotations

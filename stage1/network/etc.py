@@ -1,6 +1,7 @@
 """The contents of a pod's /etc/resolv.conf and /etc/hosts.
 
-Pure functions of the configuration and the host's resolv.conf; the runtime writes them.
+Pure functions of the configuration and the host's resolv.conf; the isolation drivers write
+them into each app's rootfs (``write_etc_files``) from the sandbox spec's ``etc_files``.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import re
 from pathlib import Path
 
 from jetpack.config import Config
+from jetpack.errors import IsolationError
+from jetpack.stage2.paths import write_file_in_root
 
 HOST_RESOLV_CONF = Path("/etc/resolv.conf")
 # systemd-resolved keeps the real upstream servers here when /etc/resolv.conf names 127.0.0.53.
@@ -69,3 +72,17 @@ def pod_hosts(name: str, ip: str | None) -> str:
         "::1\tlocalhost ip6-localhost ip6-loopback\n"
         f"{own}\t{name}\n"
     )
+
+
+def write_etc_files(rootfs: Path, files: dict[str, str], *, app: str) -> None:
+    """Each ``/etc/<name>`` in the app's rootfs (its own clone), synchronously.
+
+    /etc is resolved inside the rootfs (an image's ``etc -> /somewhere`` leads to the rootfs's
+    own /somewhere, never the host's) and each file is renamed over whatever is there, a symlink
+    included, never written through it."""
+    for name, text in files.items():
+        try:
+            write_file_in_root(rootfs, f"/etc/{name}", text.encode())
+        except OSError as exc:
+            raise IsolationError(f"app {app}: cannot write /etc/{name} in {rootfs}: "
+                                 f"{exc.strerror}") from None

@@ -1,27 +1,18 @@
-"""The isolation drivers' network seam, implemented: what to do for a pod when its sandbox is
-made (attach) and torn down (detach), on Linux (veth + bridge + nftables) or FreeBSD (an alias
-and a pf anchor). The caller announces each pod's address and port forwards first (``expect``).
+"""The isolation drivers' network backends: what to do for a pod when its sandbox is made
+(attach) and torn down (detach), on Linux (veth + bridge + nftables) or FreeBSD (an alias and a
+pf anchor). The pod's address and port forwards come in the attachment's plan, from the
+sandbox spec; the driver registry (stage1.drivers) picks the backend with the driver.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
 
 import trio
 
 from jetpack.config import Config
 from jetpack.errors import NetworkError
-from jetpack.hostinfo import platform_kind
 from jetpack.stage1.base import NetworkAttachment
-
-Forward = tuple[str, int, int, str | None]  # (protocol, host port, pod port, host ip)
-
-
-@dataclass
-class PodNetwork:
-    ip: str
-    forwards: list[Forward] = field(default_factory=list)
 
 
 class _Hook:
@@ -29,15 +20,7 @@ class _Hook:
         self.interface = config["jail.interface"]
         self.network = ipaddress.IPv4Interface(config["jail.network"])
         self.nat = config.bool("jail.nat")
-        self.pods: dict[str, PodNetwork] = {}
         self.limiter = trio.CapacityLimiter(1)  # ip/nft/pfctl calls one at a time
-
-    def expect(self, pod_uuid: str, ip: str | None, forwards: list[Forward]) -> None:
-        """The address and forwards ``attach`` gives this pod (None: loopback only)."""
-        if ip is None:
-            self.pods.pop(pod_uuid, None)
-        else:
-            self.pods[pod_uuid] = PodNetwork(ip, forwards)
 
 
 class LinuxNetwork(_Hook):
@@ -53,28 +36,38 @@ class LinuxNetwork(_Hook):
         linux.ensure_bridge(self.interface, str(self.network))
         linux.ensure_firewall(str(self.network), nat=self.nat)
 
-    async def attach(self, attachment: NetworkAttachment) -> str | None:
+    def teardown_host(self) -> list[str]:
+        """Remove jetpack's nftables table and the bridge (``gc``, no pod running)."""
         from jetpack.stage1.network import linux
 
-        plan = self.pods.get(attachment.pod_uuid)
+        done = []
+        if linux.remove_table():
+            done.append("removed nftables table jetpack")
+        if linux.remove_bridge(self.interface):
+            done.append(f"removed bridge {self.interface}")
+        return done
+
+    async def attach(self, attachment: NetworkAttachment) -> None:
+        from jetpack.stage1.network import linux
+
+        plan = attachment.plan
         if plan is None:
-            return None
+            return
         if attachment.netns_path is None:
             raise NetworkError(f"pod {attachment.pod_uuid}: no network namespace to attach")
         veth = linux.veth_name(attachment.pod_uuid)
 
         def attach() -> None:
-            linux.attach_pod(str(attachment.netns_path), plan.ip, self.network.network.prefixlen,
+            linux.attach_pod(str(attachment.netns_path), plan.ip4, self.network.network.prefixlen,
                              str(self.network.ip), bridge=self.interface, veth_name=veth)
             if plan.forwards:
                 try:
-                    linux.add_port_forwards(attachment.pod_uuid, plan.ip, plan.forwards)
+                    linux.add_port_forwards(attachment.pod_uuid, plan.ip4, list(plan.forwards))
                 except BaseException:
                     linux.detach_pod(veth)
                     raise
 
         await trio.to_thread.run_sync(attach, limiter=self.limiter)
-        return plan.ip
 
     async def detach(self, attachment: NetworkAttachment) -> None:
         from jetpack.stage1.network import linux
@@ -95,49 +88,43 @@ class FreeBSDNetwork(_Hook):
 
         freebsd.ensure_interface(self.interface)
 
-    async def attach(self, attachment: NetworkAttachment) -> str | None:
-        from jetpack.stage1.network import freebsd
-        from jetpack.stage1.network.ports import as_forwards
+    def teardown_host(self) -> list[str]:
+        """Nothing: lo1 stays (rc.conf's), and each pod's pf anchor goes with its sandbox."""
+        return []
 
-        plan = self.pods.get(attachment.pod_uuid)
+    async def attach(self, attachment: NetworkAttachment) -> None:
+        from jetpack.stage1.network import freebsd
+
+        plan = attachment.plan
         if plan is None:
-            return None
+            return
 
         def attach() -> None:
-            freebsd.add_alias(plan.ip, self.interface)
+            freebsd.add_alias(plan.ip4, self.interface)
             try:
                 nat = freebsd.default_interface() if self.nat else None
-                rules = freebsd.pod_rules(plan.ip, as_forwards(plan.forwards),
+                rules = freebsd.pod_rules(plan.ip4, list(plan.forwards),
                                           interface=self.interface, nat_interface=nat)
                 if rules.strip():
                     freebsd.load_pod_rules(attachment.pod_uuid, rules)
             except BaseException:
-                freebsd.remove_alias(plan.ip, self.interface)
+                freebsd.remove_alias(plan.ip4, self.interface)
                 raise
 
         await trio.to_thread.run_sync(attach, limiter=self.limiter)
-        return plan.ip
 
     async def detach(self, attachment: NetworkAttachment) -> None:
         from jetpack.stage1.network import freebsd
 
-        plan = self.pods.get(attachment.pod_uuid)
+        plan = attachment.plan
 
         def detach() -> None:
             # The alias goes even when pf fails: the next pod given this address needs it gone.
             try:
                 if freebsd.flush_pod_rules(attachment.pod_uuid) and plan is not None:
-                    freebsd.kill_pod_states(plan.ip)
+                    freebsd.kill_pod_states(plan.ip4)
             finally:
                 if plan is not None:
-                    freebsd.remove_alias(plan.ip, self.interface)
+                    freebsd.remove_alias(plan.ip4, self.interface)
 
         await trio.to_thread.run_sync(detach, limiter=self.limiter)
-
-
-def pod_network(config: Config) -> LinuxNetwork | FreeBSDNetwork:
-    """The platform's network hook (chosen here, once)."""
-    if platform_kind() == "freebsd":
-        return FreeBSDNetwork(config)
-    return LinuxNetwork(config)
-
