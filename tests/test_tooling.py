@@ -70,6 +70,7 @@ PLATFORM_CHECKS = {
     "stage1/identity.py": "mypy narrowing (pidfd on Linux, ps on FreeBSD)",
     "stage1/proc.py": "mypy narrowing (pidfd vs kqueue watch)",
     "stage2/paths.py": "mypy narrowing (openat2 is Linux-only)",
+    "stage1/jail_attach.py": "mypy narrowing (jail_attach(2) through libc on FreeBSD only)",
 }
 
 
