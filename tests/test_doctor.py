@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Jetpack, write_conf
 from jetpack.testing import freebsd_standins
+
+from conftest import Jetpack, write_conf
 
 PF_CONF = """\
 ext_if = "em0"

@@ -6,19 +6,19 @@ from __future__ import annotations
 import json
 import os
 import stat
-import subprocess
 from pathlib import Path
 
 import pytest
 import trio
 
-from acis import aci_from_dir, manifest
-from conftest import Jetpack, write_conf
 from jetpack.stage1.base import AppSpec, SandboxSpec
 from jetpack.stage1.jail import JailDriver
 from jetpack.state import StateDB
 from jetpack.store.pods import PodStore
 from jetpack.testing import freebsd_standins
+
+from acis import aci_from_dir, manifest
+from conftest import Jetpack, write_conf
 
 pytestmark = pytest.mark.freebsd
 
@@ -68,12 +68,12 @@ async def test_ps_lists_the_app_jails_processes(
             assert sorted(str(r["command"]) for r in rows) == ["sleep 300", "sleep 301"]
             assert {r["app"] for r in rows} == {"busybox"}
             # Exactly what the jail holds, per ps -J of the app jail.
-            jid = subprocess.run(["jls", "-j", f"jetpack/{pod}.busybox", "jid"],
-                                 capture_output=True, text=True, check=True).stdout.strip()
-            listed = subprocess.run(["ps", "-J", jid, "-o", "pid=", "-o", "command="],
-                                    capture_output=True, text=True, check=True).stdout
-            assert sorted(int(r["pid"]) for r in rows) == sorted(  # type: ignore[call-overload]
-                int(line.split()[0]) for line in listed.splitlines())
+            jid = (await trio.run_process(["jls", "-j", f"jetpack/{pod}.busybox", "jid"],
+                                          capture_stdout=True)).stdout.decode().strip()
+            listed = (await trio.run_process(["ps", "-J", jid, "-o", "pid=", "-o", "command="],
+                                             capture_stdout=True)).stdout.decode()
+            assert sorted(str(r["pid"]) for r in rows) == sorted(
+                line.split()[0] for line in listed.splitlines())
 
             text = await trio.to_thread.run_sync(lambda: jp("ps", "jailed"))
             assert text.stdout.splitlines()[0].split() == ["PID", "APP", "COMMAND"]

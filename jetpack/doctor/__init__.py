@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from jetpack.config import Config
 from jetpack.doctor.check import Check
+from jetpack.hostinfo import PlatformKind
 
 __all__ = ["Check", "host_checks"]
 
@@ -29,7 +30,7 @@ def host_checks(config: Config) -> list[Check]:
     if config["storage.driver"] == "zfs":
         from jetpack.doctor.check import tool_checks
 
-        platform = "freebsd" if driver == "jail" else "linux"
+        platform: PlatformKind = "freebsd" if driver == "jail" else "linux"
         zfs_tool = tool_checks((("zfs", "for root.zfs"),), platform)
         checks += zfs_tool
         if zfs_tool[0].status == "ok":
