@@ -1,5 +1,6 @@
 """The one place that picks the platform's drivers: the isolation driver (``isolation.driver`` =
-``linux`` | ``jail``) and the network backend that goes with it.
+``linux`` | ``jail``), the network backend that goes with it, and (for a sandbox one of them
+made) its process listing.
 
 Both driver modules import on every platform; only the chosen one is ever constructed. Callers
 ask the driver's ``capabilities`` (or the backend) rather than comparing platform names. The
@@ -8,9 +9,12 @@ storage driver's default is the configuration's per-platform default (``storage.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from jetpack.config import Config
 from jetpack.errors import ConfigError
-from jetpack.stage1.base import IsolationDriver
+from jetpack.stage1.base import IsolationDriver, SandboxHandle
 from jetpack.stage1.network.hook import FreeBSDNetwork, LinuxNetwork
 
 DRIVERS = ("linux", "jail")
@@ -44,3 +48,19 @@ def _driver_name(config: Config) -> str:
     if name not in DRIVERS:
         raise ConfigError(f"isolation.driver: unknown driver {name!r} (linux or jail)")
     return str(name)
+
+
+def pod_processes(handle: SandboxHandle, monitors: Mapping[str, int | None]
+                  ) -> list[dict[str, Any]]:
+    """``jetpack ps``: rows ``{pid, app, command}`` of what runs in the sandbox, listed the way
+    the driver that made it (``handle.driver``) can: /proc on Linux, ``jls`` + ``ps -J`` for
+    jails. ``monitors`` maps each app to its monitor's pid. Synchronous (runs tools)."""
+    if handle.driver == "linux":
+        from jetpack.stage1.linux_ps import linux_processes
+
+        return linux_processes(handle.data, monitors)
+    if handle.driver == "jail":
+        from jetpack.stage1.jail import jail_processes
+
+        return jail_processes(handle.data, list(monitors))
+    return []

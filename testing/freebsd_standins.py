@@ -55,6 +55,22 @@ def set_pf_loaded(state_dir: Path, loaded: bool) -> None:
         marker.touch()
 
 
+def set_pf_enabled(state_dir: Path, enabled: bool) -> None:
+    """Enable or disable the stand-in pf, as ``pfctl -e`` / ``pfctl -d`` would (loaded pf
+    starts disabled on FreeBSD until pfctl -e or rc.d/pf enables it)."""
+    marker = state_dir / "pf.disabled"
+    if enabled:
+        marker.unlink(missing_ok=True)
+    else:
+        marker.touch()
+
+
+def set_devfs_rulesets(state_dir: Path, rulesets: list[str]) -> None:
+    """The devfs rulesets the stand-in kernel has loaded (default: 1-4 of
+    /etc/defaults/devfs.rules); ``devfs rule -s N show`` prints nothing for the others."""
+    (state_dir / "devfs.rulesets").write_text(" ".join(rulesets) + "\n")
+
+
 def _state_module() -> ModuleType:
     spec = importlib.util.spec_from_file_location("standin_state", STANDINS / "standin_state.py")
     assert spec is not None

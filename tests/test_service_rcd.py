@@ -21,6 +21,7 @@ import pytest
 
 from conftest import DATA, REPO, require
 
+pytestmark = pytest.mark.freebsd
 SCRIPT = REPO / "rc.d" / "jetpack"
 STANDINS = DATA / "service"
 SHELLS = ["dash", "bash"]
@@ -77,6 +78,7 @@ class FreeBSDLayout:
             "JETPACK_STANDIN_STOP_SECONDS": str(stop_seconds),
             "STANDIN_DAEMON_LOG": str(t / "daemon.log"),
             "STANDIN_DAEMON_SYSLOG": str(t / "syslog"),
+            "JETPACK_STANDIN_DOCTOR": str(t / "doctor.report"),
         }
         return subprocess.run(
             ["unshare", "--mount", "--propagation", "private", "sh", "-c", setup,
@@ -161,6 +163,10 @@ def test_start_status_reload_stop(freebsd: FreeBSDLayout) -> None:
         "/usr/local/bin/jetpack", "-c", str(freebsd.top / "jetpack.conf"), "daemon",
         "--pidfile", "/var/run/jetpack/supervisor.pid",
     ]
+
+    # The host was checked first, with the same configuration, and found ready.
+    assert freebsd.events()[0] == "doctor " + json.dumps(
+        ["-c", str(freebsd.top / "jetpack.conf"), "doctor", "-q"])
 
     [[_, pid, ppid, argv]] = started(freebsd)
     daemon_pid = freebsd.pid("jetpack_daemon.pid")
@@ -286,6 +292,28 @@ def test_bad_knobs_refuse_start(freebsd: FreeBSDLayout, knob: str, message: str)
     assert message in out.stderr
     assert "failed precmd routine for jetpack" in out.stderr
     assert freebsd.daemon_invocations() == []
+
+
+def test_host_not_ready_refuses_start_with_doctors_report(freebsd: FreeBSDLayout) -> None:
+    enabled(freebsd)
+    report = ("missing  pf is not loaded (/dev/pf does not exist)\n"
+              "           fix: kldload pf\n"
+              "           fix: sysrc pf_enable=YES\n")
+    (freebsd.top / "doctor.report").write_text(report)
+    out = freebsd.rc("start")
+    assert out.returncode == 1
+    assert report in out.stderr
+    assert "the host is not ready for jetpack; fix the above" in out.stderr
+    assert "failed precmd routine for jetpack" in out.stderr
+    assert freebsd.daemon_invocations() == []
+    assert started(freebsd) == []
+
+    # Fixed: the same start goes ahead.
+    (freebsd.top / "doctor.report").unlink()
+    out = freebsd.rc("start")
+    assert out.returncode == 0, out.stderr
+    wait_until(lambda: started(freebsd) != [], "the supervisor to start")
+    assert freebsd.rc("stop").returncode == 0
 
 
 def test_reload_when_stopped_says_so(freebsd: FreeBSDLayout) -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from conftest import REPO, require
 
+pytestmark = pytest.mark.freebsd
 VAGRANTFILE = REPO / "Vagrantfile"
 # Loads the Vagrantfile with a Vagrant.configure that does nothing and prints the provisioning
 # script: exactly the string Ruby hands to the guest's shell.
@@ -65,6 +66,50 @@ def test_provisioning_sets_up_what_jetpack_needs(provision_script: Path) -> None
     assert "jetpack init" in text
     assert "sysrc -q jetpack_enable=YES" in text
     assert "service jetpack start" in text
+
+
+def test_box_is_a_supported_freebsd_14() -> None:
+    # 14.1 reached its end of life on 2025-09-30; 14.3 is supported.
+    assert 'ENV.fetch("JETPACK_BOX", "freebsd/FreeBSD-14.3-RELEASE")' in VAGRANTFILE.read_text()
+
+
+def test_provisioning_enables_racct_and_says_how_to_reboot(provision_script: Path) -> None:
+    text = provision_script.read_text()
+    assert "sysrc -q -f /boot/loader.conf kern.racct.enable=1" in text
+    lines = text.splitlines()
+    # The service and the smoke pod come only once racct is live (doctor would refuse them).
+    gate = lines.index('if [ "$(sysctl -n kern.racct.enable)" != 1 ]; then')
+    assert "vagrant reload --provision" in "\n".join(lines[gate:gate + 5])
+    assert lines.index("jetpack doctor") > gate
+    assert "vagrant reload --provision" in VAGRANTFILE.read_text().split("PROVISION =")[0]
+
+
+def test_pf_conf_does_not_skip_loopback(provision_script: Path) -> None:
+    text = provision_script.read_text()
+    pf_conf = text[text.index("cat > /etc/pf.conf <<EOF"):]
+    pf_conf = pf_conf[:pf_conf.index("\nEOF\n")]
+    rules = [line for line in pf_conf.splitlines()[1:] if not line.startswith("#")]
+    assert not [line for line in rules if line.startswith("set skip")]
+    assert rules.index('nat-anchor "jetpack/*"') < rules.index('anchor "jetpack/*"')
+
+
+def test_provisioning_builds_the_base_image_and_runs_a_pod(provision_script: Path) -> None:
+    lines = provision_script.read_text().splitlines()
+    build = next(i for i, line in enumerate(lines)
+                 if "sh /vagrant/images/freebsd-base/build.sh" in line)
+    imported = lines.index("    jetpack import /var/tmp/jetpack-image/freebsd-base.aci")
+    doctor = lines.index("jetpack doctor")
+    start = lines.index("    service jetpack start")
+    smoke = next(i for i, line in enumerate(lines) if line.startswith("out=$(jetpack run --rm "
+                                                                       "jetpack.example/"
+                                                                       "freebsd-base"))
+    assert build < imported < doctor < start < smoke
+    # The image's name is the one images/freebsd-base/manifest.in gives it.
+    manifest = (REPO / "images/freebsd-base/manifest.in").read_text()
+    assert '"name": "jetpack.example/freebsd-base"' in manifest
+    # A smoke pod that prints the wrong thing fails the provisioning.
+    assert '*) echo "jetpack: the smoke pod did not print what it should: $out" >&2; exit 1 ;;' \
+        in lines
 
 
 def validate(directory: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:

@@ -4,8 +4,6 @@ supervisor needed) and listing its processes."""
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
 from typing import Any
 
 from jetpack.cli.context import Context
@@ -84,34 +82,16 @@ def _enter(ctx: Context, pod: Any, app: Any, argv: list[str], user: str | None, 
 
 
 def _ps(ctx: Context, args: argparse.Namespace) -> int:
+    from jetpack.stage1.base import SandboxHandle
+    from jetpack.stage1.drivers import pod_processes
     from jetpack.store.pods import PodStore
 
     pod = PodStore(ctx.state).resolve(args.target.partition(":")[0])
     rows = []
-    net = (pod.runtime.get("data") or {}).get("namespaces", {}).get("net") if pod.runtime \
-        else None
-    if net and os.path.exists(net):
-        inode = os.stat(net).st_ino
-        monitors = {a.pid: a.name for a in pod.apps if a.pid}
-        pid_ns = {}
-        for pid, name in monitors.items():
-            try:
-                pid_ns[os.stat(f"/proc/{pid}/ns/pid").st_ino] = name
-            except OSError:
-                continue
-        for entry in sorted(Path("/proc").iterdir(), key=lambda p: (len(p.name), p.name)):
-            if not entry.name.isdigit():
-                continue
-            try:
-                if os.stat(entry / "ns" / "net").st_ino != inode:
-                    continue
-                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(
-                    errors="replace").strip()
-                app = pid_ns.get(os.stat(entry / "ns" / "pid_for_children").st_ino) or \
-                    pid_ns.get(os.stat(entry / "ns" / "pid").st_ino, "-")
-            except OSError:
-                continue
-            rows.append({"pid": int(entry.name), "app": app, "command": cmd})
+    if pod.runtime:
+        # The driver that made the sandbox lists it (/proc on Linux, ps -J for jails).
+        rows = pod_processes(SandboxHandle.from_json(pod.runtime),
+                             {a.name: a.pid for a in pod.apps})
     if args.json:
         ctx.print_json(rows)
     else:

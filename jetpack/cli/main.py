@@ -29,6 +29,7 @@ COMMANDS: dict[str, Command] = {
     # store and configuration (no supervisor needed)
     "init": Command("setup", "create the state root, datasets, database and keys"),
     "config": Command("setup", "print the merged configuration, or one key's value"),
+    "doctor": Command("doctor", "check the host for what the configured drivers need"),
     "version": Command("setup", "print jetpack's version"),
     "help": Command("setup", "show help for jetpack or one command"),
     "import": Command("images", "import an ACI file (or - for stdin); prints the image ID"),
