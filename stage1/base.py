@@ -338,6 +338,12 @@ class IsolationDriver(Protocol):
     name: str
     capabilities: IsolationCapabilities
 
+    @staticmethod
+    def check_limits(limits: Limits) -> None:
+        """Refuse ``limits`` this host cannot enforce (no cgroup controller, racct off), cheaply
+        and before anything is made: prepare asks it, create_sandbox asks again."""
+        ...
+
     async def create_sandbox(self, spec: SandboxSpec) -> SandboxHandle:
         """Make the pod's persistent isolation (namespaces or jail, resource controls, network
         attachment); apps join it later. The handle records what destroy and recover need."""

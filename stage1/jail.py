@@ -30,6 +30,7 @@ from jetpack.stage1.base import (
     AppSpec,
     ExitStatus,
     IsolationCapabilities,
+    Limits,
     NetworkAttachment,
     NetworkHook,
     PodVolume,
@@ -99,6 +100,11 @@ class JailDriver(MonitoredApps):
         return cls(name_prefix=config["jail.namePrefix"], params=config.prefixed("jail.param."),
                    network=network)
 
+    @staticmethod
+    def check_limits(limits: Limits) -> None:
+        """Refuse ``limits`` when this host's kernel cannot enforce them (racct off)."""
+        rctl.check_racct(limits)
+
     @property
     def helper(self) -> list[str]:
         """The helper that enters an app jail; its request comes as the last argument."""
@@ -126,7 +132,7 @@ class JailDriver(MonitoredApps):
         params = jail_params(DEFAULT_PARAMS, self.params, spec.annotations)
         if spec.limits is not None:
             # refused before anything is made when the kernel cannot enforce them
-            await self._thread(rctl.check_racct, spec.limits)
+            await self._thread(self.check_limits, spec.limits)
         await self._thread(_prepare_dirs, spec, run_dir, root, volumes_dir)
         ip4 = None if spec.network is None else spec.network.ip4
         data: dict[str, Any] = {

@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from acis import aci_from_entries, dir_entry, manifest, manifest_entry
 from jetpack.testing import freebsd_standins
+
+from acis import aci_from_entries, dir_entry, manifest, manifest_entry
 from podhost import Host, open_host
 
 pytestmark = pytest.mark.freebsd
@@ -84,11 +85,12 @@ def test_pod_lifecycle_through_the_supervisor_under_the_jail_driver(
     pod = host.jp("prepare", "example.com/web", "-p", f"http:{port}", "-m", "data:/data",
                   "-v", f"data,kind=host,source={data}").stdout.split()[-1]
     jail = f"jetpack/{pod}"
-    for life in range(2):  # start, stop; the pod started again (restart)
+    for _life in range(2):  # start, stop; the pod started again (restart)
         host.jp("start", pod)
         host.wait_for("the app", lambda: host.pod(pod)["state"] == "running")
         jails = standin_state(state)["jails"]
-        assert jail in jails and f"{jail}.web" in jails
+        assert jail in jails
+        assert f"{jail}.web" in jails
         assert [m["source"] for m in standin_state(state)["mounts"]
                 if m["fstype"] == "nullfs"] == [str(data)]  # the volume
         # the memory isolator as an rctl rule on the pod jail, with the pids limit
@@ -116,3 +118,38 @@ def test_pod_lifecycle_through_the_supervisor_under_the_jail_driver(
     assert rctl_rules() == []
     assert json.loads(host.jp("list", "--json").stdout) == []
     assert not (host.jp.root / "pods" / pod).exists()
+
+
+def test_prepare_refuses_limits_when_racct_is_disabled(
+    jail_host: tuple[Host, Path], tmp_path: Path
+) -> None:
+    host, state = jail_host
+    throttled = aci_from_entries(tmp_path / "throttled.aci", [
+        manifest_entry(manifest("example.com/throttled", dependencies=[
+            {"imageName": "example.com/busybox"}], app={
+                "exec": ["/bin/true"], "user": "0", "group": "0",
+                "isolators": [{"name": "resource/block-bandwidth",
+                               "value": {"default": True, "limit": "10M"}}]})),
+        dir_entry("rootfs")])
+    host.jp("import", str(throttled))
+    # under the jail driver the block isolator is enforced (rctl throttles), not warned about
+    prepared = host.jp("prepare", "example.com/throttled")
+    assert "block-bandwidth" not in prepared.stderr
+    pod = prepared.stdout.split()[-1]
+    host.start()
+    host.jp("start", pod)
+    host.wait_for("the app", lambda: host.pod(pod)["state"] != "running")
+    host.jp("destroy", pod)
+    freebsd_standins.set_sysctl(state, "kern.racct.enable", "0")
+    refused = host.jp("prepare", "example.com/throttled", check=False)
+    assert refused.returncode != 0
+    assert "resource/block-bandwidth" in refused.stderr
+    assert "kern.racct.enable=1" in refused.stderr
+    assert "/boot/loader.conf" in refused.stderr
+    assert json.loads(host.jp("list", "--json").stdout) == []
+    assert rctl_rules_unchecked(state) == ""
+
+
+def rctl_rules_unchecked(state: Path) -> str:
+    path = state / "rctl.rules"
+    return path.read_text() if path.exists() else ""
