@@ -149,16 +149,14 @@ def plan_isolators(
              for name in merged}
     memory = _limit(merged[MEMORY], where[MEMORY]) if MEMORY in merged else None
     cpu = _limit(merged[CPU], where[CPU]) if CPU in merged else None
-    block = {name: _limit(merged[name], where[name]) if block_io and name in merged else None
-             for name in BLOCK_IO}
+    block: dict[str, int | None] = {}
+    for name in BLOCK_IO:
+        limit = _limit(merged[name], where[name]) if block_io and name in merged else None
+        block[name] = None if limit is None else parse_bytes(limit, path=where[name])
     limits = Limits(
         memory_bytes=None if memory is None else parse_bytes(memory, path=where[MEMORY]),
         cpu_millicores=None if cpu is None else parse_millicores(cpu, path=where[CPU]),
-        pids=pids_limit,
-        block_bps=None if block[BLOCK_BANDWIDTH] is None
-        else parse_bytes(block[BLOCK_BANDWIDTH], path=where[BLOCK_BANDWIDTH]),
-        block_iops=None if block[BLOCK_IOPS] is None
-        else parse_bytes(block[BLOCK_IOPS], path=where[BLOCK_IOPS]),
+        pids=pids_limit, block_bps=block[BLOCK_BANDWIDTH], block_iops=block[BLOCK_IOPS],
     )
 
     capabilities = capability_set(
