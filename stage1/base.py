@@ -41,7 +41,9 @@ class IsolationCapabilities:
     enter: bool  # exec/console into a running app
     recover: bool  # a new supervisor can adopt running sandboxes and apps
     network_namespace: bool  # the pod has its own network stack (Linux netns, vnet)
-    limits: bool  # the sandbox's ``Limits`` are enforced (cgroups; rctl once wired)
+    limits: bool  # the sandbox's ``Limits`` are enforced (cgroups, rctl)
+    # ``Limits.block_bps``/``block_iops`` (resource/block-bandwidth, block-iops) are enforced
+    block_io_limits: bool = False
 
 
 @dataclass(frozen=True)
@@ -51,16 +53,21 @@ class Limits:
     memory_bytes: int | None = None
     cpu_millicores: int | None = None
     pids: int | None = DEFAULT_PIDS_LIMIT
+    # appc resource/block-bandwidth and block-iops: one limit each for reads and for writes,
+    # bytes (operations) per second; only a driver with ``block_io_limits`` gets them.
+    block_bps: int | None = None
+    block_iops: int | None = None
 
     def to_json(self) -> dict[str, int | None]:
         return {"memory_bytes": self.memory_bytes, "cpu_millicores": self.cpu_millicores,
-                "pids": self.pids}
+                "pids": self.pids, "block_bps": self.block_bps, "block_iops": self.block_iops}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Limits:
         return cls(memory_bytes=data.get("memory_bytes"),
                    cpu_millicores=data.get("cpu_millicores"),
-                   pids=data.get("pids", DEFAULT_PIDS_LIMIT))
+                   pids=data.get("pids", DEFAULT_PIDS_LIMIT),
+                   block_bps=data.get("block_bps"), block_iops=data.get("block_iops"))
 
 
 @dataclass(frozen=True)
@@ -330,6 +337,12 @@ class IsolationDriver(Protocol):
 
     name: str
     capabilities: IsolationCapabilities
+
+    @staticmethod
+    def check_limits(limits: Limits) -> None:
+        """Refuse ``limits`` this host cannot enforce (no cgroup controller, racct off), cheaply
+        and before anything is made: prepare asks it, create_sandbox asks again."""
+        ...
 
     async def create_sandbox(self, spec: SandboxSpec) -> SandboxHandle:
         """Make the pod's persistent isolation (namespaces or jail, resource controls, network

@@ -10,12 +10,16 @@ storage driver's default is the configuration's per-platform default (``storage.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jetpack.config import Config
 from jetpack.errors import ConfigError
-from jetpack.stage1.base import IsolationDriver, SandboxHandle
+from jetpack.stage1.base import IsolationCapabilities, IsolationDriver, Limits, SandboxHandle
 from jetpack.stage1.network.hook import FreeBSDNetwork, LinuxNetwork
+
+if TYPE_CHECKING:
+    from jetpack.stage1.jail import JailDriver
+    from jetpack.stage1.linux import LinuxDriver
 
 DRIVERS = ("linux", "jail")
 
@@ -41,6 +45,24 @@ def isolation_driver(config: Config, *, setup_host: bool = False) -> IsolationDr
     from jetpack.stage1.jail import JailDriver
 
     return JailDriver.from_config(config, network=network)
+
+
+def driver_capabilities(config: Config) -> IsolationCapabilities:
+    """What the configured isolation driver can do, without making one (prepare asks it)."""
+    return _driver_class(config).capabilities
+
+
+def check_limits(config: Config, limits: Limits) -> None:
+    """The configured driver refuses ``limits`` this host cannot enforce (jail: racct off),
+    so that prepare refuses a pod before anything is made; create_sandbox checks again."""
+    _driver_class(config).check_limits(limits)
+
+
+def _driver_class(config: Config) -> type[LinuxDriver] | type[JailDriver]:
+    from jetpack.stage1.jail import JailDriver
+    from jetpack.stage1.linux import LinuxDriver
+
+    return JailDriver if _driver_name(config) == "jail" else LinuxDriver
 
 
 def _driver_name(config: Config) -> str:

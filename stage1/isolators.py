@@ -25,6 +25,11 @@ SECCOMP_RETAIN = "os/linux/seccomp-retain-set"
 SECCOMP_REMOVE = "os/linux/seccomp-remove-set"
 SYSCTL = "os/unix/sysctl"
 
+BLOCK_BANDWIDTH = "resource/block-bandwidth"
+BLOCK_IOPS = "resource/block-iops"
+# Enforced only by a driver whose capabilities say ``block_io_limits`` (rctl throttles).
+BLOCK_IO = (BLOCK_BANDWIDTH, BLOCK_IOPS)
+
 RESOURCES = (MEMORY, CPU)
 APP_ONLY = (CAPS_RETAIN, CAPS_REMOVE, NO_NEW_PRIVILEGES, SECCOMP_RETAIN, SECCOMP_REMOVE)
 LINUX_ONLY = APP_ONLY
@@ -91,11 +96,13 @@ def isolator_problems(
     path: str,
     *,
     platform: PlatformKind | None = None,
+    block_io: bool = False,
 ) -> list[tuple[str, str]]:
     """``(where, why)`` for each isolator (or sysctl key) jetpack would not enforce: unknown,
     known but not enforced, Linux-only elsewhere, a sysctl not namespaced to the pod. ``where``
     is the JSON path (``apps[0].app.isolators[1]``). The plan turns these into warnings for an
-    image's isolators; prepare refuses them when a pod manifest asks for them."""
+    image's isolators; prepare refuses them when a pod manifest asks for them. ``block_io``:
+    the driver enforces resource/block-bandwidth and block-iops (its capabilities say so)."""
     platform = platform or platform_kind()
     problems: list[tuple[str, str]] = []
     for index, isolator in enumerate(isolators):
@@ -103,7 +110,7 @@ def isolator_problems(
         name = isolator.get("name") if isinstance(isolator, Mapping) else None
         if name not in KNOWN:
             problems.append((where, f"unknown isolator {name} ignored"))
-        elif name in NOT_ENFORCED:
+        elif name in NOT_ENFORCED and not (block_io and name in BLOCK_IO):
             problems.append((where, f"isolator {name} is not enforced by jetpack; ignored"))
         elif platform != "linux" and name in LINUX_ONLY:
             problems.append((where, f"isolator {name} is Linux-only; ignored on {platform}"))
@@ -122,6 +129,7 @@ def plan_isolators(
     pids_limit: int | None = DEFAULT_PIDS_LIMIT,
     platform: PlatformKind | None = None,
     path: str = "app.isolators",
+    block_io: bool = False,
 ) -> IsolatorPlan:
     """The plan for one app: app isolators override the pod's. A pod-level capabilities,
     seccomp or no-new-privileges isolator applies to every app that has none of that kind."""
@@ -133,17 +141,22 @@ def plan_isolators(
     pod = _by_name(inherited, "isolators")
     merged = {**pod, **app}
     app = {**{k: v for k, v in pod.items() if k in APP_ONLY}, **app}
-    warnings = [why for _, why in isolator_problems(inherited, "isolators", platform=platform)
-                + isolator_problems(app_isolators, path, platform=platform)]
+    warnings = [why for _, why in
+                isolator_problems(inherited, "isolators", platform=platform, block_io=block_io)
+                + isolator_problems(app_isolators, path, platform=platform, block_io=block_io)]
 
     where = {name: f"{path}[{name}]" if name not in pod else f"isolators[{name}]"
              for name in merged}
     memory = _limit(merged[MEMORY], where[MEMORY]) if MEMORY in merged else None
     cpu = _limit(merged[CPU], where[CPU]) if CPU in merged else None
+    block: dict[str, int | None] = {}
+    for name in BLOCK_IO:
+        limit = _limit(merged[name], where[name]) if block_io and name in merged else None
+        block[name] = None if limit is None else parse_bytes(limit, path=where[name])
     limits = Limits(
         memory_bytes=None if memory is None else parse_bytes(memory, path=where[MEMORY]),
         cpu_millicores=None if cpu is None else parse_millicores(cpu, path=where[CPU]),
-        pids=pids_limit,
+        pids=pids_limit, block_bps=block[BLOCK_BANDWIDTH], block_iops=block[BLOCK_IOPS],
     )
 
     capabilities = capability_set(
@@ -193,7 +206,7 @@ def _overridden(name: str, app: Mapping[str, Any]) -> bool:
 
 def pod_limits(pod_isolators: Sequence[Mapping[str, Any]],
                app_plans: Sequence[IsolatorPlan],
-               *, pids_limit: int | None = DEFAULT_PIDS_LIMIT) -> Limits:
+               *, pids_limit: int | None = DEFAULT_PIDS_LIMIT, block_io: bool = False) -> Limits:
     """The pod-wide cgroup/rctl limits: the pod's own resource isolators, else the sum of its
     apps' limits when every app has one (one unlimited app leaves the pod unlimited)."""
     pod = _by_name(pod_isolators, "isolators")
@@ -207,4 +220,13 @@ def pod_limits(pod_isolators: Sequence[Mapping[str, Any]],
     if app_plans and millicores is None and \
             all(p.limits.cpu_millicores is not None for p in app_plans):
         millicores = sum(p.limits.cpu_millicores or 0 for p in app_plans)
-    return Limits(memory_bytes=memory_bytes, cpu_millicores=millicores, pids=pids_limit)
+    block: dict[str, int | None] = {}
+    for name, field_name in ((BLOCK_BANDWIDTH, "block_bps"), (BLOCK_IOPS, "block_iops")):
+        limit = _limit(pod[name], f"isolators[{name}]") if block_io and name in pod else None
+        total = None if limit is None else parse_bytes(limit)
+        per_app = [getattr(p.limits, field_name) for p in app_plans]
+        if app_plans and total is None and all(v is not None for v in per_app):
+            total = sum(per_app)
+        block[field_name] = total
+    return Limits(memory_bytes=memory_bytes, cpu_millicores=millicores, pids=pids_limit,
+                  **block)

@@ -24,11 +24,13 @@ import trio
 import jetpack
 from jetpack.config import Config
 from jetpack.errors import IsolationError, JetpackError, NotFoundError
+from jetpack.stage1 import rctl
 from jetpack.stage1.base import (
     AppProcess,
     AppSpec,
     ExitStatus,
     IsolationCapabilities,
+    Limits,
     NetworkAttachment,
     NetworkHook,
     PodVolume,
@@ -78,7 +80,7 @@ class JailDriver(MonitoredApps):
     name = "jail"
     capabilities = IsolationCapabilities(
         name="jail", pid_namespace_per_app=False, enter=True, recover=True,
-        network_namespace=False, limits=False,  # rctl(8): to be wired here
+        network_namespace=False, limits=True, block_io_limits=True,  # rctl(8) on the pod jail
     )
 
     def __init__(self, *, name_prefix: str = "jetpack/", params: Mapping[str, str] | None = None,
@@ -97,6 +99,11 @@ class JailDriver(MonitoredApps):
     def from_config(cls, config: Config, *, network: NetworkHook | None = None) -> JailDriver:
         return cls(name_prefix=config["jail.namePrefix"], params=config.prefixed("jail.param."),
                    network=network)
+
+    @staticmethod
+    def check_limits(limits: Limits) -> None:
+        """Refuse ``limits`` when this host's kernel cannot enforce them (racct off)."""
+        rctl.check_racct(limits)
 
     @property
     def helper(self) -> list[str]:
@@ -123,6 +130,9 @@ class JailDriver(MonitoredApps):
         root = run_dir / "root"
         volumes_dir = spec.pod_dir / "volumes"
         params = jail_params(DEFAULT_PARAMS, self.params, spec.annotations)
+        if spec.limits is not None:
+            # refused before anything is made when the kernel cannot enforce them
+            await self._thread(self.check_limits, spec.limits)
         await self._thread(_prepare_dirs, spec, run_dir, root, volumes_dir)
         ip4 = None if spec.network is None else spec.network.ip4
         data: dict[str, Any] = {
@@ -131,6 +141,7 @@ class JailDriver(MonitoredApps):
             "network": None if spec.network is None else spec.network.to_json(),
             "etc_files": dict(spec.etc_files),
             "volumes": [_volume_json(v) for v in spec.volumes], "params": params,
+            "limits": None if spec.limits is None else spec.limits.to_json(),
         }
         handle = SandboxHandle(self.name, spec.pod_uuid, data)
         try:
@@ -146,6 +157,9 @@ class JailDriver(MonitoredApps):
             jid = await self._jid(name)
             if jid is None:
                 raise IsolationError(f"jail {name} was created but jls does not list it")
+            if spec.limits is not None:
+                # on the pod jail: the rules reach its app jails (stage1/rctl.py)
+                await self._thread(rctl.apply_limits, name, spec.limits)
         except BaseException as exc:
             with trio.CancelScope(shield=True):
                 try:
@@ -179,6 +193,8 @@ class JailDriver(MonitoredApps):
         for app in app_names:
             await step(self._remove_app_jail, handle, app)
         await step(self._remove_jail, data["name"], run_dir / "jail.conf")
+        if data.get("limits") is not None:
+            await step(self._thread, rctl.remove_limits, data["name"])
         await step(self._unmount_under, Path(data["root"]), True)
         if self.network is not None:
             await step(self.network.detach, self._attachment(handle))
@@ -274,6 +290,8 @@ class JailDriver(MonitoredApps):
             if jid is None:
                 raise IsolationError(f"jail {child} was created but jls does not list it")
         log_path = app.log_path or app_dir / "log"
+        # the pod store's logs dir (<pod>/logs) is made by whoever starts the first app
+        await self._thread(lambda: log_path.parent.mkdir(parents=True, exist_ok=True))
         launch = {
             "plan": plan.to_json(), "jail": child, "jid": jid, "attach": self.attach,
             "helper": self.helper,

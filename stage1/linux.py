@@ -78,6 +78,12 @@ class LinuxDriver(MonitoredApps):
         self.python = python
         self.limiter = limiter or trio.CapacityLimiter(4)
 
+    @staticmethod
+    def check_limits(limits: Limits) -> None:
+        """Nothing to ask before prepare: the pod's cgroup refuses a missing controller at
+        create_sandbox, before it makes anything (PodCgroup.create)."""
+        del limits
+
     # --- sandbox ---------------------------------------------------------------------------------
 
     async def create_sandbox(self, spec: SandboxSpec) -> SandboxHandle:

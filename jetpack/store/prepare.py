@@ -241,17 +241,18 @@ def _resolve_ports(manifest: dict[str, Any], options: PrepareRequest) -> list[di
 _NOT_APPLIED = ("os/unix/sysctl",)
 
 
-def _isolator_problems(isolators: list[dict[str, Any]], path: str) -> list[tuple[str, str]]:
+def _isolator_problems(isolators: list[dict[str, Any]], path: str, block_io: bool
+                       ) -> list[tuple[str, str]]:
     from jetpack.stage1.isolators import isolator_problems
 
     problems = [(where, why.removesuffix("; ignored").removesuffix(" ignored"))
-                for where, why in isolator_problems(isolators, path)]
+                for where, why in isolator_problems(isolators, path, block_io=block_io)]
     problems += [(f"{path}[{i}]", f"isolator {iso['name']} is not applied by jetpack yet")
                  for i, iso in enumerate(isolators) if iso.get("name") in _NOT_APPLIED]
     return problems
 
 
-def _isolator_plans(manifest: dict[str, Any], apps: list[AppOptions]
+def _isolator_plans(manifest: dict[str, Any], apps: list[AppOptions], *, block_io: bool = False
                     ) -> tuple[list[dict[str, Any]], dict[str, Any], list[str]]:
     """Each app's isolator plan (capabilities, seccomp, no_new_privs) as JSON, the pod's
     cgroup/rctl limits, and the warnings for an image's isolators that are not enforced.
@@ -260,12 +261,13 @@ def _isolator_plans(manifest: dict[str, Any], apps: list[AppOptions]
     from jetpack.stage1.isolators import plan_isolators, pod_limits
 
     pod_isolators = manifest.get("isolators", [])
-    refused = _isolator_problems(pod_isolators, "isolators")
+    refused = _isolator_problems(pod_isolators, "isolators", block_io)
     warnings: list[str] = []
     for app, options in zip(manifest["apps"], apps, strict=True):
         app_isolators = app["app"].get("isolators", [])
         if options.manifest_path is not None and "isolators" in options.app_fields:
-            refused += _isolator_problems(app_isolators, f"{options.manifest_path}.app.isolators")
+            refused += _isolator_problems(app_isolators, f"{options.manifest_path}.app.isolators",
+                                          block_io)
         else:
             warnings += [f"app {app['name']}: isolator {iso['name']} is not applied by "
                          "jetpack yet; ignored"
@@ -275,10 +277,10 @@ def _isolator_plans(manifest: dict[str, Any], apps: list[AppOptions]
     plans = []
     for app in manifest["apps"]:
         plan = plan_isolators(app["app"].get("isolators", []), pod_isolators,
-                              path=f"apps[{app['name']}].app.isolators")
+                              path=f"apps[{app['name']}].app.isolators", block_io=block_io)
         plans.append(plan)
         warnings += [f"app {app['name']}: {w}" for w in plan.warnings]
-    limits = pod_limits(pod_isolators, plans)
+    limits = pod_limits(pod_isolators, plans, block_io=block_io)
     # Limits are enforced on the pod's cgroup only: one app's limit with an unlimited sibling
     # limits nothing.
     for resource, total in (("resource/memory", limits.memory_bytes),
@@ -298,8 +300,7 @@ def _isolator_plans(manifest: dict[str, Any], apps: list[AppOptions]
             warnings.append(f"app {app['name']}: {why}; ignored")
     return ([plan_to_json(p.capabilities, p.seccomp, p.no_new_privileges,
                           ambient=p.ambient_capabilities) for p in plans],
-            {"memory_bytes": limits.memory_bytes, "cpu_millicores": limits.cpu_millicores,
-             "pids": limits.pids}, sorted(set(warnings)))
+            limits.to_json(), sorted(set(warnings)))
 
 
 def _app_spec(entry: dict[str, Any], volumes: dict[str, dict[str, Any]],
@@ -382,7 +383,13 @@ def prepare_pod(
             raise ConflictError(f"host port {port['host_port']}/{port['protocol']} is already "
                                 f"forwarded to pod {holder}")
     volumes = {v["name"]: v for v in options.volumes}
-    plans, limits, warnings = _isolator_plans(manifest, options.apps)
+    from jetpack.stage1.drivers import check_limits, driver_capabilities
+
+    capabilities = driver_capabilities(config)
+    plans, limits, warnings = _isolator_plans(manifest, options.apps,
+                                              block_io=capabilities.block_io_limits)
+    # refused here, before anything is made, when this host cannot enforce them (racct off)
+    check_limits(config, Limits.from_json(limits))
     specs = [_app_spec(app, volumes, plan)
              for app, plan in zip(manifest["apps"], plans, strict=True)]
     pod = PodRecord(
