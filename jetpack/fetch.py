@@ -81,13 +81,14 @@ def open_regular(path: Path) -> BinaryIO:
     """``path`` opened once for reading; a FIFO, device or directory is refused (it could
     not be read twice: once to verify, once to import)."""
     try:
-        handle = path.open("rb")
+        # O_NONBLOCK: opening a FIFO must not wait for a writer (regular files ignore it)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise ImageError(f"cannot read {path}: {exc.strerror}") from None
-    if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-        handle.close()
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
         raise ImageError(f"{path} is not a regular file")
-    return handle
+    return os.fdopen(fd, "rb")
 
 
 class Fetcher:
