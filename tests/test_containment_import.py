@@ -316,7 +316,8 @@ async def test_attack_fetch_a_fifo(root: None, tmp_path: Path) -> None:
     fifo = tmp_path / "pipe.aci"
     os.mkfifo(fifo)
     (tmp_path / "pipe.aci.asc").write_text("")
-    out = await cli(jp_, tmp_path, "fetch", str(fifo))
+    with trio.fail_after(60):  # before the fix, open() waited for a writer forever
+        out = await cli(jp_, tmp_path, "fetch", str(fifo))
     assert out.returncode == 1
     assert b"is not a regular file" in out.stderr
 

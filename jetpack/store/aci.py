@@ -7,7 +7,11 @@ Refused, with an ImageError naming the entry: absolute paths and ``..``; entries
 included); hard links to anything but a regular file already extracted from the archive;
 duplicate entries; a missing, non-regular or oversized manifest; a truncated or corrupt stream
 (a tar stream must end with tar's end-of-archive block: tarfile alone takes a bad header or an
-early end at a member boundary for the end of the archive, silently dropping the rest).
+early end at a member boundary for the end of the archive, silently dropping the rest); device
+nodes but null, zero, full, random, urandom; sparse files; more decompressed bytes or entries
+than ``Limits`` allows (images.max-size, images.max-entries). Memory stays bounded whatever the
+compression ratio. Extended attributes other than ``user.*`` and POSIX ACLs (file capabilities
+above all) are dropped and reported; setuid/setgid bits are kept. IMAGES.md says why.
 """
 
 from __future__ import annotations
