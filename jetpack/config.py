@@ -21,6 +21,8 @@ ENV_VAR = "JETPACK_CONF"
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _TRUE = {"on", "yes", "true", "1"}
 _FALSE = {"off", "no", "false", "0", ""}
 
@@ -31,6 +33,14 @@ def parse_duration(text: str) -> float:
     if not match:
         raise ValueError(f"not a duration: {text!r} (examples: 100ms, 10s, 30m, 30d)")
     return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def parse_size(text: str) -> int:
+    """Bytes in ``512``, ``64K``, ``100M``, ``16G``, ``1T`` (binary units; ``GiB``/``GB`` too)."""
+    match = _SIZE.match(text)
+    if not match or int(match.group(1)) <= 0:
+        raise ValueError(f"not a size: {text!r} (examples: 512M, 16G)")
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
 
 
 def parse_bool(text: str) -> bool:
@@ -53,6 +63,10 @@ def _check_choice(*choices: str) -> Callable[[str], None]:
 
 def _check_duration(value: str) -> None:
     parse_duration(value)
+
+
+def _check_size(value: str) -> None:
+    parse_size(value)
 
 
 def _check_bool(value: str) -> None:
@@ -147,6 +161,8 @@ KEYS: dict[str, Key] = {
         _key("events.listen", "", _check_listen),
         _key("events.token", ""),
         _key("images.insecure", "none", _check_choice("none", "http", "image", "all")),
+        _key("images.max-size", "16G", _check_size, doc="largest uncompressed ACI accepted"),
+        _key("images.max-entries", "1000000", _check_int, doc="most entries in an ACI"),
         _key("mds.port", "1104", _check_port),
         _key("mds.signing-key", "", _check_hex),
         _key("mds.token-key", "", _check_hex),
@@ -193,6 +209,9 @@ class Config:
 
     def int(self, key: str) -> builtins.int:
         return builtins.int(self[key])
+
+    def size(self, key: str) -> builtins.int:
+        return parse_size(self[key])
 
     def path(self, key: str) -> Path:
         return Path(self[key])

@@ -4,12 +4,15 @@ signing keys can be downloaded from, read from ``<meta name="ac-discovery">`` an
 the name's parent paths until a page has them.
 
 HTTP goes through one httpx.AsyncClient (a transport seam: tests give a MockTransport);
-failures become FetchError naming the URL and the cause.
+failures become FetchError naming the URL and the cause. Redirects are followed here, not by
+httpx, so that none leads from https to plain http unless ``--insecure=http`` allows it.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from typing import Any
@@ -19,6 +22,52 @@ import httpx
 from jetpack.errors import FetchError
 
 _VARIABLE = re.compile(r"\{([^{}]*)\}")
+MAX_REDIRECTS = 10
+MAX_PAGE = 1 << 20  # a discovery page, a signature or a public key
+
+
+def check_redirect(source: str, target: str, *, insecure_http: bool) -> None:
+    """Refuse a redirect to anything but https, or plain http when ``insecure_http``."""
+    scheme = httpx.URL(target).scheme
+    if scheme == "http" and not insecure_http:
+        raise FetchError(f"{source} redirects to {target}: a redirect from https to plain "
+                         "http is refused", hint="--insecure=http allows plain http")
+    if scheme not in ("http", "https"):
+        raise FetchError(f"{source} redirects to {target}: not an http(s) URL")
+
+
+@asynccontextmanager
+async def open_url(http: httpx.AsyncClient, url: str, *, insecure_http: bool,
+                   headers: dict[str, str] | None = None) -> AsyncIterator[httpx.Response]:
+    """GET ``url``, following redirects under ``check_redirect``; the response streams (read
+    it inside the block). ``headers`` go only to the first URL's origin, as httpx does."""
+    origin = httpx.URL(url).copy_with(path="/", query=None, fragment=None)
+    for _ in range(MAX_REDIRECTS + 1):
+        same_origin = httpx.URL(url).copy_with(path="/", query=None, fragment=None) == origin
+        request = http.build_request("GET", url, headers=headers if same_origin else None)
+        response = await http.send(request, stream=True)
+        try:
+            if not response.has_redirect_location:
+                yield response
+                return
+            target = str(response.url.join(response.headers["location"]))
+        finally:
+            await response.aclose()
+        check_redirect(url, target, insecure_http=insecure_http)
+        url = target
+    raise FetchError(f"{url}: more than {MAX_REDIRECTS} redirects")
+
+
+async def read_bounded(response: httpx.Response, limit: int = MAX_PAGE) -> bytes:
+    """The body of a streamed response, refused past ``limit`` bytes."""
+    chunks: list[bytes] = []
+    received = 0
+    async for chunk in response.aiter_bytes():
+        received += len(chunk)
+        if received > limit:
+            raise FetchError(f"{response.url}: the response is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 @dataclass(frozen=True)
@@ -106,13 +155,15 @@ class Discovery:
         for scheme in schemes:
             url = f"{scheme}://{path}?ac-discovery=1"
             try:
-                response = await self.client.get(url, headers=headers, follow_redirects=True)
+                async with open_url(self.client, url, insecure_http=self.insecure_http,
+                                    headers=headers) as response:
+                    if response.status_code >= 400:
+                        return None  # walk up
+                    body = await read_bounded(response)
+                    return body.decode(response.encoding or "utf-8", errors="replace")
             except httpx.HTTPError as exc:
                 last = exc
                 continue
-            if response.status_code >= 400:
-                return None  # walk up
-            return response.text
         if last is not None and path.count("/") == 0:
             raise FetchError(f"discovery of {path}: {type(last).__name__}: {last}")
         return None

@@ -1,29 +1,36 @@
 """``jetpack fetch``: an image by name (discovery), URL or file, with its detached signature
 verified against the keys trusted for the image's name before it is imported.
 
-Downloads go to the state root's tmp area, streamed, and are removed whatever happens; a
-refused or failed fetch imports nothing. ``--pull``: ``never`` (only the store), ``new`` (fetch
-when the store has no match; the default), ``update`` (always fetch).
+The signature is checked over the raw bytes of one open file before a byte is decompressed,
+and that same open file is then imported: nothing of an unverified archive is read, and no
+path is opened twice (a file swapped after the check is not the one imported). Fetched by name,
+only keys trusted for that name count; by URL or file, the name is not known before the
+archive is read, so any trusted key counts and the manifest's name must then be one that key is
+trusted for. Downloads go to the state root's tmp area, streamed, bounded by images.max-size,
+and are removed whatever happens; a refused or failed fetch imports nothing. ``--pull``:
+``never`` (only the store), ``new`` (fetch when the store has no match; the default),
+``update`` (always fetch).
 """
 
 from __future__ import annotations
 
+import os
 import secrets
-import tarfile
+import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import httpx
 import trio
 
-from jetpack.appc import ImageManifest
 from jetpack.config import Config
-from jetpack.discovery import Discovery, client
+from jetpack.discovery import MAX_PAGE, Discovery, client, open_url
 from jetpack.errors import FetchError, ImageError, NotFoundError, UsageError
 from jetpack.hostinfo import appc_arch, appc_os
 from jetpack.store.images import ImageRecord, ImageStore, Progress
 from jetpack.store.refs import parse_name_labels as parse_reference
-from jetpack.trust import verify_detached
+from jetpack.trust import verify_stream
 
 PULL_POLICIES = ("never", "new", "update")
 INSECURE = ("none", "http", "image", "all")
@@ -42,24 +49,12 @@ class Insecure:
         return cls(http=bool(parts & {"http", "all"}), image=bool(parts & {"image", "all"}))
 
 
-def manifest_name(aci: Path) -> str:
-    """The image name in an ACI's manifest, read from the archive stream."""
+async def download(http: httpx.AsyncClient, url: str, target: Path, *, insecure_http: bool,
+                   limit: int) -> None:
+    """Stream ``url`` into ``target``; an HTTP error, a dropped connection, a short body, a
+    body over ``limit`` bytes or a refused redirect is a FetchError naming the URL."""
     try:
-        with tarfile.open(aci, "r|*") as tar:
-            for member in tar:
-                if member.name.lstrip("./") == "manifest" and member.isreg():
-                    data = tar.extractfile(member)
-                    return ImageManifest.from_json(data.read() if data else b"").name
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise ImageError(f"{aci.name} is not a readable ACI: {exc}") from None
-    raise ImageError(f"{aci.name} has no manifest")
-
-
-async def download(http: httpx.AsyncClient, url: str, target: Path) -> None:
-    """Stream ``url`` into ``target``; an HTTP error, a dropped connection or a short body
-    is a FetchError naming the URL."""
-    try:
-        async with http.stream("GET", url, follow_redirects=True) as response:
+        async with open_url(http, url, insecure_http=insecure_http) as response:
             if response.status_code >= 400:
                 raise FetchError(f"{url}: HTTP {response.status_code} {response.reason_phrase}")
             expected = response.headers.get("content-length")
@@ -68,8 +63,11 @@ async def download(http: httpx.AsyncClient, url: str, target: Path) -> None:
             received = 0
             with target.open("wb") as out:
                 async for chunk in response.aiter_raw():
-                    await trio.to_thread.run_sync(out.write, chunk)
                     received += len(chunk)
+                    if received > limit:
+                        raise FetchError(f"{url}: the download is larger than {limit} bytes, "
+                                         "the limit set by images.max-size")
+                    await trio.to_thread.run_sync(out.write, chunk)
                     progress(received)
             progress.done()
             if expected is not None and expected.isdigit() and received != int(expected):
@@ -77,6 +75,20 @@ async def download(http: httpx.AsyncClient, url: str, target: Path) -> None:
     except httpx.HTTPError as exc:
         cause = str(exc) or type(exc).__name__
         raise FetchError(f"{url}: {type(exc).__name__}: {cause}") from None
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """``path`` opened once for reading; a FIFO, device or directory is refused (it could
+    not be read twice: once to verify, once to import)."""
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer (regular files ignore it)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ImageError(f"cannot read {path}: {exc.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ImageError(f"{path} is not a regular file")
+    return os.fdopen(fd, "rb")
 
 
 class Fetcher:
@@ -128,9 +140,11 @@ class Fetcher:
         aci, asc = tmp / f"fetch-{token}.aci", tmp / f"fetch-{token}.aci.asc"
         try:
             async with self._client() as http:
-                await download(http, aci_url, aci)
+                await download(http, aci_url, aci, insecure_http=self.insecure.http,
+                               limit=self.store.limits().max_size)
                 if not self.insecure.image:
-                    await download(http, asc_url, asc)
+                    await download(http, asc_url, asc, insecure_http=self.insecure.http,
+                                   limit=MAX_PAGE)
             return await self._import(aci, asc, aci_url, expected)
         finally:
             aci.unlink(missing_ok=True)
@@ -138,14 +152,17 @@ class Fetcher:
 
     async def _import(self, aci: Path, asc: Path, source: str, expected: str | None = None
                       ) -> ImageRecord:
-        """Verify, then import. Fetched by name, the signature is checked against the keys of
-        that name before anything in the archive is read; the manifest must then name it."""
+        """Verify the open file's raw bytes, then import the same open file. Fetched by name,
+        only keys trusted for that name count, and the manifest must name it."""
 
         def work() -> ImageRecord:
-            if not self.insecure.image:
-                verify_detached(self.config, expected or manifest_name(aci), aci, asc)
-            if expected is not None and (name := manifest_name(aci)) != expected:
-                raise ImageError(f"{source} holds image {name}, not {expected}")
-            return self.store.import_aci(aci, source_name=source)
+            with open_regular(aci) as handle:
+                signed = None
+                if not self.insecure.image:
+                    signed = verify_stream(self.config, expected, handle, asc,
+                                           shown_as=Path(source).name)
+                handle.seek(0)
+                return self.store.import_aci(handle, source_name=source, expect_name=expected,
+                                             signed=signed)
 
         return await trio.to_thread.run_sync(work)

@@ -13,7 +13,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import quote, unquote
 
 from jetpack.config import Config
@@ -116,38 +116,91 @@ def remove_key(config: Config, fingerprint: str) -> list[TrustedKey]:
     return removed
 
 
+@dataclass(frozen=True)
+class Verified:
+    """A good signature by a trusted key, and the prefixes (None: every name) it is trusted
+    for among the keyrings that accepted it."""
+
+    fingerprint: str
+    prefixes: tuple[str | None, ...]
+
+    def covers(self, name: str) -> bool:
+        return any(p is None or covers(p, name) for p in self.prefixes)
+
+
 def verify_detached(config: Config, image_name: str, aci_path: Path, sig_path: Path) -> str:
     """The fingerprint of the trusted key that signed ``aci_path``; TrustError otherwise."""
+    with aci_path.open("rb") as data:
+        return verify_stream(config, image_name, data, sig_path, shown_as=aci_path.name
+                             ).fingerprint
+
+
+def verify_stream(config: Config, image_name: str | None, data: BinaryIO, sig_path: Path, *,
+                  shown_as: str) -> Verified:
+    """Check ``sig_path`` over the bytes of ``data`` (read from its current position, once per
+    keyring; gpg reads them from a pipe, so what is checked is what this open file holds, not
+    whatever a path names by then). ``image_name``: only keys trusted for it count; None (the
+    name is not known before the archive is read): every trusted key counts, and the caller
+    checks ``Verified.covers`` against the manifest's name. TrustError otherwise."""
     if not sig_path.exists():
-        raise TrustError(f"no signature for {aci_path.name} ({sig_path} is missing)",
+        raise TrustError(f"no signature for {shown_as} ({sig_path} is missing)",
                          hint="fetch with its .asc, or --insecure=image to skip the check")
-    rings = [(p, h) for p, h in _keyrings(config) if p is None or covers(p, image_name)]
+    start = data.tell()
+    rings = [(p, h) for p, h in _keyrings(config)
+             if image_name is None or p is None or covers(p, image_name)]
     untrusted = None
-    for _prefix, home in rings:
-        with sig_path.open("rb") as sig:
-            verified = _gpg(home).verify_file(sig, str(aci_path))
+    good: list[str | None] = []
+    fingerprint = ""
+    for prefix, home in rings:
+        data.seek(start)
+        verified = _verify(home, data, sig_path)
         if verified.valid:
-            return str(verified.fingerprint)
+            fingerprint = str(verified.fingerprint)
+            good.append(prefix)
+            if image_name is not None:
+                break
+            continue
         status = (verified.status or "").lower()
         if "bad signature" in status or verified.status == "signature bad":
-            raise TrustError(f"the signature of {aci_path.name} does not match it "
+            raise TrustError(f"the signature of {shown_as} does not match it "
                              f"(key {verified.key_id}): the image was altered or the "
                              "signature is for another file")
         untrusted = verified.key_id or untrusted
+    data.seek(start)
+    if good:
+        return Verified(fingerprint, tuple(good))
     if untrusted is None and not rings:
-        untrusted = _signer(sig_path, aci_path)
+        untrusted = _signer(sig_path, data, shown_as)
+        data.seek(start)
+    wanted = image_name or "any name"
     raise TrustError(
-        f"{aci_path.name} is signed by a key not trusted for {image_name}"
+        f"{shown_as} is signed by a key not trusted for {wanted}"
         + (f" (key {untrusted})" if untrusted else ""),
-        hint=f"'jetpack trust --prefix {image_name} KEY' trusts a key for it",
+        hint=f"'jetpack trust --prefix {image_name or 'NAME'} KEY' trusts a key for it",
     )
 
 
-def _signer(sig_path: Path, aci_path: Path) -> str | None:
+def _verify(home: Path, data: BinaryIO, sig_path: Path) -> Any:
+    """gpg's verdict on ``sig_path`` over ``data``, piped to ``gpg --verify SIG -``. gpg stops
+    reading at a signature it cannot parse: that broken pipe is an unverified result."""
+    try:
+        return _gpg(home).verify_file(data, extra_args=[str(sig_path), "-"], close_file=False)
+    except BrokenPipeError:
+        return _Unverified()
+
+
+class _Unverified:
+    valid = False
+    status = "no valid OpenPGP signature"
+    key_id = None
+    fingerprint = None
+
+
+def _signer(sig_path: Path, data: BinaryIO, shown_as: str) -> str | None:
     import tempfile
 
-    with tempfile.TemporaryDirectory(prefix="jetpack-gpg-") as scratch, sig_path.open("rb") as sig:
-        verified = _gpg(Path(scratch)).verify_file(sig, str(aci_path))
+    with tempfile.TemporaryDirectory(prefix="jetpack-gpg-") as scratch:
+        verified = _verify(Path(scratch), data, sig_path)
         if "bad signature" in (verified.status or "").lower():
-            raise TrustError(f"the signature of {aci_path.name} does not match it")
+            raise TrustError(f"the signature of {shown_as} does not match it")
         return str(verified.key_id) if verified.key_id else None

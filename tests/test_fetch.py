@@ -54,6 +54,7 @@ class Site:
     host: str
     files: dict[str, bytes] = field(default_factory=dict)
     pages: dict[str, str] = field(default_factory=dict)
+    redirects: dict[str, str] = field(default_factory=dict)  # path -> Location (302)
     requests: list[str] = field(default_factory=list)
 
     async def app(self, scope: dict[str, object], receive: Callable[..., object],
@@ -70,6 +71,12 @@ class Site:
         path = str(scope["path"])
         query = bytes(scope["query_string"]).decode()  # type: ignore[call-overload]
         self.requests.append(f"{path}?{query}")
+        if path in self.redirects:
+            await send({"type": "http.response.start", "status": 302,  # type: ignore[operator]
+                        "headers": [(b"location", self.redirects[path].encode()),
+                                    (b"content-length", b"0")]})
+            await send({"type": "http.response.body", "body": b""})  # type: ignore[operator]
+            return
         if "ac-discovery=1" in query and path.rstrip("/") in self.pages:
             body, status = self.pages[path.rstrip("/")].encode(), 200
         elif path in self.files:

@@ -91,7 +91,8 @@ def _key_sources(ctx: Context, args: argparse.Namespace) -> list[tuple[bytes, st
         async def discover() -> list[tuple[bytes, str]]:
             async with client() as http:
                 urls = await Discovery(http, insecure_http=insecure.http).pubkeys(args.prefix)
-                return [(await _get(http, url), url) for url in urls]
+                return [(await _get(http, url, insecure_http=insecure.http), url)
+                        for url in urls]
 
         return trio.run(discover)
     if not args.key:
@@ -102,7 +103,7 @@ def _key_sources(ctx: Context, args: argparse.Namespace) -> list[tuple[bytes, st
 
         async def one() -> list[tuple[bytes, str]]:
             async with client() as http:
-                return [(await _get(http, args.key), args.key)]
+                return [(await _get(http, args.key, insecure_http=insecure.http), args.key)]
 
         return trio.run(one)
     try:
@@ -111,19 +112,20 @@ def _key_sources(ctx: Context, args: argparse.Namespace) -> list[tuple[bytes, st
         raise UsageError(f"cannot read {args.key}: {exc.strerror}") from None
 
 
-async def _get(http: object, url: str) -> bytes:
+async def _get(http: object, url: str, *, insecure_http: bool) -> bytes:
     import httpx
 
+    from jetpack.discovery import open_url, read_bounded
     from jetpack.errors import FetchError
 
     assert isinstance(http, httpx.AsyncClient)
     try:
-        response = await http.get(url, follow_redirects=True)
+        async with open_url(http, url, insecure_http=insecure_http) as response:
+            if response.status_code >= 400:
+                raise FetchError(f"{url}: HTTP {response.status_code}")
+            return await read_bounded(response)
     except httpx.HTTPError as exc:
         raise FetchError(f"{url}: {type(exc).__name__}: {exc}") from None
-    if response.status_code >= 400:
-        raise FetchError(f"{url}: HTTP {response.status_code}")
-    return response.content
 
 
 def _fetch(ctx: Context, args: argparse.Namespace) -> int:

@@ -7,7 +7,11 @@ Refused, with an ImageError naming the entry: absolute paths and ``..``; entries
 included); hard links to anything but a regular file already extracted from the archive;
 duplicate entries; a missing, non-regular or oversized manifest; a truncated or corrupt stream
 (a tar stream must end with tar's end-of-archive block: tarfile alone takes a bad header or an
-early end at a member boundary for the end of the archive, silently dropping the rest).
+early end at a member boundary for the end of the archive, silently dropping the rest); device
+nodes but null, zero, full, random, urandom; sparse files; more decompressed bytes or entries
+than ``Limits`` allows (images.max-size, images.max-entries). Memory stays bounded whatever the
+compression ratio. Extended attributes other than ``user.*`` and POSIX ACLs (file capabilities
+above all) are dropped and reported; setuid/setgid bits are kept. IMAGES.md says why.
 """
 
 from __future__ import annotations
@@ -35,6 +39,44 @@ GZIP_MAGIC = b"\x1f\x8b"
 BZIP2_MAGIC = b"BZh"
 XZ_MAGIC = b"\xfd7zXZ\x00"
 
+# tarfile reads a pax or GNU long-name header's whole body into memory: bounded here, far
+# above what any real archive writes (PATH_MAX names, a few xattrs)
+MAX_HEADER = 1 << 20
+MAX_GLOBAL_KEYS = 256  # global pax headers accumulate for the rest of the archive
+MAX_PATH = 4096
+# (major, minor) of the character devices an image may hold: null, zero, full, random, urandom
+HARMLESS_DEVICES = frozenset({(1, 3), (1, 5), (1, 7), (1, 8), (1, 9)})
+# Extended attributes applied from SCHILY.xattr pax headers; every other one is dropped.
+KEPT_XATTRS = ("user.", "system.posix_acl_access", "system.posix_acl_default")
+_EXTENDED_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
+                   tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one ACI may hold; a refusal names the configuration key that sets the limit."""
+
+    max_size: int = 16 << 30  # images.max-size: bytes of the decompressed tar
+    max_entries: int = 1_000_000  # images.max-entries: tar members
+
+
+class _LimitError(ImageError):
+    """The archive exceeds images.max-size or images.max-entries."""
+
+
+def _too_large(limits: Limits) -> _LimitError:
+    return _LimitError(f"the archive holds more than {limits.max_size} bytes uncompressed, "
+                       "the limit set by images.max-size",
+                       hint="raise images.max-size in jetpack.conf (or -o images.max-size=SIZE) "
+                            "if the image is trusted")
+
+
+def _too_many(limits: Limits) -> _LimitError:
+    return _LimitError(f"the archive has more than {limits.max_entries} entries, the limit "
+                       "set by images.max-entries",
+                       hint="raise images.max-entries in jetpack.conf (or -o "
+                            "images.max-entries=N) if the image is trusted")
+
 
 def compression_of(head: bytes) -> str:
     if head.startswith(GZIP_MAGIC):
@@ -53,7 +95,7 @@ class _Engine(Protocol):
     @property
     def unused_data(self) -> bytes: ...
 
-    def decompress(self, data: bytes) -> bytes: ...
+    def decompress(self, data: bytes, max_length: int, /) -> bytes: ...
 
 
 def _ended(engine: _Engine) -> bool:
@@ -61,7 +103,9 @@ def _ended(engine: _Engine) -> bool:
 
 
 class _Decompressor:
-    """Streaming decompression of a file object, told by its first bytes."""
+    """Streaming decompression of a file object, told by its first bytes, in pieces of at most
+    CHUNK bytes: a few compressed bytes can stand for gigabytes (a bomb), so the engine is
+    never asked for more output than one piece, and a piece is handed out without copying."""
 
     def __init__(self, raw: BinaryIO, tee: BinaryIO | None, progress: Callable[[int], None] | None
                  ) -> None:
@@ -69,19 +113,20 @@ class _Decompressor:
         self.tee = tee
         self.progress = progress
         self.read_compressed = 0
-        head = self._read_raw(6)
-        self.kind = compression_of(head)
-        self._pending = b""
-        self._eof = False
+        self._input = self._read_raw(6)  # compressed bytes not yet given to the engine
+        self.kind = compression_of(self._input)
+        self._engine = self._new_engine()
+        self._piece = memoryview(b"")
+        self._full = False  # the engine's last output filled a piece: it may hold more
+
+    def _new_engine(self) -> _Engine | None:
         if self.kind == "gzip":
-            self._engine: _Engine | None = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        elif self.kind == "bzip2":
-            self._engine = bz2.BZ2Decompressor()
-        elif self.kind == "xz":
-            self._engine = lzma.LZMADecompressor()
-        else:
-            self._engine = None
-        self._pending = self._feed(head)
+            return zlib.decompressobj(16 + zlib.MAX_WBITS)
+        if self.kind == "bzip2":
+            return bz2.BZ2Decompressor()
+        if self.kind == "xz":
+            return lzma.LZMADecompressor()
+        return None
 
     def _read_raw(self, size: int) -> bytes:
         data = self.raw.read(size)
@@ -93,54 +138,59 @@ class _Decompressor:
                 self.progress(self.read_compressed)
         return data
 
-    def _feed(self, data: bytes) -> bytes:
-        if self._engine is None:
+    def _wants_input(self, engine: _Engine) -> bool:
+        if isinstance(engine, (bz2.BZ2Decompressor, lzma.LZMADecompressor)):
+            return engine.needs_input
+        return not self._full  # zlib: unconsumed input is kept by us, output by the engine
+
+    def _next_piece(self) -> bytes:
+        """The next piece of the decompressed stream (at most CHUNK bytes); b"" at its end."""
+        engine = self._engine
+        if engine is None:
+            data, self._input = self._input or self._read_raw(CHUNK), b""
             return data
         try:
-            if _ended(self._engine):
-                if data:
-                    raise _StreamError("corrupt archive: data after the end of the "
-                                       "compressed stream")
-                return b""
-            out = self._engine.decompress(data)
-            # gzip allows several members back to back (pigz, cat a.gz b.gz): go on with each
-            while self.kind == "gzip" and _ended(self._engine):
-                rest = self._engine.unused_data
-                if not rest:
-                    break
-                self._engine = zlib.decompressobj(16 + zlib.MAX_WBITS)
-                out += self._engine.decompress(rest)
-            if self.kind != "gzip" and _ended(self._engine) and self._engine.unused_data:
-                raise _StreamError("corrupt archive: data after the end of the compressed "
-                                   "stream")
-            return out
+            while True:
+                if _ended(engine):
+                    rest = engine.unused_data + self._input
+                    self._input = b""
+                    # gzip allows several members back to back (pigz, cat a.gz b.gz)
+                    if self.kind == "gzip" and (rest := rest or self._read_raw(CHUNK)):
+                        engine = self._engine = self._new_engine()
+                        assert engine is not None
+                        self._input, self._full = rest, False
+                        continue
+                    if rest or self._read_raw(1):
+                        raise _StreamError("corrupt archive: data after the end of the "
+                                           "compressed stream")
+                    return b""
+                if not self._input and self._wants_input(engine):
+                    self._input = self._read_raw(CHUNK)
+                    if not self._input:
+                        raise _StreamError(f"truncated archive: the {self.kind} stream ends "
+                                           "early")
+                out = engine.decompress(self._input, CHUNK)
+                # zlib hands back what it did not take; bz2 and lzma keep it themselves
+                self._input = getattr(engine, "unconsumed_tail", b"")
+                self._full = len(out) == CHUNK
+                if out:
+                    return out
         except (zlib.error, OSError, lzma.LZMAError, EOFError) as exc:
             raise _StreamError(f"corrupt {self.kind} stream: {exc}") from None
 
     def read(self, size: int) -> bytes:
-        while len(self._pending) < size and not self._eof:
-            chunk = self._read_raw(CHUNK)
-            if not chunk:
-                self._eof = True
-                self._check_complete()
-                break
-            self._pending += self._feed(chunk)
-        out, self._pending = self._pending[:size], self._pending[size:]
-        return out
-
-    def _check_complete(self) -> None:
-        engine = self._engine
-        if engine is None:
-            return
-        if not _ended(engine):
-            raise _StreamError(f"truncated archive: the {self.kind} stream ends early")
+        if not self._piece:
+            self._piece = memoryview(self._next_piece())
+        out, self._piece = self._piece[:size], self._piece[size:]
+        return bytes(out)
 
 
 class _HashingReader(io.RawIOBase):
     """What tarfile reads: the decompressed stream, hashed and counted on the way."""
 
-    def __init__(self, source: _Decompressor) -> None:
+    def __init__(self, source: _Decompressor, limits: Limits) -> None:
         self.source = source
+        self.limits = limits
         self.sha512 = hashlib.sha512()
         self.size = 0
 
@@ -153,6 +203,8 @@ class _HashingReader(io.RawIOBase):
         data = self.source.read(size)
         self.sha512.update(data)
         self.size += len(data)
+        if self.size > self.limits.max_size:
+            raise _too_large(self.limits)
         return data
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]  # RawIOBase's signature is wider than we need
@@ -175,11 +227,26 @@ class _HeaderError(_StreamError):
 
 class _StrictTarInfo(tarfile.TarInfo):
     """Tells a clean end of archive (a zero block) from a bad or missing header, which
-    ``TarFile.next`` would otherwise both take for the end."""
+    ``TarFile.next`` would otherwise both take for the end; bounds what a header makes tarfile
+    hold in memory; refuses sparse files (their maps are read whole, and their holes would
+    expand on disk beyond what images.max-size counted)."""
+
+    @classmethod
+    def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> Self:
+        info = super().frombuf(buf, encoding, errors)
+        if info.type in _EXTENDED_TYPES and info.size > MAX_HEADER:
+            raise _HeaderError(f"corrupt archive: an extended tar header of {info.size} bytes "
+                               f"(at most {MAX_HEADER} are accepted)")
+        if info.type == tarfile.GNUTYPE_SPARSE:
+            _refuse_sparse(info.name)
+        return info
 
     @classmethod
     def fromtarfile(cls, archive: tarfile.TarFile) -> Self:
         offset = archive.fileobj.tell() if archive.fileobj is not None else -1
+        if len(archive.pax_headers) > MAX_GLOBAL_KEYS:
+            raise _HeaderError(f"corrupt archive: global pax headers with more than "
+                               f"{MAX_GLOBAL_KEYS} keys")
         try:
             return super().fromtarfile(archive)
         except tarfile.HeaderError as exc:
@@ -196,8 +263,28 @@ class _StrictTarInfo(tarfile.TarInfo):
                                ) from None
 
 
+    # tarfile's sparse handlers (private, called on this class for pax sparse formats)
+    def _proc_gnusparse_00(self, member: tarfile.TarInfo, pax: dict[str, str], *_: object
+                           ) -> None:
+        _refuse_sparse(pax.get("GNU.sparse.name", member.name))
+
+    def _proc_gnusparse_01(self, member: tarfile.TarInfo, pax: dict[str, str], *_: object
+                           ) -> None:
+        _refuse_sparse(pax.get("GNU.sparse.name", member.name))
+
+    def _proc_gnusparse_10(self, member: tarfile.TarInfo, pax: dict[str, str], *_: object
+                           ) -> None:
+        _refuse_sparse(pax.get("GNU.sparse.name", member.name))
+
+
+def _refuse_sparse(name: str) -> None:
+    raise ImageError(f"archive entry {name!r} is a sparse file, which images may not hold",
+                     hint="write the archive without --sparse")
+
+
 class _StrictTarFile(tarfile.TarFile):
     ended_cleanly = False
+    members: list[tarfile.TarInfo]  # set by TarFile.__init__; typeshed leaves it out
 
 
 @dataclass(frozen=True)
@@ -206,6 +293,7 @@ class ExtractedACI:
     manifest: bytes
     size: int  # bytes of the decompressed tar
     compression: str
+    dropped_xattrs: tuple[tuple[str, str], ...] = ()  # (entry, attribute) not applied
 
 
 def _clean_name(raw: str) -> str:
@@ -222,9 +310,12 @@ def _clean_name(raw: str) -> str:
 
 
 class _Extractor:
-    def __init__(self, dest: Path, *, same_owner: bool) -> None:
+    def __init__(self, dest: Path, *, same_owner: bool, limits: Limits) -> None:
         self.dest = dest
         self.same_owner = same_owner
+        self.limits = limits
+        self.entries = 0
+        self.dropped_xattrs: list[tuple[str, str]] = []  # (entry, attribute) not applied
         self.kinds: dict[str, str] = {}  # name -> "dir" | "file" | "link" | "other"
         self.explicit: set[str] = set()  # names the archive itself listed
         self.dirs: list[tuple[Path, tarfile.TarInfo]] = []
@@ -256,6 +347,12 @@ class _Extractor:
     def add(self, member: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
         raw = member.name
         self.last = raw
+        self.entries += 1
+        if self.entries > self.limits.max_entries:
+            raise _too_many(self.limits)
+        if len(raw) > MAX_PATH or len(member.linkname) > MAX_PATH:
+            raise ImageError(f"archive entry {raw[:200]!r}...: a path or link target longer "
+                             f"than {MAX_PATH} characters")
         name = _clean_name(raw)
         if name in self.explicit:
             raise ImageError(f"archive entry {raw!r} appears twice")
@@ -286,18 +383,29 @@ class _Extractor:
         elif member.isreg():
             self._regular(member, tar, target)
             self.kinds[name] = "file"
-        elif member.ischr() or member.isblk() or member.isfifo():
-            mode = {tarfile.CHRTYPE: stat.S_IFCHR, tarfile.BLKTYPE: stat.S_IFBLK,
-                    tarfile.FIFOTYPE: stat.S_IFIFO}[member.type]
-            try:
-                os.mknod(target, mode | 0o600, os.makedev(member.devmajor, member.devminor))
-            except PermissionError as exc:
-                raise ImageError(f"archive entry {raw!r}: cannot make a device node here "
-                                 f"({exc.strerror})") from None
+        elif member.ischr() or member.isblk():
+            self._device(member, target, raw)
+            self.kinds[name] = "other"
+        elif member.isfifo():
+            os.mkfifo(target, 0o600)
             self.kinds[name] = "other"
         else:
             raise ImageError(f"archive entry {raw!r} has an unsupported type {member.type!r}")
         self._metadata(target, member)
+
+    @staticmethod
+    def _device(member: tarfile.TarInfo, target: Path, raw: str) -> None:
+        """Only the harmless character devices (null, zero, full, random, urandom) are made;
+        any other node would open the host's device of that number wherever nothing else stops
+        it (a 1:1 node is /dev/mem), so it is refused. Pods get their /dev from stage1."""
+        number = (member.devmajor, member.devminor)
+        if not member.ischr() or number not in HARMLESS_DEVICES:
+            kind = "character" if member.ischr() else "block"
+            raise ImageError(f"archive entry {raw!r} is a {kind} device node "
+                             f"{number[0]}:{number[1]}; images may hold no device nodes but "
+                             "null, zero, full, random and urandom",
+                             hint="remove it from the image: every pod gets its own /dev")
+        os.mknod(target, stat.S_IFCHR | 0o600, os.makedev(*number))
 
     def _manifest(self, member: tarfile.TarInfo, tar: tarfile.TarFile, raw: str) -> None:
         if not member.isreg():
@@ -349,10 +457,18 @@ class _Extractor:
             os.chmod(target, member.mode & 0o7777)  # after chown: chown clears set-id bits
         setxattr = getattr(os, "setxattr", None)  # Linux only; FreeBSD has extattr(2)
         for key, value in member.pax_headers.items():
-            if key.startswith("SCHILY.xattr.") and setxattr is not None:
+            if not key.startswith("SCHILY.xattr."):
+                continue
+            attribute = key[len("SCHILY.xattr."):]
+            if not attribute.startswith(KEPT_XATTRS):
+                # security.capability would grant file capabilities to whoever runs the file;
+                # trusted.* steers overlayfs; security.selinux/ima are the host's to set
+                self.dropped_xattrs.append((member.name, attribute))
+                continue
+            if setxattr is not None:
                 try:
-                    setxattr(target, key[len("SCHILY.xattr."):],
-                             value.encode("utf-8", "surrogateescape"), follow_symlinks=False)
+                    setxattr(target, attribute, value.encode("utf-8", "surrogateescape"),
+                             follow_symlinks=False)
                 except OSError:
                     pass  # the filesystem has no such xattrs: kept where possible
         os.utime(target, (member.mtime, member.mtime), follow_symlinks=False)
@@ -374,20 +490,26 @@ def extract_aci(
     *,
     tee: BinaryIO | None = None,
     progress: Callable[[int], None] | None = None,
+    limits: Limits = Limits(),  # frozen: one shared default is safe
 ) -> ExtractedACI:
-    """Extract the ACI read from ``source`` into the empty directory ``dest`` in one pass.
+    """Extract the ACI read from ``source`` into the empty directory ``dest`` in one pass,
+    in bounded memory: at most ``limits.max_size`` decompressed bytes and
+    ``limits.max_entries`` entries are read before the archive is refused.
 
     ``tee`` receives the archive's bytes as read (to keep the ACI for export). On any error,
     ``dest`` may hold a partial tree: the caller discards it.
     """
-    extractor = _Extractor(dest, same_owner=os.geteuid() == 0)
+    extractor = _Extractor(dest, same_owner=os.geteuid() == 0, limits=limits)
     try:
         decompressor = _Decompressor(source, tee, progress)
-        reader = _HashingReader(decompressor)
+        reader = _HashingReader(decompressor, limits)
         buffered = io.BufferedReader(reader, buffer_size=CHUNK)
         with _StrictTarFile.open(fileobj=buffered, mode="r|", errorlevel=2,
                                  tarinfo=_StrictTarInfo) as tar:
-            for member in tar:
+            # next() rather than iteration: a stream's TarFile keeps every member it read in
+            # tar.members otherwise (a million entries, a million TarInfo objects)
+            while (member := tar.next()) is not None:
+                tar.members.clear()
                 extractor.add(member, tar)
             if not tar.ended_cleanly:
                 raise _HeaderError("truncated archive: the tar stream has no end-of-archive "
@@ -411,7 +533,7 @@ def extract_aci(
     manifest = extractor.manifest
     assert manifest is not None
     return ExtractedACI("sha512-" + reader.sha512.hexdigest(), manifest, reader.size,
-                        decompressor.kind)
+                        decompressor.kind, tuple(extractor.dropped_xattrs))
 
 
 def write_aci(tree: Path, manifest: bytes, out: Path) -> None:

@@ -12,6 +12,7 @@ import fcntl
 import json
 import os
 import shutil
+import stat
 import sys
 import time
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from jetpack.appc import ImageManifest
 from jetpack.config import Config
@@ -36,10 +37,13 @@ from jetpack.state import StateDB
 from jetpack.state.db import now
 from jetpack.storage import open_storage
 from jetpack.storage.base import StagingTree, StorageDriver
-from jetpack.store.aci import ExtractedACI, extract_aci, write_aci
+from jetpack.store.aci import ExtractedACI, Limits, extract_aci, write_aci
 from jetpack.store.prepare import ResolvedImage
 from jetpack.store.refs import format_labels, labels_match, parse_image_ref, parse_tag
 from jetpack.store.render import apply_layer, apply_whitelist
+
+if TYPE_CHECKING:
+    from jetpack.trust import Verified
 
 ACI_FILE = "image.aci"
 
@@ -198,12 +202,15 @@ class ImageStore:
     # --- import --------------------------------------------------------------------------
 
     def import_aci(self, source: Path | BinaryIO, *, source_name: str = "",
-                   sig: Path | None = None, expect_name: str | None = None) -> ImageRecord:
-        """Import an ACI (a path, or a stream such as stdin); the same ACI twice is a no-op
-        that returns the image already there.
+                   sig: Path | None = None, expect_name: str | None = None,
+                   signed: Verified | None = None) -> ImageRecord:
+        """Import an ACI (a path, or a stream such as stdin or a verified open file); the same
+        ACI twice is a no-op that returns the image already there.
 
         ``sig``: a detached signature checked (by the trust module) against the archive as read,
         before anything becomes visible. ``expect_name``: refuse an image named otherwise.
+        ``signed``: the stream was verified already (fetch); its manifest's name must be one
+        the signing key is trusted for.
         """
         if isinstance(source, Path):
             try:
@@ -212,11 +219,19 @@ class ImageStore:
             except OSError as exc:
                 raise ImageError(f"cannot read {source}: {exc.strerror}") from None
             with handle:
-                return self._import(handle, source_name or str(source), size, sig, expect_name)
-        return self._import(source, source_name or "-", None, sig, expect_name)
+                return self._import(handle, source_name or str(source), size, sig=sig,
+                                    expect_name=expect_name, signed=signed)
+        return self._import(source, source_name or "-", _regular_size(source), sig=sig,
+                            expect_name=expect_name, signed=signed)
 
-    def _import(self, stream: BinaryIO, source_name: str, size: int | None,
-                sig: Path | None, expect_name: str | None) -> ImageRecord:
+    def limits(self) -> Limits:
+        """images.max-size and images.max-entries."""
+        return Limits(self.config.size("images.max-size"),
+                      self.config.int("images.max-entries"))
+
+    def _import(self, stream: BinaryIO, source_name: str, size: int | None, *,
+                sig: Path | None, expect_name: str | None, signed: Verified | None
+                ) -> ImageRecord:
         staging = self.storage.new_staging()
         tree = staging
         progress = Progress("import", size)
@@ -225,17 +240,25 @@ class ImageStore:
                 fd = os.open(staging.path / ACI_FILE,
                              os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
                 with os.fdopen(fd, "wb") as tee:
-                    extracted = extract_aci(stream, staging.path, tee=tee, progress=progress)
+                    extracted = extract_aci(stream, staging.path, tee=tee, progress=progress,
+                                            limits=self.limits())
             finally:
                 progress.done()
             manifest = parse_manifest(extracted.manifest)
             if expect_name is not None and manifest.name != expect_name:
                 raise ImageError(f"the image is named {manifest.name}, not {expect_name}")
+            if signed is not None and not signed.covers(manifest.name):
+                raise TrustError(
+                    f"{source_name} holds image {manifest.name}, but its signing key "
+                    f"{signed.fingerprint} is trusted only for "
+                    + ", ".join(p or "every name" for p in signed.prefixes),
+                    hint=f"'jetpack trust --prefix {manifest.name} KEY' trusts a key for it")
             if sig is not None:
                 # The archive as read (kept for export) is what the signature must cover.
                 verify_signature(self.config, manifest.name, staging.path / ACI_FILE, sig,
                                  shown_as="stdin" if source_name == "-"
                                  else Path(source_name).name)
+            _warn_dropped(extracted)
             if self.find(extracted.image_id) is not None and \
                     self.storage.has_image(extracted.image_id):
                 self.storage.discard(staging)
@@ -428,6 +451,25 @@ class ImageStore:
                     self.destroy(record.id)
                     removed.append(f"image {record.name} {record.id}")
         return removed
+
+
+def _regular_size(stream: BinaryIO) -> int | None:
+    """The size of a stream that is an open regular file (for progress), else None."""
+    try:
+        info = os.fstat(stream.fileno())
+    except (OSError, AttributeError, ValueError):
+        return None
+    return info.st_size if stat.S_ISREG(info.st_mode) else None
+
+
+def _warn_dropped(extracted: ExtractedACI) -> None:
+    """Say which extended attributes import dropped (security.capability and the like)."""
+    if not extracted.dropped_xattrs:
+        return
+    shown = ", ".join(f"{attr} on {entry}" for entry, attr in extracted.dropped_xattrs[:3])
+    more = len(extracted.dropped_xattrs) - 3
+    sys.stderr.write(f"jetpack: warning: extended attributes not applied (only user.* and "
+                     f"POSIX ACLs are): {shown}{f' and {more} more' if more > 0 else ''}\n")
 
 
 def flat_manifest(manifest: ImageManifest) -> bytes:
