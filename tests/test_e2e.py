@@ -144,22 +144,24 @@ def test_on_failure_restarts_with_real_processes(host: Host) -> None:
 
 def test_kill9_supervisor_adopts_and_applies_policy(host: Host) -> None:
     host.start()
+    # A duration no other process on a shared machine runs: pgrep then counts only these apps.
+    nap = f"sleep {secrets.randbelow(10**6) + 10**6}"
     pods = []
     for name in ("one", "two"):
         pods.append(host.jp("prepare", "example.com/busybox", "--name", name, "--restart",
-                            "always", "--exec", "/bin/sleep 300").stdout.split()[-1])
+                            "always", "--exec", f"/bin/{nap}").stdout.split()[-1])
         host.jp("start", name)
     pids = {p: host.pod(p)["apps"][0] for p in pods}  # type: ignore[index]
     host.stop(signal.SIGKILL)
     for pod in pods:
         assert host.pod(pod)["state"] == "running"
-    sleepers = subprocess.run(["pgrep", "-f", "sleep 300"], capture_output=True, text=True)
+    sleepers = subprocess.run(["pgrep", "-f", nap], capture_output=True, text=True)
     assert len(sleepers.stdout.split()) == 2  # the apps survived
     host.start()
     for pod in pods:
         host.wait_for("adoption", lambda p=pod: any(
             e["type"] == "pod.adopted" for e in host.events(p)))
-    sleepers = subprocess.run(["pgrep", "-f", "sleep 300"], capture_output=True, text=True)
+    sleepers = subprocess.run(["pgrep", "-f", nap], capture_output=True, text=True)
     assert len(sleepers.stdout.split()) == 2  # not started twice
     # killing an adopted app triggers its restart policy
     victim = sleepers.stdout.split()[0]
@@ -167,7 +169,7 @@ def test_kill9_supervisor_adopts_and_applies_policy(host: Host) -> None:
     host.wait_for("a restart", lambda: any(e["type"] == "app.restarting"
                                            for p in pods for e in host.events(p)))
     host.wait_for("two sleepers again", lambda: len(subprocess.run(
-        ["pgrep", "-f", "sleep 300"], capture_output=True, text=True).stdout.split()) == 2)
+        ["pgrep", "-f", nap], capture_output=True, text=True).stdout.split()) == 2)
     del pids
     # SIGTERM stops both gracefully and exits 0
     started = time.monotonic()
@@ -175,7 +177,7 @@ def test_kill9_supervisor_adopts_and_applies_policy(host: Host) -> None:
     assert time.monotonic() - started < 3 + 15
     for pod in pods:
         assert host.pod(pod)["state"] == "exited"
-    assert subprocess.run(["pgrep", "-f", "sleep 300"], capture_output=True).returncode == 1
+    assert subprocess.run(["pgrep", "-f", nap], capture_output=True).returncode == 1
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     for pod in pods:
         assert f"jp{pod.replace('-', '')[:13]}" not in links
