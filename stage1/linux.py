@@ -212,17 +212,17 @@ class LinuxDriver(MonitoredApps):
         log_path = app.log_path or app_dir / "log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         status_path = app_dir / "status"
+        # The app's own spec, as prepare stored it, plus what this start resolved: stage2's plan
+        # (credentials, environment), the pod's namespaces, the volumes' host sources, where the
+        # status and log go.
         launch = {
+            "app": app.to_json(),
             "plan": plan.to_json(),
-            "rootfs": str(app.rootfs),
             "namespaces": dict(handle.data["namespaces"]),
             "mounts": self._mounts(handle, app),
-            "read_only_rootfs": app.read_only_rootfs,
             "status_path": str(status_path),
             "log_dir": str(log_path.parent),
             "log_name": log_path.name,
-            "log_max_bytes": app.log_max_bytes,
-            "isolators": dict(app.isolators),
             "cgroup_dirs": list(handle.data.get("cgroup_dirs") or ()),
             "stdio": None if stdio is None else {"stdin": 0, "stdout": 1, "stderr": 2},
         }

@@ -272,7 +272,8 @@ def _mount_points_under(top: str) -> list[str]:
 
 def build_rootfs(launch: dict[str, Any]) -> None:
     """Every mount the app sees, made in its fresh mount namespace, then pivot_root into it."""
-    rootfs = Path(launch["rootfs"])
+    app = launch["app"]  # the app's AppSpec as JSON (stage1/base.py)
+    rootfs = Path(app["rootfs"])
     # Nothing we mount may propagate back to the host (a shared / would carry it).
     sysc.mount(None, "/", None, sysc.MS_REC | sysc.MS_PRIVATE)
     sysc.mount(str(rootfs), str(rootfs), None, sysc.MS_BIND | sysc.MS_REC)
@@ -284,7 +285,7 @@ def build_rootfs(launch: dict[str, Any]) -> None:
     _mount_sys(rootfs)
     for mount in launch["mounts"]:
         _mount_volume(rootfs, mount)
-    if launch["read_only_rootfs"]:
+    if app["read_only_rootfs"]:
         _remount_bind(rootfs, sysc.MS_RDONLY)
     pivot_into(rootfs)
 
@@ -327,7 +328,7 @@ def run_app(launch_path: str, report_fd: int, go_fd: int) -> int:
     log = None
     if stdio is None:
         log_dir = os.open(launch["log_dir"], os.O_DIRECTORY | os.O_RDONLY | os.O_CLOEXEC)
-        log = RotatingLog(log_dir, launch["log_name"], launch["log_max_bytes"])
+        log = RotatingLog(log_dir, launch["log_name"], launch["app"]["log_max_bytes"])
     try:
         join_pod_namespaces(launch["namespaces"])
         sysc.unshare(sysc.CLONE_NEWNS | sysc.CLONE_NEWPID)
@@ -350,7 +351,7 @@ def run_app(launch_path: str, report_fd: int, go_fd: int) -> int:
             output = Output(stdio["stdin"], stdio["stdout"], stdio["stderr"])
         try:
             join_cgroups(launch.get("cgroup_dirs") or [])
-            launcher = isolated_launcher(launch.get("isolators") or {})
+            launcher = isolated_launcher(launch["app"]["isolators"] or {})
         except (OSError, IsolationError) as exc:
             _report(report_fd, f"error applying the app's isolators: {exc}")
             write_status(status_fd, ExitStatus(code=127, failed=f"isolators: {exc}"))
