@@ -9,9 +9,9 @@ duplicate entries; a missing, non-regular or oversized manifest; a truncated or 
 (a tar stream must end with tar's end-of-archive block: tarfile alone takes a bad header or an
 early end at a member boundary for the end of the archive, silently dropping the rest); device
 nodes but null, zero, full, random, urandom; sparse files; more decompressed bytes or entries
-than ``Limits`` allows (images.max-size, images.max-entries). Memory stays bounded whatever the
-compression ratio. Extended attributes other than ``user.*`` and POSIX ACLs (file capabilities
-above all) are dropped and reported; setuid/setgid bits are kept. IMAGES.md says why.
+than ``ImportLimits`` allows (images.max-size, images.max-entries). Memory stays bounded
+whatever the compression ratio. Extended attributes other than ``user.*`` and POSIX ACLs (file
+capabilities above all) are dropped and reported; setuid/setgid bits are kept. IMAGES.md says why.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ _EXTENDED_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
 
 
 @dataclass(frozen=True)
-class Limits:
+class ImportLimits:
     """What one ACI may hold; a refusal names the configuration key that sets the limit."""
 
     max_size: int = 16 << 30  # images.max-size: bytes of the decompressed tar
@@ -64,14 +64,14 @@ class _LimitError(ImageError):
     """The archive exceeds images.max-size or images.max-entries."""
 
 
-def _too_large(limits: Limits) -> _LimitError:
+def _too_large(limits: ImportLimits) -> _LimitError:
     return _LimitError(f"the archive holds more than {limits.max_size} bytes uncompressed, "
                        "the limit set by images.max-size",
                        hint="raise images.max-size in jetpack.conf (or -o images.max-size=SIZE) "
                             "if the image is trusted")
 
 
-def _too_many(limits: Limits) -> _LimitError:
+def _too_many(limits: ImportLimits) -> _LimitError:
     return _LimitError(f"the archive has more than {limits.max_entries} entries, the limit "
                        "set by images.max-entries",
                        hint="raise images.max-entries in jetpack.conf (or -o "
@@ -188,7 +188,7 @@ class _Decompressor:
 class _HashingReader(io.RawIOBase):
     """What tarfile reads: the decompressed stream, hashed and counted on the way."""
 
-    def __init__(self, source: _Decompressor, limits: Limits) -> None:
+    def __init__(self, source: _Decompressor, limits: ImportLimits) -> None:
         self.source = source
         self.limits = limits
         self.sha512 = hashlib.sha512()
@@ -310,7 +310,7 @@ def _clean_name(raw: str) -> str:
 
 
 class _Extractor:
-    def __init__(self, dest: Path, *, same_owner: bool, limits: Limits) -> None:
+    def __init__(self, dest: Path, *, same_owner: bool, limits: ImportLimits) -> None:
         self.dest = dest
         self.same_owner = same_owner
         self.limits = limits
@@ -490,7 +490,7 @@ def extract_aci(
     *,
     tee: BinaryIO | None = None,
     progress: Callable[[int], None] | None = None,
-    limits: Limits = Limits(),  # frozen: one shared default is safe
+    limits: ImportLimits = ImportLimits(),  # frozen: one shared default is safe
 ) -> ExtractedACI:
     """Extract the ACI read from ``source`` into the empty directory ``dest`` in one pass,
     in bounded memory: at most ``limits.max_size`` decompressed bytes and

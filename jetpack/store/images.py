@@ -37,7 +37,7 @@ from jetpack.state import StateDB
 from jetpack.state.db import now
 from jetpack.storage import open_storage
 from jetpack.storage.base import StagingTree, StorageDriver
-from jetpack.store.aci import ExtractedACI, Limits, extract_aci, write_aci
+from jetpack.store.aci import ExtractedACI, ImportLimits, extract_aci, write_aci
 from jetpack.store.prepare import ResolvedImage
 from jetpack.store.refs import format_labels, labels_match, parse_image_ref, parse_tag
 from jetpack.store.render import apply_layer, apply_whitelist
@@ -224,9 +224,9 @@ class ImageStore:
         return self._import(source, source_name or "-", _regular_size(source), sig=sig,
                             expect_name=expect_name, signed=signed)
 
-    def limits(self) -> Limits:
+    def limits(self) -> ImportLimits:
         """images.max-size and images.max-entries."""
-        return Limits(self.config.size("images.max-size"),
+        return ImportLimits(self.config.size("images.max-size"),
                       self.config.int("images.max-entries"))
 
     def _import(self, stream: BinaryIO, source_name: str, size: int | None, *,
