@@ -53,7 +53,7 @@ def test_linux_host_has_everything(root: None, jetpack_dir: Jetpack) -> None:
     assert missing(found) == []
     assert code == 0
     whats = " ".join(str(c["what"]) for c in found)
-    for needed in ("ip (", "nft (", "nsenter (", "gpg (", "nftables answers", "cgroups (",
+    for needed in ("ip (", "nft (", "gpg (", "nftables answers", "cgroups (",
                    "bridges", "overlayfs", f"state root {jetpack_dir.root}"):
         assert needed in whats, needed
     assert jetpack_dir("doctor", "-q").stdout == ""

@@ -49,7 +49,7 @@ def delete_netns(name: str) -> None:
 
 @pytest.fixture(scope="module")
 def tools() -> None:
-    for tool in ("ip", "nft", "nsenter", "sysctl", "curl"):
+    for tool in ("ip", "nft", "sysctl", "curl"):
         require(shutil.which(tool) is not None, f"{tool} on PATH")
 
 
@@ -177,6 +177,42 @@ async def test_two_pods_ping_each_other_and_the_host(host: str,
     linux.detach_pod(veth_b, host_netns=host)
     assert not [name for name in links(host) if name.startswith("jp")]
     assert linux.remove_bridge("jetpack0", host_netns=host) is True
+
+
+def test_forwards_go_with_the_attach_and_the_detach(host: str,
+                                                   make_netns: Callable[..., str]) -> None:
+    """attach_pod with the pod's forwards (one nft transaction with its anti-spoofing rules),
+    detach_pod with its UUID: nothing of the pod stays, and the caller's thread never left its
+    own namespace."""
+    own = os.readlink("/proc/thread-self/ns/net")
+    linux.ensure_bridge("jetpack0", HOST_CIDR, host_netns=host)
+    linux.ensure_firewall(HOST_CIDR, host_netns=host)
+    pod_a, pod_b = make_netns("p"), make_netns("p")
+    uuid_a, uuid_b = str(uuid.uuid4()), str(uuid.uuid4())
+    veth_a, veth_b = linux.veth_name(uuid_a), linux.veth_name(uuid_b)
+    linux.attach_pod(f"/run/netns/{pod_a}", "172.23.0.2", 16, "172.23.0.1", bridge="jetpack0",
+                     veth_name=veth_a, pod_uuid=uuid_a, forwards=[("tcp", 18080, 80, None)],
+                     host_netns=host)
+    assert linux.port_forwards(host_netns=host) == {uuid_a: [PortForward("tcp", 18080, 80, None)]}
+    assert len(linux.antispoof_rules(veth_a, host_netns=host)) == 5
+    routes = json.loads(sh("ip", "-n", pod_a, "-j", "route", "show", "default").stdout)
+    assert [(r["gateway"], r["dev"]) for r in routes] == [("172.23.0.1", "eth0")]
+    # A second pod asking for the same host port is refused and leaves nothing behind.
+    with pytest.raises(ConflictError, match=uuid_a):
+        linux.attach_pod(f"/run/netns/{pod_b}", "172.23.0.3", 16, "172.23.0.1",
+                         bridge="jetpack0", veth_name=veth_b, pod_uuid=uuid_b,
+                         forwards=[("tcp", 18080, 80, None)], host_netns=host)
+    assert veth_b not in links(host)
+    assert "eth0" not in links(pod_b)
+    assert linux.antispoof_rules(veth_b, host_netns=host) == []
+    assert list(linux.port_forwards(host_netns=host)) == [uuid_a]  # the first pod's stays
+
+    assert linux.detach_pod(veth_a, pod_uuid=uuid_a, host_netns=host) is True
+    assert linux.port_forwards(host_netns=host) == {}
+    assert linux.antispoof_rules(veth_a, host_netns=host) == []
+    assert not [name for name in links(host) if name.startswith("jp")]
+    assert linux.detach_pod(veth_a, pod_uuid=uuid_a, host_netns=host) is False
+    assert os.readlink("/proc/thread-self/ns/net") == own
 
 
 def test_a_failed_attach_leaves_no_veth(host: str, make_netns: Callable[..., str]) -> None:

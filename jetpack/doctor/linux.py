@@ -1,4 +1,5 @@
-"""What the Linux driver and its pod network need from the host: ip, nft and nsenter, an
+"""What the Linux driver and its pod network need from the host: ip and nft (nftables brings
+libnftables, which the pod network loads; it talks netlink itself, no nsenter), an
 nftables-capable kernel, the cgroup controllers limits are enforced with, and bridges."""
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from jetpack.doctor.check import Check, probe, tool_checks
 TOOLS = (
     ("ip", "for the bridge and the pods' veths"),
     ("nft", "for NAT and port forwards"),
-    ("nsenter", "to configure a pod's network namespace"),
     ("gpg", "to check signatures and manage trusted keys"),
 )
 # The controllers the driver puts every pod under (stage1/cgroups.py): memory and pids limits,

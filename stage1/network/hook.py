@@ -20,19 +20,17 @@ class _Hook:
         self.interface = config["jail.interface"]
         self.network = ipaddress.IPv4Interface(config["jail.network"])
         self.nat = config.bool("jail.nat")
-        self.limiter = trio.CapacityLimiter(1)  # ip/nft/pfctl calls one at a time
+        self.limiter = trio.CapacityLimiter(1)  # netlink/nft/pfctl work one at a time
 
 
 class LinuxNetwork(_Hook):
     """A veth into the ``jail.interface`` bridge, the pod's address, a default route via the
-    host; port forwards in jetpack's own nftables table."""
+    host; port forwards in jetpack's own nftables table. In-process (netlink, libnftables): no
+    tool runs per pod."""
 
     def setup_host(self) -> None:
         from jetpack.stage1.network import linux
-        from jetpack.tools import require_tool
 
-        for tool in ("ip", "nft", "nsenter"):
-            require_tool(tool, NetworkError, "for pod networking")
         linux.ensure_bridge(self.interface, str(self.network))
         linux.ensure_firewall(str(self.network), nat=self.nat)
 
@@ -58,14 +56,10 @@ class LinuxNetwork(_Hook):
         veth = linux.veth_name(attachment.pod_uuid)
 
         def attach() -> None:
+            # the veth, its anti-spoofing rules and the forwards in one call (one nft batch)
             linux.attach_pod(str(attachment.netns_path), plan.ip4, self.network.network.prefixlen,
-                             str(self.network.ip), bridge=self.interface, veth_name=veth)
-            if plan.forwards:
-                try:
-                    linux.add_port_forwards(attachment.pod_uuid, plan.ip4, list(plan.forwards))
-                except BaseException:
-                    linux.detach_pod(veth)
-                    raise
+                             str(self.network.ip), bridge=self.interface, veth_name=veth,
+                             pod_uuid=attachment.pod_uuid, forwards=list(plan.forwards))
 
         await trio.to_thread.run_sync(attach, limiter=self.limiter)
 
@@ -73,8 +67,7 @@ class LinuxNetwork(_Hook):
         from jetpack.stage1.network import linux
 
         def detach() -> None:
-            linux.remove_port_forwards(attachment.pod_uuid)
-            linux.detach_pod(linux.veth_name(attachment.pod_uuid))
+            linux.detach_pod(linux.veth_name(attachment.pod_uuid), pod_uuid=attachment.pod_uuid)
 
         await trio.to_thread.run_sync(detach, limiter=self.limiter)
 

@@ -1,9 +1,13 @@
 """Linux pod networking: the bridge, one veth per pod, and jetpack's own nftables table.
 
-Drives ip(8) (iproute2), nft(8) and sysctl(8) as subprocesses; never touches another table.
-Every function is synchronous (call it through ``trio.to_thread``) and idempotent where the name
-says so. ``host_netns`` names a network namespace under /run/netns that plays the host (the
-tests use one so the machine's own networking is never disturbed); None is the caller's own.
+Everything runs in-process, no tool per step: links, addresses and routes through netlink
+(pyroute2), nftables through libnftables (the library nft(8) is built on, loaded with ctypes),
+sysctls as writes under /proc/sys; never touches another table. Every function is synchronous
+(call it through ``trio.to_thread``) and idempotent where the name says so. ``host_netns`` names
+a network namespace under /run/netns (or any nsfs path) that plays the host (the tests use one so
+the machine's own networking is never disturbed); None is the caller's own. Another namespace is
+entered by a short-lived thread of its own (setns(2) moves only the calling thread), never by the
+caller's thread.
 
 nftables layout (``table ip jetpack``)::
 
@@ -37,20 +41,35 @@ outbound NAT (``ensure_firewall(nat=True)``) or a port forward reachable from ot
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import functools
 import hashlib
 import ipaddress
 import json
 import os
-from collections.abc import Iterable, Sequence
-from typing import Any
+import socket
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 
 from jetpack.errors import ConflictError, NetworkError
-from jetpack.stage1.network.command import run
 from jetpack.stage1.network.ports import PortForward, as_forwards
+
+T = TypeVar("T")
 
 DEFAULT_BRIDGE = "jetpack0"
 TABLE = "jetpack"
 _IFNAMSIZ = 15  # the kernel's limit on an interface name, without its NUL
+_CLONE_NEWNET = 0x40000000  # <sched.h>
+_AF_NETLINK = 16  # <linux/socket.h> (the socket module has no name for it off Linux)
+_NETLINK_ROUTE = 0  # <linux/netlink.h>
+_NFT_CTX_OUTPUT_HANDLE = 1 << 3  # <nftables/libnftables.h>
+_NFT_CTX_OUTPUT_JSON = 1 << 4
 
 
 def veth_name(pod_uuid: str) -> str:
@@ -58,50 +77,123 @@ def veth_name(pod_uuid: str) -> str:
     return "jp" + pod_uuid.replace("-", "").lower()[:_IFNAMSIZ - 2]
 
 
-def _in_host(argv: Sequence[str], host_netns: str | None) -> list[str]:
-    if host_netns is None:
-        return list(argv)
-    return ["ip", "netns", "exec", host_netns, *argv]
-
-
-def _in_pod(argv: Sequence[str], netns: str) -> list[str]:
-    # ``ip -n`` only takes names under /run/netns; a pod's namespace is any nsfs file.
-    return ["nsenter", f"--net={netns}", *argv]
-
-
-def _ip_json(args: Sequence[str], host_netns: str | None) -> list[dict[str, Any]]:
-    out = run(_in_host(["ip", "-j", *args], host_netns))
-    parsed = json.loads(out) if out.strip() else []
-    return parsed if isinstance(parsed, list) else []
-
-
-def _link(name: str, host_netns: str | None) -> dict[str, Any] | None:
-    """``ip -d link show NAME`` as a dict, None when there is no such device."""
-    try:
-        links = _ip_json(["-d", "link", "show", "dev", name], host_netns)
-    except NetworkError as exc:
-        if "does not exist" in str(exc) or "Cannot find device" in str(exc):
-            return None
-        raise
-    return links[0] if links else None
-
-
-def _sysctl(setting: str, host_netns: str | None) -> None:
-    run(_in_host(["sysctl", "-q", "-w", setting], host_netns))
-
-
 def _check_ifname(name: str) -> None:
     if not name or len(name) > _IFNAMSIZ or "/" in name or any(c.isspace() for c in name):
         raise NetworkError(f"invalid interface name {name!r} (1-15 characters, no / or spaces)")
 
 
-def _ipv4_interfaces(name: str, host_netns: str | None) -> list[ipaddress.IPv4Interface]:
-    found = []
-    for entry in _ip_json(["-4", "addr", "show", "dev", name], host_netns):
-        for info in entry.get("addr_info", []):
-            if info.get("family") == "inet":
-                found.append(ipaddress.IPv4Interface(f"{info['local']}/{info['prefixlen']}"))
-    return found
+# ---------------------------------------------------------------- namespaces, netlink, sysctl
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _enter(path: str) -> None:
+    """Move the calling thread (only it) into the network namespace at ``path``."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise NetworkError(f"network namespace {path}: {exc.strerror}") from None
+    try:
+        if _libc().setns(fd, _CLONE_NEWNET) != 0:
+            reason = os.strerror(ctypes.get_errno())
+            raise NetworkError(f"network namespace {path}: setns: {reason}")
+    finally:
+        os.close(fd)
+
+
+def _in_netns(path: str | None, work: Callable[[], T]) -> T:
+    """``work()`` in the network namespace at ``path``; None: the caller's, in its own thread.
+
+    setns(2) moves only the calling thread, so another namespace gets a thread of its own that
+    ends with the work: the caller's thread never changes namespace.
+    """
+    if path is None:
+        return work()
+    outcome: list[T] = []
+    failure: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            _enter(path)
+            outcome.append(work())
+        except BaseException as exc:  # noqa: BLE001  # re-raised in the caller's thread below
+            failure.append(exc)
+
+    thread = threading.Thread(target=body, name=f"jetpack netns {path}")
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return outcome[0]
+
+
+def _host_path(host_netns: str | None) -> str | None:
+    if host_netns is None or "/" in host_netns:
+        return host_netns
+    return f"/run/netns/{host_netns}"
+
+
+def _reason(exc: NetlinkError) -> str:
+    return str(exc.args[1]) if len(exc.args) > 1 and exc.args[1] else os.strerror(exc.code)
+
+
+@contextmanager
+def _failing(what: str) -> Iterator[None]:
+    """Netlink's and the system's errors as a NetworkError naming what failed."""
+    try:
+        yield
+    except NetlinkError as exc:
+        raise NetworkError(f"{what}: {_reason(exc)}") from None
+    except OSError as exc:
+        raise NetworkError(f"{what}: {exc.strerror or exc}") from None
+
+
+@contextmanager
+def _rtnl(netns: str | None = None) -> Iterator[Any]:
+    """pyroute2's IPRoute on a netlink socket made in the calling thread's network namespace,
+    or in the one at ``netns`` (a socket stays in the namespace it was made in)."""
+    def make() -> int:
+        return socket.socket(_AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_ROUTE).detach()
+
+    with _failing(f"netlink socket in {netns or 'the host network namespace'}"):
+        fd = _in_netns(netns, make)
+        try:
+            ipr = IPRoute(fileno=fd)
+        except BaseException:
+            os.close(fd)
+            raise
+    try:
+        yield ipr
+    finally:
+        ipr.close()
+
+
+def _link(ipr: Any, name: str) -> Any | None:
+    """The netlink message of device ``name``, None when there is no such device."""
+    try:
+        return ipr.link("get", ifname=name)[0]
+    except NetlinkError as exc:
+        if exc.code == errno.ENODEV:
+            return None
+        raise NetworkError(f"interface {name}: {_reason(exc)}") from None
+
+
+def _sysctl(*key: str, value: str = "1") -> None:
+    """Set sysctl ``key`` (its /proc/sys path parts) in the calling thread's network namespace:
+    /proc/sys/net is the namespace of the thread that opens it."""
+    try:
+        with open(os.path.join("/proc/sys", *key), "w") as knob:
+            knob.write(value)
+    except OSError as exc:
+        raise NetworkError(f"sysctl {'.'.join(key)}={value}: {exc.strerror}") from None
+
+
+def _ipv4_interfaces(ipr: Any, index: int) -> list[ipaddress.IPv4Interface]:
+    return [ipaddress.IPv4Interface(f"{msg.get('local') or msg.get('address')}/{msg['prefixlen']}")
+            for msg in ipr.addr("dump", index=index, family=socket.AF_INET)]
 
 
 # ---------------------------------------------------------------- bridge
@@ -124,43 +216,59 @@ def ensure_bridge(
     """
     _check_ifname(name)
     wanted = ipaddress.IPv4Interface(host_cidr)
-    link = _link(name, host_netns)
-    if link is None:
-        try:
-            # An address of its own: a bridge without one takes the lowest of its ports' MACs,
-            # so every veth that joins could change the gateway's MAC under running pods.
-            run(_in_host(["ip", "link", "add", "name", name, "address", bridge_mac(name),
-                          "type", "bridge"], host_netns))
-        except NetworkError as exc:
-            if "File exists" not in str(exc):  # another caller made it meanwhile: reuse
-                raise
-        link = _link(name, host_netns)
-    kind = ((link or {}).get("linkinfo") or {}).get("info_kind")
-    if kind != "bridge":
-        raise NetworkError(
-            f"interface {name} exists but is a {kind or 'plain device'}, not a bridge",
-            hint="set jail.interface to a free name or to an existing bridge",
-        )
-    addresses = _ipv4_interfaces(name, host_netns)
-    if not addresses:
-        try:
-            run(_in_host(["ip", "addr", "add", str(wanted), "dev", name], host_netns))
-        except NetworkError as exc:
-            if "File exists" not in str(exc):
-                raise
-        addresses = _ipv4_interfaces(name, host_netns) or [wanted]
-    run(_in_host(["ip", "link", "set", "dev", name, "up"], host_netns))
+    return _in_netns(_host_path(host_netns), lambda: _ensure_bridge(name, wanted))
+
+
+def _ensure_bridge(name: str, wanted: ipaddress.IPv4Interface) -> ipaddress.IPv4Interface:
+    with _rtnl() as ipr:
+        link = _link(ipr, name)
+        if link is None:
+            try:
+                # An address of its own: a bridge without one takes the lowest of its ports'
+                # MACs, so every veth that joins could change the gateway's MAC under running
+                # pods.
+                ipr.link("add", ifname=name, kind="bridge", address=bridge_mac(name))
+            except NetlinkError as exc:
+                if exc.code != errno.EEXIST:  # another caller made it meanwhile: reuse
+                    raise NetworkError(f"creating bridge {name}: {_reason(exc)}") from None
+            link = _link(ipr, name)
+        kind = None if link is None else link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
+        if link is None or kind != "bridge":
+            raise NetworkError(
+                f"interface {name} exists but is a {kind or 'plain device'}, not a bridge",
+                hint="set jail.interface to a free name or to an existing bridge",
+            )
+        index = link["index"]
+        with _failing(f"bridge {name}"):
+            addresses = _ipv4_interfaces(ipr, index)
+            if not addresses:
+                try:
+                    ipr.addr("add", index=index, address=str(wanted.ip),
+                             prefixlen=wanted.network.prefixlen)
+                except NetlinkError as exc:
+                    if exc.code != errno.EEXIST:
+                        raise
+                addresses = _ipv4_interfaces(ipr, index) or [wanted]
+            ipr.link("set", index=index, state="up")
     # Lets the host's own loopback connections to a forwarded port leave through the bridge
     # (see the module docstring); scoped to this bridge, never to "all".
-    _sysctl(f"net.ipv4.conf.{name}.route_localnet=1", host_netns)
+    _sysctl("net", "ipv4", "conf", name, "route_localnet")
     return wanted if wanted in addresses else addresses[0]
 
 
 def bridge_ports(name: str = DEFAULT_BRIDGE, *, host_netns: str | None = None) -> list[str]:
     """Names of the devices attached to bridge ``name`` (empty when it does not exist)."""
-    if _link(name, host_netns) is None:
-        return []
-    return [entry["ifname"] for entry in _ip_json(["link", "show", "master", name], host_netns)]
+    return _in_netns(_host_path(host_netns), lambda: _bridge_ports(name))
+
+
+def _bridge_ports(name: str) -> list[str]:
+    with _rtnl() as ipr:
+        link = _link(ipr, name)
+        if link is None:
+            return []
+        with _failing(f"the ports of bridge {name}"):
+            return [str(port.get("ifname")) for port in ipr.get_links()
+                    if port.get("master") == link["index"]]
 
 
 def remove_bridge(name: str = DEFAULT_BRIDGE, *, host_netns: str | None = None) -> bool:
@@ -169,27 +277,26 @@ def remove_bridge(name: str = DEFAULT_BRIDGE, *, host_netns: str | None = None) 
     Refused (ConflictError) while any veth is still attached: a pod is using it.
     """
     _check_ifname(name)
-    if _link(name, host_netns) is None:
-        return False
-    attached = bridge_ports(name, host_netns=host_netns)
+    return _in_netns(_host_path(host_netns), lambda: _remove_bridge(name))
+
+
+def _remove_bridge(name: str) -> bool:
+    attached = _bridge_ports(name)
     if attached:
         raise ConflictError(
             f"bridge {name} still has pods attached ({', '.join(sorted(attached))})",
             hint="stop or destroy those pods first",
         )
-    run(_in_host(["ip", "link", "del", "dev", name], host_netns))
+    with _rtnl() as ipr:
+        link = _link(ipr, name)
+        if link is None:
+            return False
+        with _failing(f"deleting bridge {name}"):
+            ipr.link("del", index=link["index"])
     return True
 
 
 # ---------------------------------------------------------------- pods
-
-
-def _pod_mac(netns: str) -> str:
-    links = json.loads(run(_in_pod(["ip", "-j", "link", "show", "dev", "eth0"], netns)) or "[]")
-    mac = links[0].get("address") if links else None
-    if not isinstance(mac, str) or mac.count(":") != 5:
-        raise NetworkError(f"pod network namespace {netns}: eth0 has no MAC address")
-    return mac.lower()
 
 
 def attach_pod(
@@ -200,11 +307,16 @@ def attach_pod(
     *,
     bridge: str,
     veth_name: str,
+    pod_uuid: str | None = None,
+    forwards: Iterable[tuple[str, int, int, str | None]] = (),
     host_netns: str | None = None,
 ) -> None:
     """Give the pod's network namespace (``netns``: /proc/PID/ns/net or a bind-mounted nsfs
     file) an ``eth0`` on ``bridge`` with ``pod_ip/prefixlen``, lo up, a default route via
     ``gateway``. ``veth_name`` (see ``veth_name()``) is the host side; on failure nothing stays.
+
+    The pod's port ``forwards`` (as for ``add_port_forwards``, which needs ``pod_uuid``) go into
+    the same nftables transaction as its anti-spoofing rules.
     """
     _check_ifname(veth_name)
     try:
@@ -212,46 +324,144 @@ def attach_pod(
         ipaddress.IPv4Address(gateway)
     except ValueError as exc:
         raise NetworkError(f"pod address: {exc}") from None
+    checked = as_forwards(forwards)
+    if checked and pod_uuid is None:
+        raise NetworkError("port forwards need the pod's UUID")
     if not os.path.exists(netns):
         raise NetworkError(f"pod network namespace {netns} does not exist")
-    run(_in_host(["ip", "link", "add", "name", veth_name, "type", "veth",
-                  "peer", "name", "eth0", "netns", netns], host_netns))
-    try:
-        # before the veth joins the bridge: the pod never sends a frame unchecked
-        _nft(_antispoof_rules(veth_name, str(address.ip), _pod_mac(netns)), host_netns)
-        run(_in_host(["ip", "link", "set", "dev", veth_name, "master", bridge, "up"], host_netns))
-        for argv in (["ip", "addr", "add", str(address), "dev", "eth0"],
-                     ["ip", "link", "set", "dev", "lo", "up"],
-                     ["ip", "link", "set", "dev", "eth0", "up"],
-                     ["ip", "route", "replace", "default", "via", gateway, "dev", "eth0"]):
-            run(_in_pod(argv, netns))
-    except NetworkError:
-        detach_pod(veth_name, host_netns=host_netns)
-        raise
+    _in_netns(_host_path(host_netns), lambda: _attach_pod(
+        netns, address, gateway, bridge=bridge, veth=veth_name, pod_uuid=pod_uuid or "",
+        forwards=checked))
 
 
-def detach_pod(veth_name: str, *, host_netns: str | None = None) -> bool:
-    """Delete the pod's veth pair by its host side and its anti-spoofing rules; idempotent
-    (False when the veth was already gone)."""
+def _attach_pod(netns: str, address: ipaddress.IPv4Interface, gateway: str, *, bridge: str,
+                veth: str, pod_uuid: str, forwards: list[PortForward]) -> None:
+    with _rtnl() as host:
+        with _failing(f"creating veth {veth} into pod network namespace {netns}"):
+            fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                host.link("add", ifname=veth, kind="veth",
+                          peer={"ifname": "eth0", "net_ns_fd": fd})
+            finally:
+                os.close(fd)
+        try:
+            with _rtnl(netns) as pod:
+                with _failing(f"pod network namespace {netns}: eth0"):
+                    eth0 = pod.link("get", ifname="eth0")[0]
+                mac = eth0.get("address")
+                if not isinstance(mac, str) or mac.count(":") != 5:
+                    raise NetworkError(f"pod network namespace {netns}: eth0 has no MAC address")
+                # before the veth joins the bridge: the pod never sends a frame unchecked
+                script = _antispoof_rules(veth, str(address.ip), mac.lower())
+                if forwards:
+                    script = _skeleton() + script + _forward_rules(
+                        pod_uuid, str(address.ip), forwards)
+                    _sysctl("net", "ipv4", "ip_forward")  # see add_port_forwards
+                _nft(script, f"the rules of veth {veth}")
+                master = _link(host, bridge)
+                if master is None:
+                    raise NetworkError(f"attaching veth {veth}: bridge {bridge} does not exist")
+                with _failing(f"attaching veth {veth} to bridge {bridge}"):
+                    host.link("set", index=host.link_lookup(ifname=veth)[0],
+                              master=master["index"], state="up")
+                with _failing(f"pod network namespace {netns}: eth0 {address} via {gateway}"):
+                    pod.addr("add", index=eth0["index"], address=str(address.ip),
+                             prefixlen=address.network.prefixlen)
+                    pod.link("set", index=pod.link_lookup(ifname="lo")[0], state="up")
+                    pod.link("set", index=eth0["index"], state="up")
+                    pod.route("replace", dst="0.0.0.0/0", gateway=gateway, oif=eth0["index"])
+        except BaseException:
+            _detach_pod(veth, pod_uuid or None)
+            raise
+
+
+def detach_pod(veth_name: str, *, pod_uuid: str | None = None,
+               host_netns: str | None = None) -> bool:
+    """Delete the pod's veth pair by its host side and its anti-spoofing rules, with
+    ``pod_uuid`` its port forwards too (one nftables transaction); idempotent (False when the
+    veth was already gone)."""
     _check_ifname(veth_name)
-    remove_antispoof(veth_name, host_netns=host_netns)
-    if _link(veth_name, host_netns) is None:
-        return False
-    try:
-        run(_in_host(["ip", "link", "del", "dev", veth_name], host_netns))
-    except NetworkError as exc:  # gone meanwhile (its namespace died): that is the goal
-        if _link(veth_name, host_netns) is not None:
-            raise NetworkError(str(exc)) from None
-        return False
+    return _in_netns(_host_path(host_netns), lambda: _detach_pod(veth_name, pod_uuid))
+
+
+def _detach_pod(veth: str, pod_uuid: str | None) -> bool:
+    script = "".join(f"delete rule bridge {TABLE} antispoof handle {rule['handle']}\n"
+                     for rule in _antispoof_rules_of(veth))
+    if pod_uuid is not None:
+        script += _portmap_deletes(pod_uuid)
+    if script:
+        _nft(script, f"removing the rules of veth {veth}")
+    with _rtnl() as ipr:
+        link = _link(ipr, veth)
+        if link is None:
+            return False
+        try:
+            ipr.link("del", index=link["index"])
+        except NetlinkError as exc:  # gone meanwhile (its namespace died): that is the goal
+            if _link(ipr, veth) is not None:
+                raise NetworkError(f"deleting veth {veth}: {_reason(exc)}") from None
+            return False
     return True
 
 
 # ---------------------------------------------------------------- nftables
 
 
-def _nft(script: str, host_netns: str | None) -> None:
-    # One `nft -f -` call is one kernel transaction: all of the script applies, or none.
-    run(_in_host(["nft", "-f", "-"], host_netns), input=script)
+@functools.cache
+def _libnftables() -> ctypes.CDLL:
+    try:
+        lib = ctypes.CDLL("libnftables.so.1")
+    except OSError:
+        raise NetworkError("libnftables.so.1 (nftables' library) is not installed",
+                           hint="install it: apt install nftables (Debian)") from None
+    lib.nft_ctx_new.restype = ctypes.c_void_p
+    lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
+    lib.nft_ctx_free.argtypes = [ctypes.c_void_p]
+    lib.nft_ctx_buffer_output.argtypes = [ctypes.c_void_p]
+    lib.nft_ctx_buffer_error.argtypes = [ctypes.c_void_p]
+    lib.nft_ctx_output_set_flags.argtypes = [ctypes.c_void_p, ctypes.c_uint]
+    lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    lib.nft_run_cmd_from_buffer.restype = ctypes.c_int
+    for getter in (lib.nft_ctx_get_output_buffer, lib.nft_ctx_get_error_buffer):
+        getter.argtypes = [ctypes.c_void_p]
+        getter.restype = ctypes.c_char_p
+    return lib
+
+
+def _nft(script: str, what: str, *, listing: bool = False) -> str:
+    """Run an nft script through libnftables in the calling thread's network namespace: one
+    script is one kernel transaction, all of it applies or none. Returns what it prints (JSON
+    with rule handles when ``listing``)."""
+    lib = _libnftables()
+    ctx = lib.nft_ctx_new(0)
+    if not ctx:
+        raise NetworkError(f"nftables ({what}): no libnftables context")
+    try:
+        lib.nft_ctx_buffer_output(ctx)
+        lib.nft_ctx_buffer_error(ctx)
+        if listing:
+            lib.nft_ctx_output_set_flags(ctx, _NFT_CTX_OUTPUT_JSON | _NFT_CTX_OUTPUT_HANDLE)
+        status = lib.nft_run_cmd_from_buffer(ctx, script.encode())
+        out = (lib.nft_ctx_get_output_buffer(ctx) or b"").decode(errors="replace")
+        err = (lib.nft_ctx_get_error_buffer(ctx) or b"").decode(errors="replace")
+    finally:
+        lib.nft_ctx_free(ctx)
+    if status != 0:
+        raise NetworkError(f"nftables ({what}) failed: {err.strip() or f'status {status}'}")
+    return out
+
+
+def _chain_rules(family: str, chain: str) -> list[dict[str, Any]]:
+    """The rules of one of jetpack's chains as nft's JSON objects (empty without the table)."""
+    try:
+        out = _nft(f"list chain {family} {TABLE} {chain}", f"listing {family} {chain}",
+                   listing=True)
+    except NetworkError as exc:
+        if "No such file or directory" in str(exc):
+            return []
+        raise
+    items = json.loads(out).get("nftables", []) if out.strip() else []
+    return [item["rule"] for item in items if "rule" in item]
 
 
 def _skeleton() -> str:
@@ -288,8 +498,13 @@ def ensure_firewall(
     script = _skeleton() + f"flush chain ip {TABLE} outbound\n"
     if nat:
         script += (f"add rule ip {TABLE} outbound ip saddr {net} ip daddr != {net} masquerade\n")
-        _sysctl("net.ipv4.ip_forward=1", host_netns)
-    _nft(script, host_netns)
+
+    def apply() -> None:
+        if nat:
+            _sysctl("net", "ipv4", "ip_forward")
+        _nft(script, "jetpack's table")
+
+    _in_netns(_host_path(host_netns), apply)
 
 
 def _antispoof_rules(veth_name: str, pod_ip: str, pod_mac: str) -> str:
@@ -309,44 +524,30 @@ def _antispoof_rules(veth_name: str, pod_ip: str, pod_mac: str) -> str:
     ])
 
 
+def _antispoof_rules_of(veth_name: str) -> list[dict[str, Any]]:
+    return [rule for rule in _chain_rules("bridge", "antispoof")
+            if rule.get("comment") == f"veth {veth_name}"]
+
+
 def antispoof_rules(veth_name: str, *, host_netns: str | None = None) -> list[dict[str, Any]]:
     """The anti-spoofing rules of one pod's veth as nft's JSON objects (with their counters)."""
-    try:
-        out = run(_in_host(["nft", "-j", "-a", "list", "chain", "bridge", TABLE, "antispoof"],
-                           host_netns))
-    except NetworkError as exc:
-        if "No such file or directory" in str(exc):
-            return []
-        raise
-    items = json.loads(out).get("nftables", [])
-    return [item["rule"] for item in items
-            if "rule" in item and item["rule"].get("comment") == f"veth {veth_name}"]
+    return _in_netns(_host_path(host_netns), lambda: _antispoof_rules_of(veth_name))
 
 
 def remove_antispoof(veth_name: str, *, host_netns: str | None = None) -> int:
     """Delete the anti-spoofing rules of one veth; idempotent. Returns how many went."""
-    handles = [rule["handle"] for rule in antispoof_rules(veth_name, host_netns=host_netns)]
-    if handles:
-        _nft("".join(f"delete rule bridge {TABLE} antispoof handle {h}\n" for h in handles),
-             host_netns)
-    return len(handles)
+    def remove() -> int:
+        handles = [rule["handle"] for rule in _antispoof_rules_of(veth_name)]
+        if handles:
+            _nft("".join(f"delete rule bridge {TABLE} antispoof handle {h}\n" for h in handles),
+                 f"removing the rules of veth {veth_name}")
+        return len(handles)
+
+    return _in_netns(_host_path(host_netns), remove)
 
 
 def _comment(pod_uuid: str) -> str:
     return f"pod {pod_uuid.lower()}"
-
-
-def _portmap_rules(host_netns: str | None) -> list[dict[str, Any]]:
-    """The rules of the portmap chain as nft's JSON objects (empty without the table)."""
-    try:
-        out = run(_in_host(["nft", "-j", "-a", "list", "chain", "ip", TABLE, "portmap"],
-                           host_netns))
-    except NetworkError as exc:
-        if "No such file or directory" in str(exc):
-            return []
-        raise
-    items = json.loads(out).get("nftables", [])
-    return [item["rule"] for item in items if "rule" in item]
 
 
 def _rule_port(rule: dict[str, Any]) -> tuple[str, int, str | None] | None:
@@ -368,7 +569,8 @@ def _rule_port(rule: dict[str, Any]) -> tuple[str, int, str | None] | None:
 
 def port_forwards(*, host_netns: str | None = None) -> dict[str, list[PortForward]]:
     """The forwards loaded now, by pod UUID (what ``add_port_forwards`` put there)."""
-    return _forwards_by_pod(_portmap_rules(host_netns))
+    return _in_netns(_host_path(host_netns),
+                     lambda: _forwards_by_pod(_chain_rules("ip", "portmap")))
 
 
 def _forwards_by_pod(rules: list[dict[str, Any]]) -> dict[str, list[PortForward]]:
@@ -383,6 +585,30 @@ def _forwards_by_pod(rules: list[dict[str, Any]]) -> dict[str, list[PortForward]
         found.setdefault(comment[4:], []).extend(
             as_forwards([(proto, port, int(dnat.get("port", 0)) or port, host_ip)]))
     return found
+
+
+def _forward_rules(pod_uuid: str, pod_ip: str, forwards: list[PortForward]) -> str:
+    """The nft lines that replace the pod's forwards (after ``_skeleton()``); ConflictError
+    when another pod forwards one of these host ports."""
+    rules = _chain_rules("ip", "portmap")
+    taken = {
+        (fwd.proto, fwd.host_port): uuid
+        for uuid, fwds in _forwards_by_pod(rules).items()
+        if uuid != pod_uuid.lower()
+        for fwd in fwds
+    }
+    # Replacing this pod's earlier rules in the same transaction makes a retry harmless.
+    script = "".join(f"delete rule ip {TABLE} portmap handle {rule['handle']}\n"
+                     for rule in rules if rule.get("comment") == _comment(pod_uuid))
+    for fwd in forwards:
+        other = taken.get((fwd.proto, fwd.host_port))
+        if other:
+            raise ConflictError(f"host port {fwd.proto}/{fwd.host_port} is already forwarded "
+                                f"to pod {other}")
+        where = f"ip daddr {fwd.host_ip} " if fwd.host_ip else ""
+        script += (f"add rule ip {TABLE} portmap {where}{fwd.proto} dport {fwd.host_port} "
+                   f"dnat to {pod_ip}:{fwd.pod_port} comment \"{_comment(pod_uuid)}\"\n")
+    return script
 
 
 def add_port_forwards(
@@ -404,51 +630,47 @@ def add_port_forwards(
         raise NetworkError(f"pod address: {exc}") from None
     if not checked:
         return
-    rules = _portmap_rules(host_netns)
-    taken = {
-        (fwd.proto, fwd.host_port): uuid
-        for uuid, fwds in _forwards_by_pod(rules).items()
-        if uuid != pod_uuid.lower()
-        for fwd in fwds
-    }
-    # Replacing this pod's earlier rules in the same transaction makes a retry harmless.
-    script = _skeleton() + "".join(
-        f"delete rule ip {TABLE} portmap handle {rule['handle']}\n"
-        for rule in rules if rule.get("comment") == _comment(pod_uuid))
-    for fwd in checked:
-        other = taken.get((fwd.proto, fwd.host_port))
-        if other:
-            raise ConflictError(f"host port {fwd.proto}/{fwd.host_port} is already forwarded "
-                                f"to pod {other}")
-        where = f"ip daddr {fwd.host_ip} " if fwd.host_ip else ""
-        script += (f"add rule ip {TABLE} portmap {where}{fwd.proto} dport {fwd.host_port} "
-                   f"dnat to {pod_ip}:{fwd.pod_port} comment \"{_comment(pod_uuid)}\"\n")
-    # Other machines' connections to the forwarded port are routed from their interface to the
-    # bridge: that is forwarding.
-    _sysctl("net.ipv4.ip_forward=1", host_netns)
-    _nft(script, host_netns)
+
+    def add() -> None:
+        script = _skeleton() + _forward_rules(pod_uuid, pod_ip, checked)
+        # Other machines' connections to the forwarded port are routed from their interface to
+        # the bridge: that is forwarding.
+        _sysctl("net", "ipv4", "ip_forward")
+        _nft(script, f"the port forwards of pod {pod_uuid}")
+
+    _in_netns(_host_path(host_netns), add)
+
+
+def _portmap_deletes(pod_uuid: str) -> str:
+    return "".join(f"delete rule ip {TABLE} portmap handle {rule['handle']}\n"
+                   for rule in _chain_rules("ip", "portmap")
+                   if rule.get("comment") == _comment(pod_uuid))
 
 
 def remove_port_forwards(pod_uuid: str, *, host_netns: str | None = None) -> int:
     """Delete every forward of ``pod_uuid``; idempotent. Returns how many rules went."""
-    handles = [rule["handle"] for rule in _portmap_rules(host_netns)
-               if rule.get("comment") == _comment(pod_uuid)]
-    if handles:
-        _nft("".join(f"delete rule ip {TABLE} portmap handle {h}\n" for h in handles),
-             host_netns)
-    return len(handles)
+    def remove() -> int:
+        script = _portmap_deletes(pod_uuid)
+        if script:
+            _nft(script, f"removing the port forwards of pod {pod_uuid}")
+        return script.count("\n")
+
+    return _in_netns(_host_path(host_netns), remove)
 
 
 def remove_table(*, host_netns: str | None = None) -> bool:
     """Delete jetpack's nftables tables, ``ip`` and ``bridge`` (``gc --network``); False when
     neither was there."""
-    removed = False
-    for family in ("ip", "bridge"):
-        try:
-            run(_in_host(["nft", "delete", "table", family, TABLE], host_netns))
-        except NetworkError as exc:
-            if "No such file or directory" in str(exc):
-                continue
-            raise
-        removed = True
-    return removed
+    def remove() -> bool:
+        removed = False
+        for family in ("ip", "bridge"):
+            try:
+                _nft(f"delete table {family} {TABLE}", f"deleting table {family} {TABLE}")
+            except NetworkError as exc:
+                if "No such file or directory" in str(exc):
+                    continue
+                raise
+            removed = True
+        return removed
+
+    return _in_netns(_host_path(host_netns), remove)
