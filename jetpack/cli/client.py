@@ -238,18 +238,23 @@ def _decode(status: int, data: bytes) -> Any:
         ) from None
     if 200 <= status < 300:
         return payload
+    raise error_from(payload, f"request failed with status {status}")
+
+
+def error_from(payload: Any, fallback: str) -> errors.JetpackError:
+    """The exception an error body (``{"error", "hint", "kind"}``) stands for."""
     kind = payload.get("kind") if isinstance(payload, dict) else None
     cls = getattr(errors, kind, None) if isinstance(kind, str) else None
     message = payload.get("error") if isinstance(payload, dict) else None
     hint = payload.get("hint") if isinstance(payload, dict) else None
-    text = str(message or f"request failed with status {status}")
+    text = str(message or fallback)
     if (
         isinstance(cls, type)
         and issubclass(cls, errors.JetpackError)
         and cls not in (errors.ValidationError, errors.AmbiguousError)  # other signatures
     ):
-        raise cls(text, hint=hint)
-    raise errors.SupervisorError(text, hint=hint)
+        return cls(text, hint=hint)
+    return errors.SupervisorError(text, hint=hint)
 
 
 # --------------------------------------------------------------------------- following
@@ -317,4 +322,4 @@ def _as_seq(position: int | str | None) -> int:
     return position if isinstance(position, int) else 0
 
 
-__all__ = ["ControlClient", "EventStream", "StreamClosed", "follow_events"]
+__all__ = ["ControlClient", "EventStream", "StreamClosed", "error_from", "follow_events"]
