@@ -79,6 +79,20 @@ class Response:
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
 
+Write = Callable[[bytes], Awaitable[None]]
+
+
+@dataclass
+class StreamResponse:
+    """A streamed answer (HTTP/1.1 chunked): ``produce(write)`` sends its body in pieces as
+    they come. A client that disconnects cancels ``produce``; what must happen even then
+    (``run --rm`` destroying its pod) belongs in its shielded ``finally``."""
+
+    produce: Callable[[Write], Awaitable[None]]
+    content_type: bytes = b"application/x-ndjson"
+    status: int = 200
+
+
 Handler = Callable[[Request], Awaitable[Any]]
 SocketHandler = Callable[[Any, Any, Any, dict[str, str]], Awaitable[None]]
 """A route: returns a ``Response`` or any JSON-serializable value (sent with status 200)."""
@@ -263,9 +277,13 @@ class ControlApp:
             headers=_headers(scope),
             body=bytes(body),
         )
-        await _respond(send, await self._dispatch(request))
+        response = await self._dispatch(request)
+        if isinstance(response, StreamResponse):
+            await _stream_response(receive, send, response)
+        else:
+            await _respond(send, response)
 
-    async def _dispatch(self, request: Request) -> Response:
+    async def _dispatch(self, request: Request) -> Response | StreamResponse:
         try:
             if self.events_token is not None:
                 raise errors.NotFoundError(f"no API endpoint {request.path} on this listener")
@@ -277,7 +295,7 @@ class ControlApp:
             log.exception("API handler failed", method=request.method, path=request.path)
             return Response({"error": f"internal error: {exc}", "hint": None,
                              "kind": "JetpackError"}, 500)
-        return result if isinstance(result, Response) else Response(result)
+        return result if isinstance(result, (Response, StreamResponse)) else Response(result)
 
     # ----------------------------------------------------------------------- websocket
 
@@ -399,6 +417,34 @@ async def _respond(send: Send, response: Response) -> None:
     ]
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
+
+
+async def _stream_response(receive: Receive, send: Send, response: StreamResponse) -> None:
+    """Send ``response`` chunk by chunk until it ends or the client disconnects."""
+    await send({"type": "http.response.start", "status": response.status,
+                "headers": [(b"content-type", response.content_type)]})
+
+    async def write(data: bytes) -> None:
+        if data:
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+
+    async with trio.open_nursery() as nursery:
+
+        async def produce() -> None:
+            try:
+                await response.produce(write)
+            except Exception:  # a bug in a producer must not kill the server
+                log.exception("API stream failed")
+            nursery.cancel_scope.cancel()
+
+        async def watch_client() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass  # the request body was read before the handler ran
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(produce)
+        nursery.start_soon(watch_client)
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def reject_websocket(send: Send, status: int, message: str) -> None:

@@ -1,4 +1,4 @@
-"""The pod routes of the control API: list, start, stop, restart, kill, wait, shutdown.
+"""The pod routes of the control API: list, start, stop, restart, kill, wait, run, shutdown.
 
 Handlers translate HTTP into PodManager calls; errors travel as ``jetpack.errors`` classes
 (api.py maps them to status codes and the CLI's client raises them again). A pod that cannot
@@ -8,17 +8,37 @@ goes through the manager's ``in_db_thread``, the connection's one limiter.
 
 from __future__ import annotations
 
+import base64
 import json
 import signal
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
 import trio
 
-from jetpack.errors import JetpackError, UsageError
-from jetpack.supervisor.api import Request, Router, reject_websocket
+from jetpack.errors import JetpackError, PodStartError, UsageError
+from jetpack.log import get_logger
+from jetpack.store.pods import PodRecord
+from jetpack.supervisor.api import (
+    Request,
+    Router,
+    StreamResponse,
+    Write,
+    error_body,
+    reject_websocket,
+)
 from jetpack.supervisor.pods import PodManager
+from jetpack.supervisor.stage1_runtime import app_log_path
+
+FOLLOW_INTERVAL = 0.01
+"""How often ``run`` looks at its pod's log files for new output, only while the request is
+open (seconds): a stat per app, so output reaches the client within about this much."""
+READ_CHUNK = 1 << 16
+"""Most bytes of one app's log sent in one output message."""
+
+log = get_logger(component="api")
 
 
 def _grace(request: Request) -> float | None:
@@ -44,6 +64,46 @@ def _signal(request: Request) -> int:
         return int(signal.Signals[name])
     except KeyError:
         raise UsageError(f"unknown signal {name}") from None
+
+
+def _flag(request: Request, name: str) -> bool:
+    return (request.arg(name) or "0").lower() in ("1", "true", "yes")
+
+
+def _line(message: dict[str, Any]) -> bytes:
+    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+
+
+class LogFollower:
+    """What the apps of a pod write to their log files from now on (a file that shrank was
+    truncated: it is read again from its start)."""
+
+    def __init__(self, paths: dict[str, Path]) -> None:
+        self.paths = paths
+        self.offsets = {app: _size(path) for app, path in paths.items()}
+
+    def read(self) -> list[tuple[str, bytes]]:
+        """The next bytes of each app that wrote (at most ``READ_CHUNK`` each)."""
+        chunks = []
+        for app, path in self.paths.items():
+            size = _size(path)
+            if size < self.offsets[app]:
+                self.offsets[app] = 0
+            if size == self.offsets[app]:
+                continue
+            with path.open("rb") as f:
+                f.seek(self.offsets[app])
+                data = f.read(min(size - self.offsets[app], READ_CHUNK))
+            self.offsets[app] += len(data)
+            chunks.append((app, data))
+        return chunks
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def add_pod_routes(
@@ -73,6 +133,56 @@ def add_pod_routes(
 
     async def wait(request: Request) -> Any:
         return (await manager.wait(request.params["pod"])).to_json_obj()
+
+    async def destroy(uuid: str) -> None:
+        """``run --rm``: the exited pod's clones, files and row (as ``jetpack destroy``)."""
+        from jetpack.store.images import ImageStore
+        from jetpack.store.lifecycle import destroy_pod
+
+        def remove() -> None:
+            pod = manager.store.get(uuid)
+            destroy_pod(manager.config, manager.db, ImageStore(manager.config, manager.db), pod)
+
+        await manager.in_db_thread(remove)
+
+    async def run(request: Request) -> Any:
+        """Start the pod and stream its apps' output until it exits (``rm``: then destroy it);
+        a pod that cannot start answers ``PodStartError`` as ``start`` does (``rm``: destroyed
+        first)."""
+        rm = _flag(request, "rm")
+        pod = await manager.resolve(request.params["pod"])
+        follower = LogFollower({app.name: app_log_path(manager.config, pod.uuid, app.name)
+                                for app in pod.apps})
+        try:
+            await manager.start(pod.uuid)
+        except PodStartError:
+            if rm:
+                await destroy(pod.uuid)
+            raise
+
+        async def produce(write: Write) -> None:
+            finished = False
+            try:
+                final = await _follow_until_exit(manager, pod, follower, write)
+                finished = True
+                if rm:
+                    await destroy(pod.uuid)
+                await write(_line({"type": "exit", "pod": final.to_json_obj(),
+                                   "destroyed": rm}))
+            except JetpackError as exc:
+                await write(_line({"type": "error", **error_body(exc)}))
+            finally:
+                if rm and not finished and not manager.detaching:
+                    # The client went away: --rm still means the pod goes.
+                    with trio.CancelScope(shield=True):
+                        try:
+                            await manager.stop(pod.uuid)
+                            await destroy(pod.uuid)
+                        except JetpackError as exc:
+                            log.warning("run --rm: could not remove the pod", pod=pod.uuid,
+                                        error=str(exc))
+
+        return StreamResponse(produce)
 
     async def stop_supervisor(request: Request) -> Any:
         keep = (request.arg("keep_pods") or "false").lower() in ("1", "true", "yes")
@@ -140,4 +250,35 @@ def add_pod_routes(
     router.add("POST", "/v1/pods/{pod}/restart", restart)
     router.add("POST", "/v1/pods/{pod}/kill", kill)
     router.add("GET", "/v1/pods/{pod}/wait", wait)
+    router.add("POST", "/v1/pods/{pod}/run", run)
     router.add("POST", "/v1/shutdown", stop_supervisor)
+
+
+async def _follow_until_exit(manager: PodManager, pod: PodRecord, follower: LogFollower,
+                             write: Write) -> PodRecord:
+    """Send every app's new output as it is written until the pod has exited; its record."""
+    final: PodRecord | None = None
+    exited = trio.Event()
+
+    async def send_output() -> bool:
+        chunks = follower.read()
+        for app, data in chunks:
+            await write(_line({"type": "output", "app": app,
+                               "data": base64.b64encode(data).decode()}))
+        return bool(chunks)
+
+    async def wait() -> None:
+        nonlocal final
+        final = await manager.wait(pod.uuid)
+        exited.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(wait)
+        while not exited.is_set():
+            if not await send_output():
+                with trio.move_on_after(FOLLOW_INTERVAL):
+                    await exited.wait()
+    while await send_output():
+        pass  # what the apps wrote last (their monitors are gone: the files are complete)
+    assert final is not None
+    return final

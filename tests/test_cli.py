@@ -78,6 +78,52 @@ def test_help_start_up_imports_no_heavy_modules() -> None:
         assert heavy not in imported, f"jetpack --help imports {heavy}"
 
 
+LOADED_MODULES = (
+    "import sys\n"
+    "from jetpack.cli.main import main\n"
+    "code = main(sys.argv[1:])\n"
+    "sys.stdout.flush()\n"
+    "print('MODULES', ' '.join(sorted(sys.modules)), file=sys.stderr)\n"
+    "sys.exit(code)\n"
+)
+
+
+def loaded_modules(jetpack: Jetpack, *args: str) -> tuple[subprocess.CompletedProcess[str],
+                                                         set[str]]:
+    """Run the CLI in a subprocess; its answer and the modules it had loaded when done."""
+    out = subprocess.run([sys.executable, "-c", LOADED_MODULES, "-c", str(jetpack.conf), *args],
+                         capture_output=True, text=True, env=jetpack.env(), timeout=60)
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("MODULES "), out.stderr
+    return out, set(last.split()[1:])
+
+
+HEAVY = ("trio", "httpx", "structlog", "hypercorn", "gnupg", "trio_websocket", "asyncio")
+
+
+def test_list_and_status_import_only_what_they_need(jetpack_dir: Jetpack) -> None:
+    """``list`` reads the store (sqlite3, json) and ``status``/``start``/``stop`` use the stdlib
+    http.client: neither loads trio, httpx or structlog (the CLI's start-up is their cost)."""
+    jetpack_dir("init")
+    listed, modules = loaded_modules(jetpack_dir, "list")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.startswith("UUID")
+    assert "sqlite3" in modules
+    assert "jetpack.store.pods" in modules
+    for heavy in (*HEAVY, "http.client"):
+        assert heavy not in modules, f"jetpack list imports {heavy}"
+    # No supervisor: the one-line message with its hint, exit 1, through the light client.
+    for command in (["status"], ["stop", "web"]):
+        status, modules = loaded_modules(jetpack_dir, *command)
+        assert status.returncode == 1
+        lines = status.stderr.splitlines()
+        assert lines[0].startswith("jetpack: no supervisor is running (no control socket at ")
+        assert lines[1].startswith("jetpack: start it with 'jetpack daemon'")
+        assert "http.client" in modules
+        for heavy in (*HEAVY, "sqlite3"):
+            assert heavy not in modules, f"jetpack {command[0]} imports {heavy}"
+
+
 def test_init_dir_driver_is_idempotent(root: None, jetpack_dir: Jetpack) -> None:
     first = jetpack_dir("init")
     assert "ready (dir storage)" in first.stdout

@@ -1,5 +1,7 @@
-"""The CLI's client for the supervisor's control socket: JSON requests (httpx over the unix
-socket) and the ``/v1/events`` stream (trio-websocket), errors translated to ``jetpack.errors``.
+"""The CLI's client for the supervisor's control socket: JSON requests (the standard library's
+``http.client`` over the unix socket, so a ``status`` or ``stop`` imports no trio or httpx), the
+``/run`` output stream, and the ``/v1/events`` websocket (trio-websocket, imported when used);
+errors translated to ``jetpack.errors``.
 """
 
 from __future__ import annotations
@@ -7,18 +9,21 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlencode
-
-import httpx
-import trio
-import trio_websocket
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlencode
 
 from jetpack import errors
-from jetpack.events import EventFilter
+
+if TYPE_CHECKING:
+    import http.client
+
+    import trio
+    import trio_websocket
+
+    from jetpack.events import EventFilter
 
 NO_SUPERVISOR_HINT = (
     "start it with 'jetpack daemon' (or as a service: 'service jetpack start' on FreeBSD, "
@@ -63,6 +68,8 @@ class ControlClient:
         No timeout of its own (requests like ``stop`` take as long as they take): bound it
         with ``trio.fail_after`` where needed.
         """
+        import httpx
+
         transport = httpx.AsyncHTTPTransport(uds=str(self.socket_path))
         async with httpx.AsyncClient(transport=transport, base_url="http://jetpack",
                                      timeout=None) as http:  # noqa: S113  # cancel scopes bound it
@@ -70,32 +77,82 @@ class ControlClient:
                 response = await http.request(method, path, json=body, params=params)
             except httpx.TransportError as exc:
                 raise self._unreachable(exc) from None
-        return _decode(response)
+        return _decode(response.status_code, response.content)
 
     def request_sync(
         self, method: str, path: str, *, body: Any = None, params: dict[str, Any] | None = None,
         timeout: float | None = REQUEST_TIMEOUT,
     ) -> Any:
         """``request`` for code that does not run trio (``timeout`` in seconds, or None)."""
-        transport = httpx.HTTPTransport(uds=str(self.socket_path))
-        with httpx.Client(transport=transport, base_url="http://jetpack",
-                          timeout=timeout) as http:
+        with self._exchange(method, path, body, params, timeout) as response:
             try:
-                response = http.request(method, path, json=body, params=params)
-            except httpx.TransportError as exc:
+                data = response.read()
+            except OSError as exc:
                 raise self._unreachable(exc) from None
-        return _decode(response)
+        return _decode(response.status, data)
+
+    def stream_sync(
+        self, method: str, path: str, *, body: Any = None, params: dict[str, Any] | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """The JSON lines of a streamed answer (``application/x-ndjson``), each as it arrives;
+        an error answer (not streamed) is raised as ``request_sync`` raises it."""
+        with self._exchange(method, path, body, params, None) as response:
+            if response.status != 200 or \
+                    not (response.getheader("content-type") or "").startswith(
+                        "application/x-ndjson"):
+                _decode(response.status, response.read())
+                raise errors.SupervisorError(
+                    f"the supervisor answered {path} with {response.status} without a stream")
+            while True:
+                try:
+                    line = response.readline()
+                except OSError as exc:
+                    raise errors.SupervisorError(
+                        f"lost the supervisor during {path}: {exc}") from None
+                if not line:
+                    return
+                yield json.loads(line)
+
+    @contextmanager
+    def _exchange(
+        self, method: str, path: str, body: Any, params: dict[str, Any] | None,
+        timeout: float | None,
+    ) -> Iterator[http.client.HTTPResponse]:
+        """One request on a fresh connection, closed when the caller is done with the answer."""
+        import http.client
+
+        from jetpack.cli.unixhttp import UnixHTTPConnection
+
+        target = quote(path) + (f"?{urlencode(params)}" if params else "")
+        headers = {"Host": "jetpack", "Accept": "application/json"}
+        payload = None
+        if body is not None:
+            payload = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        connection = UnixHTTPConnection(str(self.socket_path), timeout)
+        try:
+            try:
+                connection.request(method, target, body=payload, headers=headers)
+                response = connection.getresponse()
+            except (OSError, http.client.HTTPException) as exc:
+                raise self._unreachable(exc) from None
+            yield response
+        finally:
+            connection.close()
 
     # ----------------------------------------------------------------------- events
 
     @asynccontextmanager
     async def open_events(
-        self, since: int | str | None, event_filter: EventFilter = EventFilter(),  # noqa: B008  # frozen
+        self, since: int | str | None, event_filter: EventFilter | None = None,
     ) -> AsyncIterator[EventStream]:
         """A websocket on ``/v1/events`` (``since``: a seq, an RFC 3339 time, or ``None`` for
-        only new events)."""
+        only new events; no filter: every event)."""
+        import trio
+
         items: list[tuple[str, str]] = [] if since is None else [("since", str(since))]
-        items += event_filter.query_items()
+        if event_filter is not None:
+            items += event_filter.query_items()
         resource = "/v1/events" + (f"?{urlencode(items)}" if items else "")
         try:
             stream = await trio.open_unix_socket(str(self.socket_path))
@@ -121,6 +178,9 @@ class ControlClient:
     async def _handshake(
         self, nursery: trio.Nursery, stream: trio.SocketStream, resource: str
     ) -> trio_websocket.WebSocketConnection:
+        import trio
+        import trio_websocket
+
         try:
             return await trio_websocket.wrap_client_stream(nursery, stream, "localhost", resource)
         except trio_websocket.ConnectionRejected as exc:
@@ -158,6 +218,8 @@ class EventStream:
         self._ws = ws
 
     async def receive(self) -> str:
+        import trio_websocket
+
         try:
             message = await self._ws.get_message()
         except trio_websocket.ConnectionClosed as exc:
@@ -167,27 +229,32 @@ class EventStream:
         return message if isinstance(message, str) else message.decode()
 
 
-def _decode(response: httpx.Response) -> Any:
+def _decode(status: int, data: bytes) -> Any:
     try:
-        payload = response.json()
+        payload = json.loads(data)
     except ValueError:
         raise errors.SupervisorError(
-            f"the supervisor answered {response.status_code} with a body that is not JSON"
+            f"the supervisor answered {status} with a body that is not JSON"
         ) from None
-    if response.is_success:
+    if 200 <= status < 300:
         return payload
+    raise error_from(payload, f"request failed with status {status}")
+
+
+def error_from(payload: Any, fallback: str) -> errors.JetpackError:
+    """The exception an error body (``{"error", "hint", "kind"}``) stands for."""
     kind = payload.get("kind") if isinstance(payload, dict) else None
     cls = getattr(errors, kind, None) if isinstance(kind, str) else None
     message = payload.get("error") if isinstance(payload, dict) else None
     hint = payload.get("hint") if isinstance(payload, dict) else None
-    text = str(message or f"request failed with status {response.status_code}")
+    text = str(message or fallback)
     if (
         isinstance(cls, type)
         and issubclass(cls, errors.JetpackError)
         and cls not in (errors.ValidationError, errors.AmbiguousError)  # other signatures
     ):
-        raise cls(text, hint=hint)
-    raise errors.SupervisorError(text, hint=hint)
+        return cls(text, hint=hint)
+    return errors.SupervisorError(text, hint=hint)
 
 
 # --------------------------------------------------------------------------- following
@@ -208,6 +275,8 @@ async def follow_events(
     the first connection's failure, a ``since`` the log no longer holds, or ``give_up_after``
     seconds without a supervisor end it with an error.
     """
+    import trio
+
     position = since
     connected = False
     delay = RECONNECT_DELAY
@@ -253,4 +322,4 @@ def _as_seq(position: int | str | None) -> int:
     return position if isinstance(position, int) else 0
 
 
-__all__ = ["ControlClient", "EventStream", "StreamClosed", "follow_events"]
+__all__ = ["ControlClient", "EventStream", "StreamClosed", "error_from", "follow_events"]

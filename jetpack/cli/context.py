@@ -6,31 +6,38 @@ import json
 import sys
 from collections.abc import Sequence
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jetpack.config import Config, load_config
-from jetpack.state import StateDB
+
+if TYPE_CHECKING:
+    from jetpack.state import StateDB
 
 
 class Context:
     """Lazily loads configuration and state so that ``config`` never touches the database."""
 
-    def __init__(self, config_path: str | None = None, overrides: Sequence[str] = ()) -> None:
+    def __init__(self, config_path: str | None = None, overrides: Sequence[str] = (), *,
+                 configure_logging: bool = True) -> None:
         self.config_path = config_path
         self.overrides = list(overrides)
+        self.configure_logging = configure_logging  # False: the command logs nothing
 
     @cached_property
     def config(self) -> Config:
         config = load_config(self.config_path, self.overrides)
         for warning in config.warnings:
             print(f"jetpack: warning: {warning}", file=sys.stderr)
-        from jetpack.log import configure_logging
+        if self.configure_logging:
+            from jetpack.log import configure_logging
 
-        configure_logging(debug=config.debug)
+            configure_logging(debug=config.debug)
         return config
 
     @cached_property
     def state(self) -> StateDB:
+        from jetpack.state import StateDB
+
         return StateDB.for_root(self.config.root)
 
     def print_json(self, value: Any) -> None:

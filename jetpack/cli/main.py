@@ -22,6 +22,7 @@ class Command:
     module: str  # under jetpack.cli
     summary: str
     supervisor: bool = False  # needs a running supervisor
+    light: bool = False  # logs nothing: structlog is not even set up (a fast start-up)
 
 
 # One line per command. Keep alphabetical inside each group.
@@ -53,23 +54,26 @@ COMMANDS: dict[str, Command] = {
     "ps": Command("enter", "list a running pod's processes"),
     # the event log (following needs the supervisor; --no-follow reads the database)
     "events": Command("events", "print the event log, or follow it live"),
-    "list": Command("pods", "list pods with their state, address and apps"),
-    "manifest": Command("pods", "print a pod's reified pod manifest"),
-    "enable": Command("pods", "start a pod whenever the supervisor starts (--priority N)"),
-    "disable": Command("pods", "stop starting a pod with the supervisor"),
+    "list": Command("pods", "list pods with their state, address and apps", light=True),
+    "manifest": Command("pods", "print a pod's reified pod manifest", light=True),
+    "enable": Command("pods", "start a pod whenever the supervisor starts (--priority N)",
+                      light=True),
+    "disable": Command("pods", "stop starting a pod with the supervisor", light=True),
     # need the supervisor
     "daemon": Command("pods", "run the supervisor in the foreground"),
-    "status": Command("pods", "say whether a supervisor runs, and its pid", supervisor=True),
+    "status": Command("pods", "say whether a supervisor runs, and its pid", supervisor=True,
+                      light=True),
     "daemon-stop": Command("pods", "stop the supervisor (--keep-pods leaves pods running)",
-                           supervisor=True),
+                           supervisor=True, light=True),
     "run": Command("prepare", "run a pod (or images) in the foreground; exits with its status",
                    supervisor=True),
     "attach": Command("attach", "attach this terminal to an app started with run -t",
                       supervisor=True),
-    "start": Command("pods", "start a prepared or exited pod (detached)", supervisor=True),
-    "stop": Command("pods", "stop a running pod", supervisor=True),
-    "restart": Command("pods", "stop, then start a pod", supervisor=True),
-    "kill": Command("pods", "send a signal to a pod's apps", supervisor=True),
+    "start": Command("pods", "start a prepared or exited pod (detached)", supervisor=True,
+                     light=True),
+    "stop": Command("pods", "stop a running pod", supervisor=True, light=True),
+    "restart": Command("pods", "stop, then start a pod", supervisor=True, light=True),
+    "kill": Command("pods", "send a signal to a pod's apps", supervisor=True, light=True),
 }
 
 
@@ -182,7 +186,8 @@ def _dispatch(args: list[str]) -> int:
         parsed = parser.parse_intermixed_args(command_args)
     from jetpack.cli.context import Context
 
-    ctx = Context(config_path=options.config, overrides=options.overrides)
+    ctx = Context(config_path=options.config, overrides=options.overrides,
+                  configure_logging=not COMMANDS[name].light)
     result: int = module.run(ctx, name, parsed)  # type: ignore[attr-defined]  # module protocol
     return result
 

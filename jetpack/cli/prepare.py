@@ -130,11 +130,12 @@ def _existing_pod(ctx: Context, ref: str) -> str | None:
 
 
 def _run_foreground(ctx: Context, images: Any, pod_uuid: str, *, rm: bool, tty: bool) -> int:
-    """Start through the supervisor, stream every app's log, return the exit status."""
-    import trio
+    """Run the pod through the supervisor, print every app's output as it comes, return the
+    exit status: one ``POST /v1/pods/{pod}/run`` request (``run -t``: the terminal path)."""
+    import base64
 
-    from jetpack.cli.client import ControlClient
-    from jetpack.cli.logs import log_path
+    from jetpack.cli.client import ControlClient, error_from
+    from jetpack.errors import SupervisorError
     from jetpack.store.pods import PodStore
 
     client = ControlClient(ctx.config.path("supervisor.socket"))
@@ -142,56 +143,25 @@ def _run_foreground(ctx: Context, images: Any, pod_uuid: str, *, rm: bool, tty: 
     pod = store.get(pod_uuid)
     if tty:
         return _run_terminal(ctx, images, client, store, pod, rm=rm)
-    paths = {a.name: log_path(ctx.config, pod.uuid, a.name) for a in pod.apps}
-    offsets = {app: (p.stat().st_size if p.exists() else 0) for app, p in paths.items()}
-    prefix = len(paths) > 1
     out = sys.stdout.buffer
-
-    def pump() -> None:
-        for app, path in paths.items():
-            try:
-                size = path.stat().st_size
-            except FileNotFoundError:
-                continue
-            if size < offsets[app]:
-                offsets[app] = 0
-            if size == offsets[app]:
-                continue
-            with path.open("rb") as f:
-                f.seek(offsets[app])
-                data = f.read()
-            offsets[app] += len(data)
+    prefix = len(pod.apps) > 1
+    final: dict[str, Any] | None = None
+    for message in client.stream_sync("POST", f"/v1/pods/{pod_uuid}/run",
+                                      params={"rm": "1"} if rm else None):
+        kind = message.get("type")
+        if kind == "output":
+            data = base64.b64decode(message["data"])
             if prefix:
-                data = b"".join(f"{app}| ".encode() + line
+                data = b"".join(f"{message['app']}| ".encode() + line
                                 for line in data.splitlines(keepends=True))
             out.write(data)
-        out.flush()
-
-    async def main() -> dict[str, Any]:
-        result: dict[str, Any] = {}
-        # Outside the nursery, so a pod that fails to start is reported as itself (no group);
-        # the offsets were taken before, so the follower misses no output.
-        await client.request("POST", f"/v1/pods/{pod.uuid}/start")
-        async with trio.open_nursery() as nursery:
-            async def follow() -> None:
-                while True:
-                    pump()
-                    await trio.sleep(0.05)
-
-            nursery.start_soon(follow)
-            result = await client.request("GET", f"/v1/pods/{pod.uuid}/wait")
-            nursery.cancel_scope.cancel()
-        pump()
-        return result
-
-    try:
-        final = trio.run(main)
-    finally:
-        if rm:
-            from jetpack.store.lifecycle import destroy_pod
-
-            destroy_pod(ctx.config, ctx.state, images, store.get(pod.uuid),
-                        stop_through_supervisor(ctx))
+            out.flush()
+        elif kind == "exit":
+            final = message["pod"]
+        elif kind == "error":
+            raise error_from(message, "the run failed")
+    if final is None:
+        raise SupervisorError("the supervisor ended the run without the pod's exit")
     return exit_status(final)
 
 

@@ -1,0 +1,92 @@
+"""``jetpack run`` as one supervisor request: ``POST /v1/pods/{pod}/run`` streams the apps'
+output while they run, ends with the pod's exit, and with ``rm`` leaves nothing behind; real
+pods under a real supervisor (the ``host`` fixture)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import signal
+import subprocess
+import time
+from typing import Any
+
+from jetpack.cli.client import ControlClient
+
+from podhost import Host
+
+SLOW = "/bin/sh -c 'echo first; sleep 4; echo second; exit 3'"
+
+
+def pods_on_disk(host: Host) -> list[str]:
+    pods = host.jp.root / "pods"
+    return sorted(p.name for p in pods.iterdir()) if pods.exists() else []
+
+
+def test_run_streams_output_before_the_app_exits_and_rm_leaves_nothing(host: Host) -> None:
+    host.start()
+    proc = subprocess.Popen(host.jp.argv("run", "--rm", "example.com/busybox", "--exec", SLOW),
+                            env=host.jp.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        # The first line is here while the app still sleeps: streamed, not printed at the end.
+        assert first == b"first\n"
+        assert proc.poll() is None
+        (running,) = json.loads(host.jp("list", "--json").stdout)
+        assert running["state"] == "running"
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert out == b"second\n"
+    assert proc.returncode == 3, err
+    assert json.loads(host.jp("list", "--json").stdout) == []
+    assert pods_on_disk(host) == []
+    types = [e["type"] for e in host.events()]
+    assert types[-2:] == ["pod.exited", "pod.destroyed"]
+
+
+def test_run_endpoint_ends_with_the_pods_exit(host: Host) -> None:
+    host.start()
+    pod = host.jp("prepare", "example.com/busybox", "--name", "twice", "--exec",
+                  "/bin/sh -c 'echo out; echo err >&2; exit 5'").stdout.split()[-1]
+    client = ControlClient(host.tmp / "jp.sock")
+    messages: list[dict[str, Any]] = list(client.stream_sync("POST", "/v1/pods/twice/run"))
+    output = b"".join(base64.b64decode(m["data"]) for m in messages if m["type"] == "output")
+    assert sorted(output.splitlines()) == [b"err", b"out"]
+    assert {m["app"] for m in messages if m["type"] == "output"} == {"busybox"}
+    exit_message = messages[-1]
+    assert exit_message["type"] == "exit"
+    assert exit_message["destroyed"] is False
+    assert exit_message["pod"]["uuid"] == pod
+    assert exit_message["pod"]["state"] == "exited"
+    assert exit_message["pod"]["apps"][0]["exit_status"] == 5
+    assert host.pod(pod)["state"] == "exited"  # no rm: the pod stays
+    # A second run of the same pod streams only what that run wrote.
+    again = host.jp("run", pod, check=False)
+    assert again.returncode == 5
+    assert sorted(again.stdout.splitlines()) == ["err", "out"]  # not the first run's too
+
+
+def test_run_rm_client_gone_still_removes_the_pod(host: Host) -> None:
+    host.start()
+    proc = subprocess.Popen(host.jp.argv("run", "--rm", "example.com/busybox", "--exec",
+                                         "/bin/sh -c 'echo up; sleep 60'"),
+                            env=host.jp.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"up\n"
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130
+    deadline = time.monotonic() + 30
+    while json.loads(host.jp("list", "--json").stdout):
+        assert time.monotonic() < deadline, "the interrupted run --rm left its pod"
+        time.sleep(0.1)
+    assert pods_on_disk(host) == []
