@@ -117,6 +117,31 @@ async def load(port: int, request: bytes, clients: int, seconds: float
     return len(latencies), errors, elapsed, latencies
 
 
+def start_server() -> tuple[subprocess.Popen[bytes], int]:
+    """The service in its own process (``--serve``); returns it and its port."""
+    server = subprocess.Popen([sys.executable, __file__, "--serve"], stdout=subprocess.PIPE,
+                              env=dict(os.environ, PYTHONPATH=str(REPO)))
+    try:
+        assert server.stdout is not None
+        address = server.stdout.readline().decode().strip()  # http://127.0.0.1:PORT
+        return server, int(address.rsplit(":", 1)[1])
+    except BaseException:
+        server.kill()
+        server.wait()
+        raise
+
+
+_BODY = b"content=" + b"x" * 64
+ENDPOINTS = {
+    "GET pod/uuid": (f"GET /{TOKEN}/acMetadata/v1/pod/uuid HTTP/1.1\r\n"
+                     "Host: mds\r\n\r\n").encode(),
+    "POST pod/hmac/sign": (f"POST /{TOKEN}/acMetadata/v1/pod/hmac/sign HTTP/1.1\r\n"
+                           "Host: mds\r\nContent-Type: application/x-www-form-urlencoded"
+                           f"\r\nContent-Length: {len(_BODY)}\r\n\r\n").encode() + _BODY,
+}
+"""The measured requests, by row name."""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
@@ -126,23 +151,11 @@ def main() -> None:
     if args.serve:
         serve_main()
         return
-    server = subprocess.Popen([sys.executable, __file__, "--serve"], stdout=subprocess.PIPE,
-                              env=dict(os.environ, PYTHONPATH=str(REPO)))
+    server, port = start_server()
     try:
-        assert server.stdout is not None
-        address = server.stdout.readline().decode().strip()  # http://127.0.0.1:PORT
-        port = int(address.rsplit(":", 1)[1])
         idle_rss = rss_kib(server.pid)
-        body = b"content=" + b"x" * 64
-        endpoints = {
-            "GET pod/uuid": (f"GET /{TOKEN}/acMetadata/v1/pod/uuid HTTP/1.1\r\n"
-                             "Host: mds\r\n\r\n").encode(),
-            "POST pod/hmac/sign": (f"POST /{TOKEN}/acMetadata/v1/pod/hmac/sign HTTP/1.1\r\n"
-                                   "Host: mds\r\nContent-Type: application/x-www-form-urlencoded"
-                                   f"\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body,
-        }
         rows = []
-        for name, request in endpoints.items():
+        for name, request in ENDPOINTS.items():
             ok, errors, elapsed, latencies = trio.run(load, port, request, args.clients,
                                                       args.seconds)
             rows.append((name, ok / elapsed, percentile(latencies, 50),

@@ -5,7 +5,8 @@ memory with idle pods.
 Not a test. Run as root:  PYTHONPATH=. python bench/supervisor_bench.py [-n 10] [--real-pods 100]
     [--fake-pods 100 500]
 A real ``jetpack daemon`` runs against a temporary state root with its own bridge (jpb<random>)
-and network (172.30.<random>.1/22); everything is torn down afterwards, also on failure.
+and network (172.30.<random>.1/22); pods are made with ``jetpack prepare``; everything is torn down
+afterwards, also on failure.
 Memory: real pods (``/bin/sleep 3600`` in real namespaces) up to --real-pods, and, for the larger
 counts, a Daemon with the in-process FakeRuntime (no namespaces, supervisor bookkeeping only).
 """
@@ -25,6 +26,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -132,22 +134,12 @@ class Host:
                           check=False).returncode == 0:
             subprocess.run(["ip", "link", "del", self.bridge], check=False)
 
-    def prepare(self, count: int, exec_: str) -> list[str]:
-        """``count`` pods prepared in this process (the CLI's code path, minus its startup)."""
-        from jetpack.cli.prepare import parse_command_line
-        from jetpack.config import load_config
-        from jetpack.state import StateDB
-        from jetpack.store.images import ImageStore
-        from jetpack.store.prepare import prepare_pod
-
-        config = load_config(str(self.conf))
-        state = StateDB.for_root(config.root)
-        try:
-            images = ImageStore(config, state)
-            options, _ = parse_command_line([IMAGE, "--exec", exec_])
-            return [prepare_pod(config, state, images, options).uuid for _ in range(count)]
-        finally:
-            state.close()
+    def prepare(self, count: int, exec_: str, parallel: int = 4) -> list[str]:
+        """``count`` pods prepared by ``jetpack prepare`` (``parallel`` commands at a time)."""
+        with ThreadPoolExecutor(parallel) as pool:
+            return list(pool.map(
+                lambda _: self.jp("prepare", IMAGE, "--exec", exec_).stdout.split()[-1],
+                range(count)))
 
     def destroy(self, pods: list[str]) -> None:
         for i in range(0, len(pods), 100):
@@ -158,13 +150,15 @@ def median_ms(values: list[float]) -> float:
     return statistics.median(values) * 1000
 
 
-def bench_api_start(host: Host, runs: int) -> tuple[list[float], list[float]]:
-    """(request -> response of POST start, request -> app.started event time)."""
+def bench_api_start(host: Host, runs: int) -> tuple[list[float], list[float], list[float]]:
+    """(request -> response of POST start, request -> app.started event time, request -> the
+    app exited: POST start then GET wait)."""
     import httpx
 
     pods = host.prepare(runs + 1, "/bin/true")
     sent: dict[str, float] = {}
     responses = []
+    exited = []
     transport = httpx.HTTPTransport(uds=str(host.socket))
     with httpx.Client(transport=transport, base_url="http://jetpack", timeout=60) as http:
         http.get("/v1/ping")
@@ -175,13 +169,14 @@ def bench_api_start(host: Host, runs: int) -> tuple[list[float], list[float]]:
             responses.append(time.perf_counter() - start)
             answer.raise_for_status()
             http.get(f"/v1/pods/{pod}/wait").raise_for_status()
+            exited.append(time.perf_counter() - start)
     events = [json.loads(line) for line in
               host.jp("events", "--no-follow", "--json").stdout.splitlines()]
     started = {e["pod"]: datetime.fromisoformat(e["time"].replace("Z", "+00:00")).timestamp()
                for e in events if e["type"] == "app.started"}
     to_exec = [started[pod] - sent[pod] for pod in pods]
     host.destroy(pods)
-    return responses[1:], to_exec[1:]
+    return responses[1:], to_exec[1:], exited[1:]
 
 
 def timed(runs: int, once: Callable[[], Any]) -> list[float]:
@@ -312,9 +307,10 @@ def main() -> None:
         host.jp("init")
         host.jp("import", str(aci))
         host.start()
-        response, to_exec = bench_api_start(host, args.runs)
+        response, to_exec, exited = bench_api_start(host, args.runs)
         results["API start: request->response"] = response
         results["API start: request->app.started"] = to_exec
+        results["API start+wait: request->exited"] = exited
         run, listing = bench_cli_run(host, args.runs)
         results["jetpack run --rm (CLI)"] = run
         results["jetpack list (CLI startup)"] = listing
