@@ -193,8 +193,11 @@ def restrict_database(path: Path) -> None:
 class StateDB:
     """The state database of one state root. Open one per process (or per thread)."""
 
-    def __init__(self, path: Path, *, create: bool = False) -> None:
+    def __init__(self, path: Path, *, create: bool = False, wake_hub: bool = True) -> None:
+        """``wake_hub=False``: commits send no wake-up (the supervisor's own connection, whose
+        writers tell the hub in-process)."""
         self.path = path
+        self.wake_hub = wake_hub
         if not create and not path.exists():
             raise StateError(
                 f"no state database at {path}", hint="run 'jetpack init' to create the state root"
@@ -219,8 +222,8 @@ class StateDB:
         self.migrate()
 
     @classmethod
-    def for_root(cls, root: Path, *, create: bool = False) -> StateDB:
-        return cls(root / DB_NAME, create=create)
+    def for_root(cls, root: Path, *, create: bool = False, wake_hub: bool = True) -> StateDB:
+        return cls(root / DB_NAME, create=create, wake_hub=wake_hub)
 
     def close(self) -> None:
         self.conn.close()
@@ -269,7 +272,7 @@ class StateDB:
         except sqlite3.Error as exc:
             self.conn.execute("ROLLBACK")
             raise StateError(f"{self.path}: commit failed: {exc}") from None
-        if tx.events:
+        if tx.events and self.wake_hub:
             self._wake_event_hub()
 
     def _wake_event_hub(self) -> None:
