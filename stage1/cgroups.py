@@ -8,6 +8,7 @@ kills what is left. Synchronous; callers run it through ``trio.to_thread``.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import signal
 import time
@@ -128,6 +129,13 @@ def detect_layout(mountinfo: Path = Path("/proc/self/mountinfo")) -> Layout:
     return Layout(kind, v1, unified, controllers)
 
 
+@functools.cache
+def host_layout() -> Layout:
+    """The host's layout, read once per process: hierarchies are mounted at boot, while
+    mountinfo grows with every running pod (reading it per pod made each start O(pods))."""
+    return detect_layout()
+
+
 def _write(path: Path, value: str) -> None:
     try:
         path.write_text(value)
@@ -144,7 +152,7 @@ class PodCgroup:
 
     @classmethod
     def for_pod(cls, pod_uuid: str, layout: Layout | None = None) -> PodCgroup:
-        return cls(f"{PARENT}/{pod_uuid.lower()}", layout or detect_layout())
+        return cls(f"{PARENT}/{pod_uuid.lower()}", layout or host_layout())
 
     def directories(self) -> list[Path]:
         """This cgroup's directory in each hierarchy (v1 controllers, then unified)."""
@@ -341,6 +349,6 @@ class PodCgroup:
 
 def leftover_cgroups(layout: Layout | None = None) -> list[Path]:
     """Pod cgroups under ``jetpack/`` in any hierarchy (for ``gc`` and tests)."""
-    layout = layout or detect_layout()
+    layout = layout or host_layout()
     roots = set(layout.v1.values()) | ({layout.unified} if layout.unified else set())
     return sorted(p for root in roots for p in (root / PARENT).glob("*") if p.is_dir())

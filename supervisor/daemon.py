@@ -123,8 +123,9 @@ class Daemon:
         # One connection, one thread at a time: the pod manager, the control API and the
         # metadata service all reach ``db`` through this limiter (the hub has its own).
         db_limiter = trio.CapacityLimiter(1)
-        db = await trio.to_thread.run_sync(StateDB.for_root, self.config.root,
-                                           limiter=db_limiter)
+        # Its writers call hub.notify() after each commit: no wake-up datagram to ourselves.
+        db = await trio.to_thread.run_sync(partial(StateDB.for_root, self.config.root,
+                                                   wake_hub=False), limiter=db_limiter)
         await trio.to_thread.run_sync(self._clean_leftovers)
         try:
             await _record(db, db_limiter, "supervisor.started", pid=os.getpid())

@@ -1,8 +1,10 @@
 """The live event hub: new rows of the event log fanned out to websocket subscribers.
 
 Writers are this process (the supervisor calls ``notify()`` after its transaction commits) and
-other processes (``jetpack import`` appends to the database without a supervisor), so the hub
-also polls ``MAX(seq)``; either way it reads the new rows and offers them to every subscriber.
+other processes (``jetpack import`` appends to the database without a supervisor): after their
+commit they send a datagram to the hub's wake socket in the state root (``StateDB``), and the
+hub still polls ``MAX(seq)`` slowly in case one was lost; either way it reads the new rows and
+offers them to every subscriber.
 
 Slow-consumer policy (also in docs/events.md): the log, not the queue, is the source of truth.
 Each subscriber has a queue of at most ``queue_size`` events. A live subscriber whose queue is
@@ -14,6 +16,10 @@ from where it is, since replay already comes from the database.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
+import stat
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -33,10 +39,14 @@ from jetpack.events import (
     trim_events,
 )
 from jetpack.log import get_logger
-from jetpack.state.db import Event, StateDB
+from jetpack.state.db import Event, StateDB, wake_socket_path
 
-POLL_INTERVAL = 0.15
-"""Seconds between looks at ``MAX(seq)`` for rows other processes appended."""
+POLL_INTERVAL = 2.0
+"""Seconds between looks at ``MAX(seq)`` for rows other processes appended without waking
+the hub (a writer of an older jetpack; a datagram lost)."""
+
+UNWOKEN_POLL_INTERVAL = 0.15
+"""The poll interval at most, when the wake socket could not be bound (a path too long)."""
 
 QUEUE_SIZE = 1024
 """Live events a subscriber may have waiting before it counts as too slow."""
@@ -224,18 +234,26 @@ class EventHub:
     ) -> None:
         self._poll_db = await trio.to_thread.run_sync(StateDB, self.db_path)
         self._replay_db = await trio.to_thread.run_sync(StateDB, self.db_path)
+        wake = WakeSocket(wake_socket_path(self.db_path))
         try:
+            woken = await wake.bind()
+            poll_interval = self.poll_interval if woken else min(self.poll_interval,
+                                                                 UNWOKEN_POLL_INTERVAL)
             self.last_published = await self._in_poll_thread(self._poll_db.last_seq)
             self._running = True
             task_status.started(self)
             log.info("event hub ready", last_seq=self.last_published)
-            while True:
-                with trio.move_on_after(self.poll_interval):
-                    await self._nudge.wait()
-                self._nudge = trio.Event()
-                await self._publish_new()
+            async with trio.open_nursery() as nursery:
+                if woken:
+                    nursery.start_soon(self._receive_wakes, wake)
+                while True:
+                    with trio.move_on_after(poll_interval):
+                        await self._nudge.wait()
+                    self._nudge = trio.Event()
+                    await self._publish_new()
         finally:
             self._running = False
+            wake.close()
             for subscription in list(self._subscriptions):
                 subscription.close()
             with trio.CancelScope(shield=True):
@@ -243,6 +261,13 @@ class EventHub:
                 await trio.to_thread.run_sync(
                     self._replay_db.close, limiter=self._replay_limiter
                 )
+
+    async def _receive_wakes(self, wake: WakeSocket) -> None:
+        """Each datagram (one per commit that appended events) is a nudge; a burst of them
+        makes one read of the log, since the nudge is an event, not a count."""
+        while True:
+            await wake.receive()
+            self._nudge.set()
 
     @asynccontextmanager
     async def subscribe(
@@ -308,6 +333,48 @@ class EventHub:
 
     async def _in_replay_thread(self, fn: Callable[..., T], *args: object) -> T:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._replay_limiter)
+
+
+class WakeSocket:
+    """The hub's end of the wake socket: bound afresh (only the supervisor holding the state
+    root's lock runs a hub, so a socket left there is stale), mode 0600, removed on close
+    unless another hub has since replaced it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.socket = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._inode: tuple[int, int] | None = None
+
+    async def bind(self) -> bool:
+        """Bind; ``False`` (logged) when it cannot be bound, so that the hub polls instead."""
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISSOCK(self.path.lstat().st_mode):
+                    self.path.unlink()
+            # Nudges coalesce: a small buffer bounds the memory a burst of writers can use.
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            await self.socket.bind(str(self.path))
+            os.chmod(self.path, 0o600)
+            bound = self.path.lstat()
+        except OSError as exc:
+            log.warning("cannot bind the event wake socket; polling instead",
+                        path=str(self.path), error=str(exc))
+            self.socket.close()
+            return False
+        self._inode = (bound.st_dev, bound.st_ino)
+        return True
+
+    async def receive(self) -> None:
+        await self.socket.recv(64)
+
+    def close(self) -> None:
+        self.socket.close()
+        if self._inode is None:
+            return
+        with contextlib.suppress(OSError):
+            now = self.path.lstat()
+            if (now.st_dev, now.st_ino) == self._inode:
+                self.path.unlink()
 
 
 def _new_entries(db: StateDB, after: int) -> list[Entry]:

@@ -26,7 +26,7 @@ from jetpack.cli.client import ControlClient, EventStream, StreamClosed
 from jetpack.config import Config, load_config
 from jetpack.errors import ConfigError, NotFoundError, SupervisorError, UsageError
 from jetpack.events import EventFilter, Retention, trim_events
-from jetpack.state.db import StateDB
+from jetpack.state.db import WAKE_NAME, StateDB
 from jetpack.supervisor.api import Request, core_router
 from jetpack.supervisor.events import EventHub
 from jetpack.supervisor.server import ServerHandle, serve
@@ -323,6 +323,33 @@ async def test_events_appended_by_another_process_are_delivered(
             texts = await collect(stream, 25)
     assert seqs(texts) == list(range(1, 26))
     assert {json.loads(t)["type"] for t in texts} == {"image.imported"}
+
+
+async def test_another_process_commit_wakes_the_hub_at_once(
+    supervisor: Supervisor, config: Config
+) -> None:
+    # The poll would take an hour: only the writer's wake-up can deliver within the deadline.
+    await supervisor.start(poll_interval=3600)
+    script = (
+        "import sys, time\n"
+        "from jetpack.state.db import StateDB\n"
+        "db = StateDB(__import__('pathlib').Path(sys.argv[1]))\n"
+        "for i in range(5):\n"
+        "    with db.transaction() as tx:\n"
+        "        tx.event('pod.prepared', n=i)\n"
+        "    time.sleep(0.05)\n"
+    )
+    with trio.fail_after(10):
+        async with supervisor.client.open_events(None) as stream:
+            await stream.receive()  # the first heartbeat: subscribed
+            await trio.run_process(
+                [sys.executable, "-c", script, str(config.root / "jetpack.db")],
+                env={**os.environ, "PYTHONPATH": str(REPO)},
+            )
+            texts = await collect(stream, 5)
+    assert seqs(texts) == list(range(1, 6))
+    # Only root may nudge the hub (the state root is root-only too).
+    assert stat.S_IMODE((config.root / WAKE_NAME).stat().st_mode) == 0o600
 
 
 async def test_cli_follower_survives_restarts_exactly_once(

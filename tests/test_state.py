@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pytest
 
 from jetpack.errors import StateError
 from jetpack.state import SCHEMA_VERSION, StateDB
+from jetpack.state.db import wake_socket_path
 
 from conftest import REPO
 
@@ -109,3 +111,44 @@ def test_concurrent_writer_processes_give_gap_free_sequence(tmp_path: Path) -> N
             assert mine == list(range(count))  # each writer's events in its own order
         assert db.last_seq() == writers * count
         assert [e.seq for e in db.events_since(10, limit=3)] == [11, 12, 13]
+
+
+def test_commit_with_events_wakes_the_event_hub(tmp_path: Path) -> None:
+    with StateDB.for_root(tmp_path, create=True) as db:
+        hub = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        hub.bind(str(wake_socket_path(db.path)))
+        hub.settimeout(5)
+        try:
+            with db.transaction() as tx:
+                tx.event("image.imported", n=1)
+            assert hub.recv(64)
+            # A change without an event wakes nobody.
+            with db.transaction() as tx:
+                tx.execute("PRAGMA user_version")
+            hub.settimeout(0.2)
+            with pytest.raises(TimeoutError):
+                hub.recv(64)
+        finally:
+            hub.close()
+
+
+def test_writer_never_blocks_or_fails_on_the_wake_socket(tmp_path: Path) -> None:
+    with StateDB.for_root(tmp_path, create=True) as db:
+        path = wake_socket_path(db.path)
+        # No supervisor ever ran: no socket.
+        with db.transaction() as tx:
+            tx.event("image.imported", n=0)
+        # A supervisor that never reads: its buffer fills, the writer goes on.
+        hub = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        hub.bind(str(path))
+        try:
+            for i in range(3000):
+                with db.transaction() as tx:
+                    tx.event("image.imported", n=i)
+        finally:
+            hub.close()
+        # A supervisor killed: its socket is stale (connection refused).
+        assert path.exists()
+        with db.transaction() as tx:
+            tx.event("image.imported", n=-1)
+        assert db.last_seq() == 3002

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping
@@ -24,6 +25,10 @@ DB_NAME = "jetpack.db"
 # files the database file's mode.
 DB_MODE = 0o600
 BUSY_TIMEOUT_MS = 30_000
+WAKE_NAME = "events-wake.sock"
+"""The supervisor's event hub binds this unix datagram socket in the state root (root only,
+like the database); a writer that appended events sends it one byte after the commit, so the
+hub reads them at once instead of at its next poll. Best effort: no supervisor, nothing sent."""
 
 # Each entry migrates from version (index) to version (index + 1). Never edit a shipped entry:
 # append a new one.
@@ -188,8 +193,11 @@ def restrict_database(path: Path) -> None:
 class StateDB:
     """The state database of one state root. Open one per process (or per thread)."""
 
-    def __init__(self, path: Path, *, create: bool = False) -> None:
+    def __init__(self, path: Path, *, create: bool = False, wake_hub: bool = True) -> None:
+        """``wake_hub=False``: commits send no wake-up (the supervisor's own connection, whose
+        writers tell the hub in-process)."""
         self.path = path
+        self.wake_hub = wake_hub
         if not create and not path.exists():
             raise StateError(
                 f"no state database at {path}", hint="run 'jetpack init' to create the state root"
@@ -214,8 +222,8 @@ class StateDB:
         self.migrate()
 
     @classmethod
-    def for_root(cls, root: Path, *, create: bool = False) -> StateDB:
-        return cls(root / DB_NAME, create=create)
+    def for_root(cls, root: Path, *, create: bool = False, wake_hub: bool = True) -> StateDB:
+        return cls(root / DB_NAME, create=create, wake_hub=wake_hub)
 
     def close(self) -> None:
         self.conn.close()
@@ -264,6 +272,19 @@ class StateDB:
         except sqlite3.Error as exc:
             self.conn.execute("ROLLBACK")
             raise StateError(f"{self.path}: commit failed: {exc}") from None
+        if tx.events and self.wake_hub:
+            self._wake_event_hub()
+
+    def _wake_event_hub(self) -> None:
+        """Tell a running supervisor that new events are committed; never blocks, never
+        fails: with no supervisor (no socket, or a stale one) or a full socket buffer (the hub
+        is already due to look) the datagram is dropped and the hub's poll finds the rows."""
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as waker:
+                waker.setblocking(False)
+                waker.sendto(b"!", str(wake_socket_path(self.path)))
+        except OSError:
+            pass
 
     def query(self, sql: str, params: Any = ()) -> list[sqlite3.Row]:
         """Rows of a read-only query (autocommit; sees the latest committed state)."""
@@ -286,6 +307,11 @@ class StateDB:
     def last_seq(self) -> int:
         row = self.query("SELECT MAX(seq) FROM events")[0]
         return int(row[0] or 0)
+
+
+def wake_socket_path(db_path: Path) -> Path:
+    """Where the event hub of the supervisor using ``db_path`` listens for wake-ups."""
+    return db_path.with_name(WAKE_NAME)
 
 
 def _split_sql(script: str) -> list[str]:

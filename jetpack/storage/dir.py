@@ -170,10 +170,13 @@ class DirStorage:
         image_id = marker.read_text().strip()
         lower = self.image_path(image_id) / "rootfs"
         options = f"lowerdir={lower},upperdir={app_dir / 'upper'},workdir={app_dir / 'work'}"
-        proc = subprocess.run(["mount", "-t", "overlay", "overlay", "-o", options, str(rootfs)],
-                              capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise StorageError(f"cannot mount app {app}'s rootfs: {proc.stderr.strip()}")
+        # mount(2) itself, not mount(8): a process per app start is most of this call's cost.
+        from jetpack.stage1 import linux_sys  # Linux only, as overlayfs is
+
+        try:
+            linux_sys.mount("overlay", str(rootfs), "overlay", 0, options)
+        except OSError as exc:
+            raise StorageError(f"cannot mount app {app}'s rootfs: {exc.strerror}") from None
         return rootfs
 
     def unmount_pod(self, pod_uuid: str) -> None:

@@ -3,6 +3,7 @@ unmounting it before anything below is removed (never rm -rf through a live moun
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from pathlib import Path
@@ -41,15 +42,29 @@ def mounts_under(path: Path) -> list[Path]:
 def unmount_all(path: Path) -> None:
     """Unmount everything at or below ``path``; raise if anything stays mounted."""
     for target in mounts_under(path):
+        if platform_kind() == "linux":
+            _unmount_linux(target)
+            continue
         proc = subprocess.run(["umount", str(target)], capture_output=True, text=True,
                               check=False)
         if proc.returncode != 0 and target in mounts_under(target):
-            lazy = ["umount", "-l", str(target)] if platform_kind() == "linux" \
-                else ["umount", "-f", str(target)]
-            subprocess.run(lazy, capture_output=True, check=False)
+            subprocess.run(["umount", "-f", str(target)], capture_output=True, check=False)
     left = mounts_under(path)
     if left:
         raise StorageError(f"cannot unmount {', '.join(map(str, left))}")
+
+
+def _unmount_linux(target: Path) -> None:
+    """umount(2), then a lazy detach if it is busy: no umount(8) process per mount (a pod's
+    teardown unmounts every app's rootfs)."""
+    from jetpack.stage1 import linux_sys  # Linux only
+
+    try:
+        linux_sys.umount2(str(target))
+    except OSError:
+        if target in mounts_under(target):
+            with contextlib.suppress(OSError):
+                linux_sys.umount2(str(target), linux_sys.MNT_DETACH)
 
 
 def is_mountpoint(path: Path) -> bool:
