@@ -8,6 +8,7 @@ import contextlib
 import json
 import secrets
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -35,7 +36,8 @@ class Host:
                                            cwd=self.jp.cwd, stdout=log, stderr=subprocess.STDOUT)
         sock = self.tmp / "jp.sock"
         deadline = time.monotonic() + 30
-        while not sock.exists():
+        # Serving means accepting: after a kill -9 the old socket file is still there.
+        while not accepts(sock):
             assert self.daemon.poll() is None, self.log.read_text()
             assert time.monotonic() < deadline, "the supervisor did not start"
             time.sleep(0.05)
@@ -61,6 +63,16 @@ class Host:
     def events(self, pod: str | None = None) -> list[dict[str, object]]:
         args = ["events", "--no-follow", "--json"] + (["--pod", pod] if pod else [])
         return [json.loads(line) for line in self.jp(*args).stdout.splitlines()]
+
+
+def accepts(path: Path) -> bool:
+    """True when a server accepts connections on the unix socket ``path``."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
 
 
 def busybox_image(tmp: Path, rootfs: Path, name: str, app: dict[str, object] | None = None,
