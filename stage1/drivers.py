@@ -41,7 +41,10 @@ def isolation_driver(config: Config, *, setup_host: bool = False) -> IsolationDr
     if name == "linux":
         from jetpack.stage1.linux import LinuxDriver
 
-        return LinuxDriver(network=network)
+        driver = LinuxDriver(network=network)
+        if setup_host:
+            driver.forks.start()  # the daemon's first pod need not wait for its imports
+        return driver
     from jetpack.stage1.jail import JailDriver
 
     return JailDriver.from_config(config, network=network)

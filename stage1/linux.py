@@ -2,7 +2,9 @@
 
 The pod's namespaces are pinned by bind mounts under ``pod_dir/run/ns`` (no holder process to
 die or be mistaken for another); each app is built and run by the linux_init helper, whose pid-1
-monitor writes the app's status file. The driver keeps no state between calls.
+monitor writes the app's status file. Sandbox and app helpers are forked by the driver's fork
+server (forkserver.py: no interpreter start each); ``enter`` starts its helper itself, in the
+caller's process group. The driver keeps no pod state between calls.
 
 Linux policy lives here: the pod's cgroup (limits and device policy, stage1.cgroups), made by
 create_sandbox and removed by destroy_sandbox; the pod's /etc files, written into each app's
@@ -40,6 +42,7 @@ from jetpack.stage1.base import (
     Stdio,
 )
 from jetpack.stage1.cgroups import PodCgroup
+from jetpack.stage1.forkserver_client import ForkServer
 from jetpack.stage1.identity import pidfd_open, pidfd_send_signal
 from jetpack.stage1.monitor import MonitoredApps, read_report
 from jetpack.stage1.network.etc import write_etc_files
@@ -50,8 +53,8 @@ from jetpack.stage2.plan import ExecPlan, plan_app
 POD_NAMESPACES = ("uts", "ipc", "net")
 _KILL_CONFIRM_TIMEOUT = 10.0
 
-# The helper runs in a fresh, isolated interpreter (-I -S: no site, no user paths, fast start)
-# that imports jetpack from exactly where this process did.
+# The enter helper runs in a fresh, isolated interpreter (-I -S: no site, no user paths, fast
+# start) that imports jetpack from exactly where this process did.
 _BOOTSTRAP = (
     "import sys; sys.path.insert(0, sys.argv[1]); "
     "from jetpack.stage1.linux_init import main; sys.exit(main(sys.argv[2:]))"
@@ -77,6 +80,7 @@ class LinuxDriver(MonitoredApps):
         self.network = network
         self.python = python
         self.limiter = limiter or trio.CapacityLimiter(4)
+        self.forks = ForkServer(python)
 
     @staticmethod
     def check_limits(limits: Limits) -> None:
@@ -105,13 +109,10 @@ class LinuxDriver(MonitoredApps):
         try:
             if spec.limits is not None:
                 await self._thread(_create_cgroup, spec.pod_uuid, spec.limits, data)
-            result = await trio.run_process(
-                helper_argv(self.python, "sandbox", str(run_dir), spec.hostname),
-                capture_stdout=True, capture_stderr=True, check=False,
-            )
-            if result.returncode != 0:
+            code, output = await self._run_helper("sandbox", str(run_dir), spec.hostname)
+            if code != 0:
                 raise IsolationError(f"pod {spec.pod_uuid}: cannot create its namespaces: "
-                                     f"{result.stderr.decode(errors='replace').strip()}")
+                                     f"{output.decode(errors='replace').strip()}")
             if self.network is not None and spec.network is not None:
                 await self.network.attach(self._attachment(handle))
         except BaseException:
@@ -119,6 +120,27 @@ class LinuxDriver(MonitoredApps):
                 await self.destroy_sandbox(handle)
             raise
         return handle
+
+    async def _run_helper(self, *argv: str) -> tuple[int, bytes]:
+        """A forked helper's exit code and output (stdout and stderr), stdin /dev/null."""
+        output_r, output_w = os.pipe()
+        null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            helper = await self.forks.spawn(argv, stdin=null, stdout=output_w, stderr=output_w)
+        except BaseException:
+            os.close(output_r)
+            raise
+        finally:
+            os.close(output_w)
+            os.close(null)
+        try:
+            chunks = []
+            async with trio.lowlevel.FdStream(output_r) as stream:
+                while data := await stream.receive_some():
+                    chunks.append(data)
+            return await helper.wait(), b"".join(chunks)
+        finally:
+            helper.close()
 
     @staticmethod
     def _prepare_dirs(spec: SandboxSpec, run_dir: Path, volumes_dir: Path) -> None:
@@ -267,12 +289,11 @@ class LinuxDriver(MonitoredApps):
             else:
                 stdin, stdout, stderr = stdio.stdin, stdio.stdout, stdio.stderr
             try:
-                helper = await trio.lowlevel.open_process(
-                    helper_argv(self.python, "app", str(launch_path), str(report_w), str(go_r)),
-                    pass_fds=(report_w, go_r), stdin=stdin, stdout=stdout, stderr=stderr,
-                    # never the supervisor's process group, with a terminal (run -t) too
-                    start_new_session=True,
-                )
+                # In a session of its own (the fork server's rule): never the supervisor's
+                # process group, with a terminal (run -t) too. The pipes become its fds 3 and 4.
+                helper = await self.forks.spawn(
+                    ["app", str(launch_path), "3", "4"], stdin=stdin, stdout=stdout,
+                    stderr=stderr, pass_fds=(report_w, go_r))
             finally:
                 if stdio is None:
                     os.close(stdin)
@@ -280,9 +301,13 @@ class LinuxDriver(MonitoredApps):
             report_w = -1
             os.close(go_r)
             go_r = -1
-            lines = await read_report(report_r)
-            report_r = -1
-            await helper.wait()
+            try:
+                lines = await read_report(report_r)
+                report_r = -1
+                await helper.wait()  # it forked the monitor and exited: the monitor is no
+                # child of ours nor of the server's (adoption after a supervisor's kill -9)
+            finally:
+                helper.close()
             # identify() and the pidfd read /proc: never on the loop thread
             process: AppProcess = await self._thread(
                 self.started, app, lines, Path(launch["status_path"]), stdio, log_path)

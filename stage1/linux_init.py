@@ -1,8 +1,9 @@
 """The Linux helper executable: makes a pod's namespaces, and builds and runs one app in them.
 
-Run as a fresh interpreter by linux.py (never forked from the trio supervisor, whose threads make
-fork unsafe). Imports only the standard library and stage2, so it starts fast; nothing is
-imported after pivot_root, where only the app's rootfs is visible.
+Forked by linux.py's fork server (forkserver.py) for sandbox and app, run as a fresh interpreter
+for enter; never forked from the trio supervisor, whose threads make fork unsafe. Imports only
+the standard library and stage2, so it starts fast; nothing is imported after pivot_root, where
+only the app's rootfs is visible.
 
     sandbox RUN_DIR HOSTNAME          new uts/ipc/net namespaces, kept by bind mounts in RUN_DIR/ns
     app LAUNCH_JSON REPORT_FD GO_FD   one app: its own mount and pid namespace, pod's uts/ipc/net

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -378,3 +382,124 @@ async def test_missing_host_volume_source_is_refused(
     with pytest.raises(IsolationError, match="does not exist"):
         await driver.create_sandbox(spec)
     assert mounts_under(tmp_path) == []
+
+
+# --- the fork server ------------------------------------------------------------------------------
+
+def descriptor_targets(pid: int) -> set[str]:
+    targets = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(FileNotFoundError):
+            targets.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+    return targets
+
+
+def has_exited(pid: int, start_time: int | None) -> bool:
+    """Gone, a zombie, or its pid reused by another process."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except FileNotFoundError:
+        return True
+    return state == "Z" or process_start_time(pid) != start_time
+
+
+async def test_an_app_holds_nothing_of_the_fork_server(
+    driver: LinuxDriver, sandbox: SandboxHandle, busybox_rootfs: Path
+) -> None:
+    app = AppSpec(name="fds", rootfs=busybox_rootfs, exec=(
+        "sh", "-c", "ls /proc/$$/fd; grep -E '^Sig(Blk|Ign)' /proc/self/status; echo listed; "
+                    "sleep 30"))
+    with trio.fail_after(20):
+        process = await driver.start_app(sandbox, app)
+        assert process.log_path is not None
+        await wait_for_text(process.log_path, "listed")
+    try:
+        assert driver.forks.pid is not None
+        server = descriptor_targets(driver.forks.pid)
+        monitor = descriptor_targets(process.identity.pid)
+        # Neither its control socket, nor another helper's reply socket, nor its wakeup pipe.
+        assert not [t for t in monitor if t.startswith("socket:")]
+        assert not [t for t in monitor & server if t.startswith(("socket:", "pipe:"))]
+        # The app: the three stdio descriptors only, every signal default and unblocked.
+        assert process.log_path.read_text().splitlines()[:6] == [
+            "0", "1", "2", "SigBlk:\t0000000000000000", "SigIgn:\t0000000000000000", "listed"]
+    finally:
+        with trio.fail_after(20):
+            await driver.stop(sandbox, process, grace=5)
+        process.close()
+
+
+async def test_a_killed_fork_server_is_restarted_on_next_use(
+    driver: LinuxDriver, sandbox: SandboxHandle, busybox_rootfs: Path
+) -> None:
+    app = AppSpec(name="again", rootfs=busybox_rootfs, exec=("true",))
+    with trio.fail_after(20):
+        process = await driver.start_app(sandbox, app)
+        assert await driver.wait(sandbox, process) == ExitStatus(code=0)
+    process.close()
+    killed = driver.forks.pid
+    assert killed is not None
+    start_time = process_start_time(killed)
+    os.kill(killed, signal.SIGKILL)
+    with trio.fail_after(10):
+        while not has_exited(killed, start_time):  # noqa: ASYNC110 - a process of no one's to wait on
+            await trio.sleep(0.01)
+        process = await driver.start_app(sandbox, app)
+        assert await driver.wait(sandbox, process) == ExitStatus(code=0)
+    process.close()
+    assert driver.forks.pid not in (None, killed)
+
+
+_TREE = str(Path(__file__).resolve().parent.parent)
+_OWNER = """
+import json, sys
+from pathlib import Path
+import trio
+from jetpack.stage1.base import AppSpec, SandboxSpec
+from jetpack.stage1.linux import LinuxDriver
+
+async def main():
+    driver = LinuxDriver()
+    handle = await driver.create_sandbox(SandboxSpec(
+        pod_uuid="8b1d2a53-6a0c-4c38-9a3e-000000000002", hostname="owned",
+        pod_dir=Path(sys.argv[1])))
+    process = await driver.start_app(handle, AppSpec(
+        name="orphan", rootfs=Path(sys.argv[2]), exec=("sleep", "60")))
+    print(json.dumps({"server": driver.forks.pid, "monitor": process.identity.pid,
+                      "handle": handle.to_json()}), flush=True)
+    await trio.sleep_forever()
+
+trio.run(main)
+"""
+
+
+async def test_the_fork_server_ends_with_its_owner_and_the_apps_run_on(
+    root: None, tmp_path: Path, busybox_rootfs: Path
+) -> None:
+    env = {**os.environ, "PYTHONPATH": _TREE}
+    async with trio.open_nursery() as nursery:
+        owner = await nursery.start(partial(
+            trio.run_process, [sys.executable, "-c", _OWNER, str(tmp_path / "pod"),
+                               str(busybox_rootfs)], stdout=subprocess.PIPE, env=env, check=False))
+        assert owner.stdout is not None
+        with trio.fail_after(30):
+            line = b""
+            while not line.endswith(b"\n"):
+                chunk = await owner.stdout.receive_some()
+                assert chunk, "the owner ended before it reported"
+                line += chunk
+        started = json.loads(line)
+        handle = SandboxHandle.from_json(started["handle"])
+        server, monitor = started["server"], started["monitor"]
+        server_start, monitor_start = process_start_time(server), process_start_time(monitor)
+        try:
+            owner.kill()  # kill -9: the owner cannot say goodbye
+            await owner.wait()
+            with trio.fail_after(10):
+                while not has_exited(server, server_start):  # noqa: ASYNC110 - no longer our process to wait on
+                    await trio.sleep(0.01)
+            assert not has_exited(monitor, monitor_start)
+        finally:
+            with trio.CancelScope(shield=True), trio.fail_after(20):
+                await LinuxDriver().destroy_sandbox(handle)
+        assert has_exited(monitor, monitor_start)
