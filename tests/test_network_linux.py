@@ -343,3 +343,34 @@ def test_nat_reaches_outside_through_the_host(host: str,
     assert ping.returncode != 0
     del client
     linux.detach_pod(veth, host_netns=host)
+
+
+def test_a_supervisor_holding_over_1024_descriptors_still_wires_pods(
+        host: str, make_netns: Callable[..., str]) -> None:
+    """With a few hundred pods the supervisor holds more than FD_SETSIZE (1024) descriptors.
+    Whatever the network code opens then gets a number above 1024, where a select(2)-based
+    library (libnftables waits on its netlink socket that way) makes glibc abort the whole
+    supervisor: 500 pods once killed it. Attach, list and detach must work there."""
+    pod = make_netns("p")
+    pod_uuid = str(uuid.uuid4())
+    script = f"""
+import os, resource
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 4096), max(hard, 4096)))
+held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+assert max(held) > 1024
+from jetpack.stage1.network import linux
+linux.ensure_bridge("jetpack0", {HOST_CIDR!r}, host_netns={host!r})
+linux.ensure_firewall({HOST_CIDR!r}, host_netns={host!r})
+veth = linux.veth_name({pod_uuid!r})
+linux.attach_pod("/run/netns/{pod}", "172.23.0.2", 16, "172.23.0.1", bridge="jetpack0",
+                 veth_name=veth, pod_uuid={pod_uuid!r}, forwards=[("tcp", 18081, 80, None)],
+                 host_netns={host!r})
+print(sorted(linux.port_forwards(host_netns={host!r})))
+linux.detach_pod(veth, pod_uuid={pod_uuid!r}, host_netns={host!r})
+print(sorted(linux.port_forwards(host_netns={host!r})))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.splitlines() == [repr([pod_uuid]), "[]"]

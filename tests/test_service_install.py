@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import stat
 import subprocess
@@ -241,28 +242,20 @@ def test_zfs_storage_without_zfs_names_zfs(root: None, tmp_path: Path) -> None:
     assert "storage.driver = dir" in out.stderr
 
 
-def test_missing_nftables_library_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Pod networking drives netlink (pyroute2) and libnftables in-process: no ip or nft
-    binary is needed, and a host without the library gets its name and package."""
-    import ctypes
-
-    from jetpack.errors import NetworkError
-    from jetpack.stage1.network import linux
-
-    real = ctypes.CDLL
-
-    def cdll(name: str, *args: object, **kwargs: object) -> ctypes.CDLL:
-        if name == "libnftables.so.1":
-            raise OSError(f"{name}: cannot open shared object file")
-        return real(name, *args, **kwargs)  # type: ignore[arg-type]
-
-    linux._libnftables.cache_clear()
-    monkeypatch.setattr(ctypes, "CDLL", cdll)
+def test_supervisor_without_nft_names_it(root: None, tmp_path: Path) -> None:
+    bridge = f"jpt{secrets.token_hex(3)}"
+    jp = Jetpack(write_conf(tmp_path / "jetpack.conf", **{
+        "root.path": str(tmp_path / "state"), "storage.driver": "dir",
+        "supervisor.socket": str(tmp_path / "jp.sock"), "jail.interface": bridge,
+        "jail.network": "172.31.251.1/24"}), tmp_path / "state")
+    jp("init")
     try:
-        with pytest.raises(NetworkError) as info:
-            linux.ensure_firewall("172.31.250.1/24", nat=False)
+        out = subprocess.run(jp.argv("daemon"), env=without_tools(jp, tmp_path),
+                             capture_output=True, text=True, timeout=120)
     finally:
-        linux._libnftables.cache_clear()
-    assert "libnftables.so.1" in str(info.value)
-    assert info.value.hint is not None
-    assert "apt install nftables" in info.value.hint
+        subprocess.run(["ip", "link", "del", bridge], capture_output=True, check=False)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "Traceback" not in out.stderr
+    assert "nft: command not found (needed for pod networking)" in out.stderr, out.stderr
+    assert "apt install nftables" in out.stderr
+    assert not (tmp_path / "jp.sock").exists()

@@ -1,7 +1,7 @@
 """Linux pod networking: the bridge, one veth per pod, and jetpack's own nftables table.
 
-Everything runs in-process, no tool per step: links, addresses and routes through netlink
-(pyroute2), nftables through libnftables (the library nft(8) is built on, loaded with ctypes),
+No tool per step: links, addresses and routes through netlink in-process (pyroute2), a pod's
+nftables rules as one ``nft -f -`` transaction (see ``_nft`` for why not libnftables in-process),
 sysctls as writes under /proc/sys; never touches another table. Every function is synchronous
 (call it through ``trio.to_thread``) and idempotent where the name says so. ``host_netns`` names
 a network namespace under /run/netns (or any nsfs path) that plays the host (the tests use one so
@@ -49,6 +49,7 @@ import ipaddress
 import json
 import os
 import socket
+import subprocess
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -59,6 +60,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from jetpack.errors import ConflictError, NetworkError
 from jetpack.stage1.network.ports import PortForward, as_forwards
+from jetpack.tools import missing_tool
 
 T = TypeVar("T")
 
@@ -68,8 +70,6 @@ _IFNAMSIZ = 15  # the kernel's limit on an interface name, without its NUL
 _CLONE_NEWNET = 0x40000000  # <sched.h>
 _AF_NETLINK = 16  # <linux/socket.h> (the socket module has no name for it off Linux)
 _NETLINK_ROUTE = 0  # <linux/netlink.h>
-_NFT_CTX_OUTPUT_HANDLE = 1 << 3  # <nftables/libnftables.h>
-_NFT_CTX_OUTPUT_JSON = 1 << 4
 
 
 def veth_name(pod_uuid: str) -> str:
@@ -407,48 +407,27 @@ def _detach_pod(veth: str, pod_uuid: str | None) -> bool:
 # ---------------------------------------------------------------- nftables
 
 
-@functools.cache
-def _libnftables() -> ctypes.CDLL:
-    try:
-        lib = ctypes.CDLL("libnftables.so.1")
-    except OSError:
-        raise NetworkError("libnftables.so.1 (nftables' library) is not installed",
-                           hint="install it: apt install nftables (Debian)") from None
-    lib.nft_ctx_new.restype = ctypes.c_void_p
-    lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
-    lib.nft_ctx_free.argtypes = [ctypes.c_void_p]
-    lib.nft_ctx_buffer_output.argtypes = [ctypes.c_void_p]
-    lib.nft_ctx_buffer_error.argtypes = [ctypes.c_void_p]
-    lib.nft_ctx_output_set_flags.argtypes = [ctypes.c_void_p, ctypes.c_uint]
-    lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-    lib.nft_run_cmd_from_buffer.restype = ctypes.c_int
-    for getter in (lib.nft_ctx_get_output_buffer, lib.nft_ctx_get_error_buffer):
-        getter.argtypes = [ctypes.c_void_p]
-        getter.restype = ctypes.c_char_p
-    return lib
-
-
 def _nft(script: str, what: str, *, listing: bool = False) -> str:
-    """Run an nft script through libnftables in the calling thread's network namespace: one
-    script is one kernel transaction, all of it applies or none. Returns what it prints (JSON
-    with rule handles when ``listing``)."""
-    lib = _libnftables()
-    ctx = lib.nft_ctx_new(0)
-    if not ctx:
-        raise NetworkError(f"nftables ({what}): no libnftables context")
+    """Run an nft script with one ``nft -f -`` in the calling thread's network namespace (the
+    child inherits it): one script is one kernel transaction, all of it applies or none.
+    Returns what it prints (JSON with rule handles when ``listing``).
+
+    Not libnftables in-process: it waits on its netlink socket with select(2), which glibc
+    aborts the whole process for once that socket's number passes FD_SETSIZE (1024), as it does
+    in a supervisor holding a few hundred pods."""
+    # nft prints JSON only for a command on its command line, not for one read with -f.
+    argv = ["nft", "-j", "-a", *script.split()] if listing else ["nft", "-f", "-"]
     try:
-        lib.nft_ctx_buffer_output(ctx)
-        lib.nft_ctx_buffer_error(ctx)
-        if listing:
-            lib.nft_ctx_output_set_flags(ctx, _NFT_CTX_OUTPUT_JSON | _NFT_CTX_OUTPUT_HANDLE)
-        status = lib.nft_run_cmd_from_buffer(ctx, script.encode())
-        out = (lib.nft_ctx_get_output_buffer(ctx) or b"").decode(errors="replace")
-        err = (lib.nft_ctx_get_error_buffer(ctx) or b"").decode(errors="replace")
-    finally:
-        lib.nft_ctx_free(ctx)
-    if status != 0:
-        raise NetworkError(f"nftables ({what}) failed: {err.strip() or f'status {status}'}")
-    return out
+        done = subprocess.run(argv, input=None if listing else script, capture_output=True,
+                              text=True, check=False, timeout=60)
+    except FileNotFoundError:
+        raise missing_tool("nft", NetworkError, "for pod networking") from None
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise NetworkError(f"nftables ({what}): {exc}") from None
+    if done.returncode != 0:
+        detail = done.stderr.strip() or f"exit status {done.returncode}"
+        raise NetworkError(f"nftables ({what}) failed: {detail}")
+    return done.stdout
 
 
 def _chain_rules(family: str, chain: str) -> list[dict[str, Any]]:
