@@ -256,3 +256,25 @@ def test_freebsd_base_script_parses() -> None:
     filled = manifest_in.replace("@OS@", "freebsd").replace("@ARCH@", "amd64").replace(
         "@VERSION@", "14.1")
     assert ImageManifest.from_json(filled).name == "jetpack.example/freebsd-base"
+
+
+@pytest.mark.parametrize("link", ["manifest.json", "directory"])
+def test_attack_build_template_symlink_reads_a_host_file(root: None, busybox: Path,
+                                                         jetpack_dir: Jetpack, tmp_path: Path,
+                                                         link: str) -> None:
+    """The build command (pod root) points its manifest template, or the whole build
+    directory, at a host file that is a valid template: the host's data must not become the
+    image's manifest."""
+    jp = jetpack_dir
+    jp("init")
+    make_base(jp, tmp_path, busybox)
+    host_dir = tmp_path / "host-secrets"
+    host_dir.mkdir()
+    (host_dir / "manifest.json").write_text(json.dumps({**CHILD, "name": "example.com/leaked"}))
+    script = (f"ln -s {host_dir}/manifest.json manifest.json" if link == "manifest.json" else
+              f"cd / && rm -rf /jetpack-build && ln -s {host_dir} /jetpack-build")
+    ctx = build_dir(tmp_path, script, CHILD)
+    proc = jp("build", "jetpack.example/busybox", str(ctx), "sh", "build.sh", check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "is a symlink" in proc.stderr
+    assert "example.com/leaked" not in jp("images").stdout

@@ -7,6 +7,7 @@ ID is the SHA-512 of that ACI's tar and ``jetpack export`` gives it back byte-id
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -72,14 +73,34 @@ def manifest_from_template(template: Any, *, parent: ImageRecord | None = None,
         raise ImageError(f"bad manifest template: {exc}") from None
 
 
-def read_template(path: Path) -> Any:
+def read_template(path: Path, *, inside_rootfs: bool = False) -> Any:
+    """The manifest template at ``path``. ``inside_rootfs``: the build command (pod root, not
+    trusted) wrote it, so neither the build directory nor the template may be a symlink (one to
+    a host file would make the host's data the image's manifest)."""
     try:
-        return json.loads(path.read_bytes())
+        if inside_rootfs:
+            directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                                | os.O_CLOEXEC)
+            try:
+                fd = os.open(path.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                             dir_fd=directory)
+            finally:
+                os.close(directory)
+            with os.fdopen(fd, "rb") as template:
+                data = template.read()
+        else:
+            data = path.read_bytes()
+        return json.loads(data)
     except FileNotFoundError:
         raise ImageError(f"the build left no {TEMPLATE} in its build directory",
                          hint=f"the command must write {TEMPLATE} (a manifest template) "
                               "in its working directory") from None
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
+        if inside_rootfs and exc.errno in (errno.ELOOP, errno.EMLINK, errno.ENOTDIR):
+            raise ImageError(f"/{BUILD_DIR}/{TEMPLATE} or /{BUILD_DIR} is a symlink (or not a "
+                             "directory) after the build: refused") from None
+        raise ImageError(f"cannot read the manifest template {path.name}: {exc}") from None
+    except ValueError as exc:
         raise ImageError(f"cannot read the manifest template {path.name}: {exc}") from None
 
 
@@ -232,7 +253,7 @@ class Builder:
                 raise ImageError(f"the build command was killed by signal {status.signal}")
             if status.code != 0:
                 raise ImageError(f"the build command exited with status {status.code}")
-            template = read_template(inside / TEMPLATE)
+            template = read_template(inside / TEMPLATE, inside_rootfs=True)
             shutil.rmtree(inside)
             diff = diff_trees(self.storage.image_path(parent.id) / "rootfs", rootfs)
             manifest = manifest_from_template(
