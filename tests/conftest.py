@@ -168,5 +168,18 @@ def jetpack_zfs(tmp_path: Path, zfs_dataset: str) -> Jetpack:
     return Jetpack(conf, root)
 
 
+@pytest.fixture
+def standins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """FreeBSD's tools as stand-ins first on PATH (jail, jexec, jls, mount*, pfctl, rctl, ...),
+    their shared state under tmp_path; the jail driver's attach primitive finds it too."""
+    from jetpack.testing import freebsd_standins
+
+    state = tmp_path / "standin-state"
+    bin_dir = freebsd_standins.install(tmp_path / "bin", state)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/sbin:/usr/bin:/sbin:/bin")
+    monkeypatch.setenv("JETPACK_STANDIN_STATE", str(state))
+    return state
+
+
 # The real-host fixtures (``host``, ``storage``) live in podhost.py, which needs the names above.
 from podhost import host, storage  # noqa: E402, F401  # import order: podhost imports conftest

@@ -124,15 +124,6 @@ def test_zfs_dataset_checked(jetpack_zfs: Jetpack, zfs_dataset: str) -> None:
 
 
 @pytest.fixture
-def standins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    state = tmp_path / "standin-state"
-    bin_dir = freebsd_standins.install(tmp_path / "bin", state)
-    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/sbin:/usr/bin:/sbin:/bin")
-    monkeypatch.setenv("JETPACK_STANDIN_STATE", str(state))
-    return state
-
-
-@pytest.fixture
 def freebsd_host(standins: Path, tmp_path: Path) -> Jetpack:
     """A FreeBSD host set up as docs/freebsd.md says (lo1 with its address, pf enabled with
     the anchors hooked, racct on, devfs ruleset 4), and the jail driver configured."""

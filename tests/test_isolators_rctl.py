@@ -97,15 +97,6 @@ POD = "0f8e2c1a-5b7d-4e9f-8a6b-000000000007"
 JAIL = f"jetpack/{POD}"
 
 
-@pytest.fixture
-def standins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    state = tmp_path / "standin-state"
-    bin_dir = freebsd_standins.install(tmp_path / "bin", state)
-    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/sbin:/usr/bin:/sbin:/bin")
-    monkeypatch.setenv("JETPACK_STANDIN_STATE", str(state))
-    return state
-
-
 def usage(jail: str) -> dict[str, int]:
     out = subprocess.run(["rctl", "-u", f"jail:{jail}"], capture_output=True, text=True,
                          check=True).stdout

@@ -32,21 +32,11 @@ from jetpack.stage1.base import (
 )
 from jetpack.stage1.jail import JailDriver, jail_params
 from jetpack.stage2.plan import DEFAULT_PATH
-from jetpack.testing import freebsd_standins
 
 POD = "0f8e2c1a-5b7d-4e9f-8a6b-000000000002"
 
 
 pytestmark = pytest.mark.freebsd
-
-
-@pytest.fixture
-def standins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    state = tmp_path / "standin-state"
-    bin_dir = freebsd_standins.install(tmp_path / "bin", state)
-    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/sbin:/usr/bin:/sbin:/bin")
-    monkeypatch.setenv("JETPACK_STANDIN_STATE", str(state))  # the driver's attach primitive
-    return state
 
 
 def calls(state: Path, tool: str | None = None) -> list[list[str]]:

@@ -34,15 +34,6 @@ pytestmark = pytest.mark.freebsd
 POD = "0f8e2c1a-5b7d-4e9f-8a6b-000000000017"
 
 
-@pytest.fixture
-def standins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    state = tmp_path / "standin-state"
-    bin_dir = freebsd_standins.install(tmp_path / "bin", state)
-    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/sbin:/usr/bin:/sbin:/bin")
-    monkeypatch.setenv("JETPACK_STANDIN_STATE", str(state))
-    return state
-
-
 def state_of(standins: Path) -> dict[str, Any]:
     path = standins / "state.json"
     return json.loads(path.read_text()) if path.exists() else {"jails": {}, "mounts": []}

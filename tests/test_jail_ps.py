@@ -15,21 +15,11 @@ from jetpack.stage1.base import AppSpec, SandboxSpec
 from jetpack.stage1.jail import JailDriver
 from jetpack.state import StateDB
 from jetpack.store.pods import PodStore
-from jetpack.testing import freebsd_standins
 
 from acis import aci_from_dir, manifest
 from conftest import Jetpack, write_conf
 
 pytestmark = pytest.mark.freebsd
-
-
-@pytest.fixture
-def standins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    state = tmp_path / "standin-state"
-    bin_dir = freebsd_standins.install(tmp_path / "bin", state)
-    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/sbin:/usr/bin:/sbin:/bin")
-    monkeypatch.setenv("JETPACK_STANDIN_STATE", str(state))
-    return state
 
 
 async def test_ps_lists_the_app_jails_processes(
