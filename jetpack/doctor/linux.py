@@ -1,5 +1,5 @@
-"""What the Linux driver and its pod network need from the host: ip and nft (nftables brings
-libnftables, which the pod network loads; it talks netlink itself, no nsenter), an
+"""What the Linux driver and its pod network need from the host: ip and nft (a pod's rules go
+through one ``nft -f -``; links and addresses through netlink in-process, no nsenter), an
 nftables-capable kernel, the cgroup controllers limits are enforced with, and bridges."""
 
 from __future__ import annotations

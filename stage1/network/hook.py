@@ -25,8 +25,8 @@ class _Hook:
 
 class LinuxNetwork(_Hook):
     """A veth into the ``jail.interface`` bridge, the pod's address, a default route via the
-    host; port forwards in jetpack's own nftables table. In-process (netlink, libnftables): no
-    tool runs per pod."""
+    host; port forwards in jetpack's own nftables table. Netlink in-process, and one ``nft -f -``
+    transaction for the pod's rules each way."""
 
     def setup_host(self) -> None:
         from jetpack.stage1.network import linux
