@@ -3,5 +3,6 @@ on FreeBSD, and the /etc files every pod gets. Thin, synchronous, stateless: cal
 
 Modules: ``linux`` (netlink, one nft transaction per pod), ``freebsd`` (ifconfig(8),
 pfctl(8)), ``ports`` (the forwarding record both share), ``etc`` (resolv.conf and hosts
-contents), ``command`` (running a tool and translating its failure). Callers run these functions through ``trio.to_thread``.
+contents), ``command`` (running a tool and translating its failure). Callers run these
+functions through ``trio.to_thread``.
 """
