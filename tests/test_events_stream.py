@@ -305,21 +305,11 @@ async def test_events_appended_by_another_process_are_delivered(
     supervisor: Supervisor, config: Config
 ) -> None:
     await supervisor.start(poll_interval=0.1)
-    script = (
-        "import sys\n"
-        "from jetpack.state.db import StateDB\n"
-        "db = StateDB(__import__('pathlib').Path(sys.argv[1]))\n"
-        "for i in range(25):\n"
-        "    with db.transaction() as tx:\n"
-        "        tx.event('image.imported', image='sha512-' + '0' * 128, n=i)\n"
-    )
     with trio.fail_after(20):
         async with supervisor.client.open_events(None) as stream:
             await stream.receive()  # the first heartbeat: subscribed
-            await trio.run_process(
-                [sys.executable, "-c", script, str(config.root / "jetpack.db")],
-                env={**os.environ, "PYTHONPATH": str(REPO)},
-            )
+            await write_from_another_process(
+                config, 25, "tx.event('image.imported', image='sha512-' + '0' * 128, n=i)")
             texts = await collect(stream, 25)
     assert seqs(texts) == list(range(1, 26))
     assert {json.loads(t)["type"] for t in texts} == {"image.imported"}
@@ -330,22 +320,11 @@ async def test_another_process_commit_wakes_the_hub_at_once(
 ) -> None:
     # The poll would take an hour: only the writer's wake-up can deliver within the deadline.
     await supervisor.start(poll_interval=3600)
-    script = (
-        "import sys, time\n"
-        "from jetpack.state.db import StateDB\n"
-        "db = StateDB(__import__('pathlib').Path(sys.argv[1]))\n"
-        "for i in range(5):\n"
-        "    with db.transaction() as tx:\n"
-        "        tx.event('pod.prepared', n=i)\n"
-        "    time.sleep(0.05)\n"
-    )
     with trio.fail_after(10):
         async with supervisor.client.open_events(None) as stream:
             await stream.receive()  # the first heartbeat: subscribed
-            await trio.run_process(
-                [sys.executable, "-c", script, str(config.root / "jetpack.db")],
-                env={**os.environ, "PYTHONPATH": str(REPO)},
-            )
+            await write_from_another_process(config, 5, "tx.event('pod.prepared', n=i)",
+                                             pause=0.05)
             texts = await collect(stream, 5)
     assert seqs(texts) == list(range(1, 6))
     # Only root may nudge the hub (the state root is root-only too).
@@ -675,3 +654,20 @@ async def test_emitted_messages_match_the_schema(supervisor: Supervisor, db: Sta
               "pod": POD}
     assert not validator.is_valid(broken)  # no exit_status nor signal
     assert not validator.is_valid({"type": "heartbeat", "last_seq": 1, "seq": 2})
+
+
+async def write_from_another_process(config: Config, count: int, event: str,
+                                     pause: float = 0.0) -> None:
+    """``count`` transactions, each running ``event`` (with ``i`` and ``tx`` bound), committed
+    by another process through the state database, as a CLI command does."""
+    script = (
+        "import sys, time\n"
+        "from jetpack.state.db import StateDB\n"
+        "db = StateDB(__import__('pathlib').Path(sys.argv[1]))\n"
+        f"for i in range({count}):\n"
+        "    with db.transaction() as tx:\n"
+        f"        {event}\n"
+        f"    time.sleep({pause})\n"
+    )
+    await trio.run_process([sys.executable, "-c", script, str(config.root / "jetpack.db")],
+                           env={**os.environ, "PYTHONPATH": str(REPO)})
