@@ -24,8 +24,6 @@ from jetpack.store.pods import AppRecord, PodOptions, PodRecord, PodStore, new_u
 from jetpack.supervisor.daemon import Daemon
 from jetpack.testing.fake_runtime import Behaviour, FakeRuntime
 
-from openapi_check import api_matches_openapi  # noqa: F401  # the fixture, by name
-
 pytestmark = pytest.mark.usefixtures("api_matches_openapi")
 
 

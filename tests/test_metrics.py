@@ -104,10 +104,12 @@ def test_metrics_follow_real_pods_through_start_restart_exit_and_stop(host: Host
     assert states(samples) == {**dict.fromkeys(POD_STATES, 0.0), "running": 1.0}
     assert value(samples, "jetpack_pod_start_seconds_count") == 1
     start_seconds = value(samples, "jetpack_pod_start_seconds_sum")
-    assert start_seconds is not None and 0 < start_seconds < 30
+    assert start_seconds is not None
+    assert 0 < start_seconds < 30
     assert value(samples, "jetpack_pod_start_seconds_bucket", le="+Inf") == 1
     memory = value(samples, "jetpack_pod_memory_bytes", pod=busy, name="busy")
-    assert memory is not None and memory > 100_000  # a shell and sleep, resident
+    assert memory is not None
+    assert memory > 100_000
     # a scrape with a live pod stays cheap (the cgroup reads run in a worker thread)
     began = time.monotonic()
     scrape(host)
@@ -174,7 +176,8 @@ async def test_jail_usage_comes_from_rctl_u(standins: Path, tmp_path: Path,
             while usage is None or not usage.cpu_seconds:
                 await trio.sleep(0.2)
                 usage = await trio.to_thread.run_sync(pod_usage, handle)
-            assert usage.memory_bytes is not None and usage.memory_bytes > 100_000
+            assert usage.memory_bytes is not None
+            assert usage.memory_bytes > 100_000
             assert usage.cpu_seconds >= 1  # rctl's cputime: whole seconds
             await driver.stop(handle, process, grace=5)
         process.close()
@@ -185,4 +188,5 @@ async def test_jail_usage_comes_from_rctl_u(standins: Path, tmp_path: Path,
     assert {"tool": "rctl", "argv": ["-u", f"jail:jetpack/{POD}"]} in calls
     # a jail rctl cannot report (gone) reads as nothing rather than failing the scrape
     gone = await trio.to_thread.run_sync(pod_usage, handle)
-    assert gone is not None and gone.memory_bytes == 0
+    assert gone is not None
+    assert gone.memory_bytes == 0

@@ -20,7 +20,7 @@ from jetpack.supervisor.daemon import Daemon
 from jetpack.supervisor.openapi import DOCUMENT
 from jetpack.testing.fake_runtime import FakeRuntime
 
-from openapi_check import Mismatch, api_matches_openapi, check  # noqa: F401  # the fixture
+from openapi_check import Mismatch, check
 
 pytestmark = pytest.mark.usefixtures("api_matches_openapi")
 

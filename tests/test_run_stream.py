@@ -15,7 +15,6 @@ import pytest
 
 from jetpack.cli.client import ControlClient
 
-from openapi_check import api_matches_openapi  # noqa: F401  # the fixture, by name
 from podhost import Host
 
 pytestmark = pytest.mark.usefixtures("api_matches_openapi")
