@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TextIO
 
 import structlog
 
@@ -53,14 +54,33 @@ def _route_stdlib_logging(shared: list[structlog.typing.Processor],
             renderer,
         ],
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.set_name(_HANDLER_NAME)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     for old in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
         root.removeHandler(old)  # configured again (a test, a reload): one handler, not two
     root.addHandler(handler)
-    root.setLevel(level)
+    # Other libraries' chatter (httpx logs every request at INFO) stays out of a command's
+    # output: warnings and errors only; jetpack's own stdlib loggers (jetpack.hypercorn)
+    # follow ``debug``.
+    root.setLevel(logging.WARNING)
+    logging.getLogger("jetpack").setLevel(level)
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]  # of a TextIO
+    """Writes to whatever ``sys.stderr`` is when a record comes (tests swap it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        del value  # always the current sys.stderr
 
 
 def get_logger(**context: object) -> structlog.typing.FilteringBoundLogger:
