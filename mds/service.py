@@ -67,6 +67,8 @@ class MetadataService:
     def __init__(self, directory: PodDirectory, signing_key: bytes) -> None:
         self.directory = directory
         self.signing_key = signing_key
+        self.on_response: Callable[[int], None] | None = None
+        """Told every answer's status (``jetpack_mds_requests_total{code}``)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -75,6 +77,8 @@ class MetadataService:
         if scope["type"] != "http":
             return
         status, ctype, body = await self.handle(scope, receive)
+        if self.on_response is not None:
+            self.on_response(status)
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", ctype),
                                 (b"content-length", str(len(body)).encode())]})

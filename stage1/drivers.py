@@ -16,6 +16,7 @@ from jetpack.config import Config
 from jetpack.errors import ConfigError
 from jetpack.stage1.base import IsolationCapabilities, IsolationDriver, Limits, SandboxHandle
 from jetpack.stage1.network.hook import FreeBSDNetwork, LinuxNetwork
+from jetpack.stage1.usage import PodUsage, cgroup_usage, jail_usage
 
 if TYPE_CHECKING:
     from jetpack.stage1.jail import JailDriver
@@ -89,3 +90,14 @@ def pod_processes(handle: SandboxHandle, monitors: Mapping[str, int | None]
 
         return jail_processes(handle.data, list(monitors))
     return []
+
+
+def pod_usage(handle: SandboxHandle) -> PodUsage | None:
+    """What the sandbox uses now (memory, CPU time), read the way the driver that made it can
+    (stage1/usage.py): the pod's cgroup on Linux, ``rctl -u`` on the pod jail. None: the
+    driver cannot tell. Synchronous (reads files, runs rctl)."""
+    if handle.driver == "linux":
+        return cgroup_usage(list(handle.data.get("cgroup_dirs") or ()))
+    if handle.driver == "jail":
+        return jail_usage(handle.data)
+    return None

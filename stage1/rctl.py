@@ -102,3 +102,12 @@ def remove_limits(jail_name: str) -> None:
     except IsolationError as exc:
         if "No such process" not in str(exc):  # ESRCH: the jail had no rules left
             raise
+
+
+def jail_usage(jail_name: str) -> dict[str, int]:
+    """The jail's resource usage, ``rctl -u jail:<name>`` (rctl(8): one ``resource=amount`` a
+    line; amounts in plain units without ``-h``: bytes, seconds, counts)."""
+    from jetpack.stage1.usage import parse_rctl_usage
+
+    return parse_rctl_usage(run(["rctl", "-u", _subject(jail_name)], error=IsolationError,
+                                timeout=10))

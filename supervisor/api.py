@@ -72,11 +72,13 @@ class Request:
 
 @dataclass
 class Response:
-    """A JSON response; ``body`` is serialized with ``json.dumps``."""
+    """A JSON response; ``body`` is serialized with ``json.dumps``, except ``bytes``, sent as
+    they are with ``content_type`` (``/metrics``' text exposition)."""
 
     body: Any = None
     status: int = 200
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    content_type: bytes = b"application/json"
 
 
 Write = Callable[[bytes], Awaitable[None]]
@@ -119,11 +121,19 @@ class Router:
     def __init__(self) -> None:
         self._routes: list[Route] = []
         self._sockets: list[tuple[re.Pattern[str], SocketHandler]] = []
+        self._socket_templates: list[str] = []
 
     def add_websocket(self, template: str, handler: SocketHandler) -> None:
         """A websocket endpoint (``/v1/pods/{pod}/attach``); the handler gets the ASGI scope,
         receive, send and the path parameters, and owns the connection."""
         self._sockets.append((_template(template), handler))
+        self._socket_templates.append(template)
+
+    def endpoints(self) -> list[tuple[str, str]]:
+        """Every registered ``(method, template)``; a websocket's method is ``WEBSOCKET``
+        (``/v1/events``, served by ``ControlApp`` itself, is not a route)."""
+        return [(route.method, route.template) for route in self._routes] + \
+            [("WEBSOCKET", template) for template in self._socket_templates]
 
     def match_websocket(self, path: str) -> tuple[SocketHandler, dict[str, str]] | None:
         for pattern, handler in self._sockets:
@@ -409,9 +419,12 @@ def _headers(scope: Scope) -> dict[str, str]:
 
 
 async def _respond(send: Send, response: Response) -> None:
-    payload = json.dumps(response.body, separators=(",", ":")).encode() + b"\n"
+    if isinstance(response.body, bytes):
+        payload = response.body
+    else:
+        payload = json.dumps(response.body, separators=(",", ":")).encode() + b"\n"
     headers = [
-        (b"content-type", b"application/json"),
+        (b"content-type", response.content_type),
         (b"content-length", str(len(payload)).encode()),
         *response.headers,
     ]

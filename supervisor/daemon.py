@@ -32,6 +32,8 @@ from jetpack.supervisor.api import core_router
 from jetpack.supervisor.control import add_pod_routes
 from jetpack.supervisor.events import EventHub
 from jetpack.supervisor.metadata import ManagerDirectory
+from jetpack.supervisor.metrics import SupervisorMetrics, add_metrics_route
+from jetpack.supervisor.openapi import add_openapi_route
 from jetpack.supervisor.pods import PodManager
 from jetpack.supervisor.runtime import PodRuntime
 from jetpack.supervisor.server import ServerHandle, serve
@@ -88,6 +90,7 @@ class Daemon:
     mds_bind: list[str] | None = None  # None: the host's pod-network address, mds.port
     manager: PodManager | None = None
     server: ServerHandle | None = None
+    metrics: SupervisorMetrics | None = None
     mds_addresses: list[str] = field(default_factory=list)
     keep_pods: bool = False
     _stop: trio.Event = field(default_factory=trio.Event)
@@ -138,6 +141,9 @@ class Daemon:
                     self.manager = await nursery.start(manager.run)
                     router = core_router(hub)
                     add_pod_routes(router, manager, self.request_stop)
+                    self.metrics = SupervisorMetrics(manager, hub)
+                    add_metrics_route(router, self.metrics)
+                    add_openapi_route(router)
                     self.mds_addresses = await nursery.start(
                         self._serve_metadata, manager)
                     nursery.start_soon(self._watch_signals, signals)
@@ -176,6 +182,8 @@ class Daemon:
         token_key = await trio.to_thread.run_sync(load_key, self.config, "mds.token-key")
         signing_key = await trio.to_thread.run_sync(load_key, self.config, "mds.signing-key")
         service = MetadataService(ManagerDirectory(manager, token_key), signing_key)
+        if self.metrics is not None:
+            service.on_response = self.metrics.count_mds
         await serve_metadata(service, self.metadata_bind(), task_status=task_status)
 
     def _clean_leftovers(self) -> None:

@@ -217,6 +217,9 @@ class EventHub:
         self._replay_db: StateDB | None = None
         self._poll_limiter = trio.CapacityLimiter(1)
         self._replay_limiter = trio.CapacityLimiter(1)
+        self.observers: list[Callable[[Entry], None]] = []
+        """Called (in the trio thread, synchronously: keep them cheap) with every event as it
+        is published, in order, after the subscriptions got it: the metrics count from here."""
 
     @property
     def subscriber_count(self) -> int:
@@ -319,6 +322,8 @@ class EventHub:
             for entry in entries:
                 for subscription in list(self._subscriptions):
                     subscription.offer(entry)
+                for observe in self.observers:
+                    observe(entry)
             self.last_published = entries[-1].event.seq
             if len(entries) < PAGE_SIZE:
                 return

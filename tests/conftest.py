@@ -182,4 +182,7 @@ def standins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 # The real-host fixtures (``host``, ``storage``) live in podhost.py, which needs the names above.
+# The OpenAPI answer check (tests/openapi_check.py); modules opt in with
+# pytestmark = pytest.mark.usefixtures("api_matches_openapi").
+from openapi_check import api_matches_openapi  # noqa: E402, F401  # a fixture, by name
 from podhost import host, storage  # noqa: E402, F401  # import order: podhost imports conftest

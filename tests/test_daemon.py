@@ -24,6 +24,8 @@ from jetpack.store.pods import AppRecord, PodOptions, PodRecord, PodStore, new_u
 from jetpack.supervisor.daemon import Daemon
 from jetpack.testing.fake_runtime import Behaviour, FakeRuntime
 
+pytestmark = pytest.mark.usefixtures("api_matches_openapi")
+
 
 @pytest.fixture
 def config(tmp_path: Path) -> Config:

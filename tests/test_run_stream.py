@@ -11,9 +11,13 @@ import subprocess
 import time
 from typing import Any
 
+import pytest
+
 from jetpack.cli.client import ControlClient
 
 from podhost import Host
+
+pytestmark = pytest.mark.usefixtures("api_matches_openapi")
 
 SLOW = "/bin/sh -c 'echo first; sleep 4; echo second; exit 3'"
 
