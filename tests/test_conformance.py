@@ -6,6 +6,7 @@ docs/conformance.md checked against the tests it cites."""
 from __future__ import annotations
 
 import ast
+import re
 import json
 import re
 from pathlib import Path
@@ -163,3 +164,94 @@ def test_pod_manifest_file_mount_points_fulfilled_like_the_command_line(
     assert "sidekick read written-by-main" in out.stdout
     assert "extra-ok" in out.stdout
     host.jp("destroy", pod)
+
+
+SOCKET_APP = {
+    "ports": [{"name": "http", "protocol": "tcp", "port": 8080, "count": 2,
+               "socketActivated": True},
+              {"name": "plain", "protocol": "tcp", "port": 9000},
+              {"name": "dns", "protocol": "udp", "port": 5353, "socketActivated": True}],
+}
+
+
+def _inodes(table: str, port: int, state: str) -> set[str]:
+    """Inodes of the sockets in a /proc/net/{tcp,udp} dump bound to ``port`` in ``state``."""
+    found = set()
+    for line in table.splitlines():
+        fields = line.split()
+        if len(fields) > 9 and fields[1].endswith(f":{port:04X}") and fields[3] == state:
+            found.add(fields[9])
+    return found
+
+
+def test_socket_activated_ports_are_passed_as_listening_descriptors(
+    host: Host, tmp_path: Path
+) -> None:
+    """aci.md ``socketActivated``: the app gets, as descriptors 3, 4, 5, sockets listening on
+    each port of its socket-activated ranges (``count`` 2: 8080 and 8081, then udp 5353), with
+    LISTEN_FDS and LISTEN_PID (its own pid); a port without socketActivated gets none, and a
+    pre-start handler gets no descriptors nor LISTEN_* variables."""
+    script = ("echo fds=$LISTEN_FDS pid=$LISTEN_PID self=$$; echo open $(ls /proc/$$/fd); "
+              "for fd in 3 4 5; do echo fd$fd=$(readlink /proc/$$/fd/$fd); done; "
+              "echo ==tcp; cat /proc/net/tcp; echo ==udp; cat /proc/net/udp")
+    _import_app(host, tmp_path, "example.com/activated", script, [])
+    host.start()
+    path = tmp_path / "pod.json"
+    path.write_text(json.dumps({
+        "acVersion": "0.8.11", "acKind": "PodManifest",
+        "apps": [{"name": "activated", "image": {"name": "example.com/activated"},
+                  "app": {"exec": ["/bin/sh", "-c", script], "user": "0", "group": "0",
+                          "eventHandlers": [{"name": "pre-start", "exec": [
+                              "/bin/sh", "-c", "echo pre=${LISTEN_FDS:-none}; "
+                              "readlink /proc/$$/fd/3 || echo pre-fd3=none"]}],
+                          **SOCKET_APP}}]}))
+    pod = host.jp("prepare", "-f", str(path)).stdout.split()[-1]
+    out = host.jp("run", pod, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    text = out.stdout
+    assert "pre=none" in text
+    assert "pre-fd3=none" in text
+    env = re.search(r"^fds=(\S*) pid=(\S*) self=(\S*)$", text, re.MULTILINE)
+    assert env is not None, text
+    assert env.group(1) == "3", text
+    assert env.group(2) == env.group(3)  # LISTEN_PID is the app's own pid
+    # 0-2, the three sockets, and the pipe of the $(...) listing them: nothing else
+    opened = re.search(r"^open (.*)$", text, re.MULTILINE)
+    assert opened is not None
+    assert len(opened.group(1).split()) == 7, opened.group(1)
+    fds = dict(re.findall(r"^fd(\d)=(.*)$", text, re.MULTILINE))
+    tcp = text.split("==tcp")[1].split("==udp")[0]
+    udp = text.split("==udp")[1]
+    listen, unconnected = "0A", "07"
+    for fd, table, port, state in (("3", tcp, 8080, listen), ("4", tcp, 8081, listen),
+                                   ("5", udp, 5353, unconnected)):
+        inode = re.fullmatch(r"socket:\[(\d+)\]", fds[fd])
+        assert inode is not None, fds
+        assert _inodes(table, port, state) == {inode.group(1)}, (fd, port, table)
+    assert _inodes(tcp, 9000, listen) == set()
+    host.jp("destroy", pod)
+
+
+def test_port_names_must_be_unique_among_the_apps_of_a_pod(host: Host, tmp_path: Path) -> None:
+    """pods.md: port names MUST be unique among apps within a pod; two apps declaring ``http``
+    are refused, and renaming one in a pod manifest prepares the pod."""
+    for name in ("web1", "web2"):
+        aci = aci_from_entries(tmp_path / f"{name}.aci", [
+            manifest_entry(manifest(f"example.com/{name}", dependencies=[
+                {"imageName": "example.com/busybox"}], app={
+                    "exec": ["/bin/true"], "user": "0", "group": "0",
+                    "ports": [{"name": "http", "protocol": "tcp", "port": 80}]})),
+            dir_entry("rootfs")])
+        host.jp("import", str(aci))
+    out = host.jp("prepare", "example.com/web1", "example.com/web2", check=False)
+    assert out.returncode == 1
+    assert "both declare a port named 'http'" in out.stderr
+    assert json.loads(host.jp("list", "--json").stdout) == []
+    path = tmp_path / "pod.json"
+    path.write_text(json.dumps({
+        "acVersion": "0.8.11", "acKind": "PodManifest",
+        "apps": [{"name": "web1", "image": {"name": "example.com/web1"}},
+                 {"name": "web2", "image": {"name": "example.com/web2"}, "app": {
+                     "exec": ["/bin/true"], "user": "0", "group": "0",
+                     "ports": [{"name": "http2", "protocol": "tcp", "port": 81}]}}]}))
+    host.jp("prepare", "-f", str(path))

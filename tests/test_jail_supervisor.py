@@ -189,3 +189,27 @@ def test_mount_points_get_the_pods_volumes_under_the_jail_driver(
     host.jp("destroy", pod)
     host.stop()
     assert standin_state(state)["mounts"] == []
+
+
+def test_socket_activation_is_refused_under_the_jail_driver(
+    jail_host: tuple[Host, Path], tmp_path: Path
+) -> None:
+    """aci.md: the ACE MUST pass the listening sockets of a ``socketActivated`` port. The jail
+    driver's monitor runs on the host, outside the pod jail's address: it cannot, so prepare
+    refuses, naming the port, and makes nothing; the same image without it prepares."""
+    host, _ = jail_host
+    for name, activated in (("activated", True), ("plain", False)):
+        aci = aci_from_entries(tmp_path / f"{name}.aci", [
+            manifest_entry(manifest(f"example.com/{name}", dependencies=[
+                {"imageName": "example.com/busybox"}], app={
+                    "exec": ["/bin/true"], "user": "0", "group": "0",
+                    "ports": [{"name": "http", "protocol": "tcp", "port": 8080,
+                               "socketActivated": activated}]})),
+            dir_entry("rootfs")])
+        host.jp("import", str(aci))
+    out = host.jp("prepare", "example.com/activated", check=False)
+    assert out.returncode == 1
+    assert "port http.socketActivated: socket activation is not supported by the jail " \
+           "isolation driver" in out.stderr, out.stderr
+    assert json.loads(host.jp("list", "--json").stdout) == []
+    host.jp("prepare", "example.com/plain")

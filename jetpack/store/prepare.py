@@ -232,6 +232,20 @@ def _implicit_mounts(app_name: str, app: dict[str, Any], mounts: list[dict[str, 
     return made
 
 
+def _check_port_names(manifest: dict[str, Any]) -> None:
+    """pods.md: port names MUST be unique among the apps of a pod (a pod-level port names one)."""
+    owner: dict[str, str] = {}
+    for i, app in enumerate(manifest["apps"]):
+        for j, port in enumerate(app["app"].get("ports", [])):
+            other = owner.setdefault(port["name"], app["name"])
+            if other != app["name"]:
+                raise ValidationError(
+                    f"apps[{i}].app.ports[{j}].name",
+                    f"apps {other} and {app['name']} both declare a port named "
+                    f"{port['name']!r}; port names must be unique in a pod (rename one in a pod "
+                    "manifest given with prepare -f: an app's ports there replace the image's)")
+
+
 def _resolve_ports(manifest: dict[str, Any], options: PrepareRequest) -> list[dict[str, Any]]:
     """Each ``-p NAME:HOSTPORT`` matched to the app port declared as NAME."""
     declared: dict[str, tuple[str, dict[str, Any]]] = {}
@@ -364,6 +378,8 @@ def _app_spec(entry: dict[str, Any], volumes: dict[str, dict[str, Any]],
         post_stop=(handlers["post-stop"],) if "post-stop" in handlers else (),
         read_only_rootfs=bool(entry.get("readOnlyRootFS", False)),
         isolators=isolators,
+        listen=tuple((p.get("protocol", "tcp"), int(p["port"]), int(p.get("count", 1)))
+                     for p in app.get("ports", []) if p.get("socketActivated")),
     )
     return json.dumps(spec.to_json())
 
@@ -405,6 +421,7 @@ def prepare_pod(
     manifest, volume_warnings = build_pod_manifest(uuid, resolved, options.apps, names, options)
     parsed = PodManifest.from_json(json.dumps(manifest))  # validates everything we built
     manifest_json = parsed.to_json()
+    _check_port_names(manifest)
     ports = _resolve_ports(manifest, options)
     used = _used_host_ports(store)
     for port in ports:
@@ -416,6 +433,8 @@ def prepare_pod(
     from jetpack.stage1.drivers import check_limits, driver_capabilities
 
     capabilities = driver_capabilities(config)
+    _check_socket_activation(manifest, options.apps, capabilities.socket_activation,
+                             capabilities.name)
     plans, limits, warnings = _isolator_plans(manifest, options.apps,
                                               block_io=capabilities.block_io_limits)
     # refused here, before anything is made, when this host cannot enforce them (racct off)
@@ -490,8 +509,6 @@ def options_from_manifest(text: str, base: PrepareRequest) -> PrepareRequest:
             option.working_directory = inner.get("workingDirectory")
             option.environment = {e["name"]: e["value"] for e in inner.get("environment", [])}
             option.app_fields = {k: inner[k] for k in _APP_FIELDS if k in inner}
-            for i, port in enumerate(inner.get("ports", [])):
-                _refuse_socket_activation(port, f"{where}.app.ports[{i}]")
         option.read_only_rootfs = bool(app.get("readOnlyRootFS", False))
         option.annotations = {a["name"]: a["value"] for a in app.get("annotations", [])}
         for i, mount in enumerate(app.get("mounts", [])):
@@ -521,6 +538,27 @@ def options_from_manifest(text: str, base: PrepareRequest) -> PrepareRequest:
 
 
 def _refuse_socket_activation(port: dict[str, Any], where: str) -> None:
+    """A pod-level ``podPort`` belongs to no app: there is no app to pass its socket to."""
     if port.get("socketActivated"):
         raise ValidationError(f"{where}.socketActivated",
-                              "socket activation is not supported by jetpack")
+                              "a pod-level port belongs to no app to socket-activate; declare "
+                              "it in the app's ports")
+
+
+def _check_socket_activation(manifest: dict[str, Any], apps: list[AppOptions], supported: bool,
+                             driver: str) -> None:
+    """aci.md: the ACE MUST pass the listening sockets of a ``socketActivated`` port; where it
+    cannot (a driver without the capability, a protocol other than tcp/udp), it refuses."""
+    for app, options in zip(manifest["apps"], apps, strict=True):
+        for i, port in enumerate(app["app"].get("ports", [])):
+            if not port.get("socketActivated"):
+                continue
+            where = (f"{options.manifest_path}.app.ports[{i}]" if options.manifest_path
+                     and "ports" in options.app_fields else f"app {app['name']}: port "
+                     f"{port['name']}")
+            if not supported:
+                raise ValidationError(f"{where}.socketActivated", "socket activation is not "
+                                      f"supported by the {driver} isolation driver")
+            if port.get("protocol", "tcp") not in ("tcp", "udp"):
+                raise ValidationError(f"{where}.protocol", "only tcp and udp ports can be "
+                                      "socket-activated")
