@@ -8,13 +8,15 @@ from __future__ import annotations
 import ast
 import re
 import json
+import uuid
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from acis import aci_from_entries, dir_entry, manifest, manifest_entry
+from acis import aci_from_entries, dir_entry, file_entry, link_entry, manifest, manifest_entry
+from conftest import Jetpack
 from podhost import Host
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,14 +37,17 @@ def _import_app(host: Host, tmp_path: Path, name: str, script: str,
 
 def _validator_images(host: Host, tmp_path: Path, *, read_only: bool = False) -> None:
     """ace-validator-main and -sidekick reduced to their volume check: main writes /db/x,
-    sidekick waits for it and reads it; each first checks /db is a mount point."""
+    sidekick waits for it and reads it; each first checks /db is a mount point. Main also
+    leaves /only-main in its rootfs, which sidekick must not see (each app its own rootfs)."""
     points = [{"name": "database", "path": "/db", "readOnly": read_only}]
     _import_app(host, tmp_path, "example.com/ace-main",
-                f"{IS_MOUNT} || exit 10; echo written-by-main > /db/x || exit 11; echo main-ok",
+                f"{IS_MOUNT} || exit 10; echo perm=$(stat -c %a:%u:%g /db); touch /only-main; "
+                "echo written-by-main > /db/x || exit 11; echo main-ok",
                 points)
     _import_app(host, tmp_path, "example.com/ace-sidekick",
                 f"{IS_MOUNT} || exit 20; i=0; while [ ! -f /db/x ]; do i=$((i+1)); "
-                "[ $i -gt 300 ] && exit 21; sleep 0.1; done; echo sidekick read $(cat /db/x)",
+                "[ $i -gt 300 ] && exit 21; sleep 0.1; done; echo sidekick read $(cat /db/x); "
+                "[ -e /only-main ] && exit 22; echo own-rootfs",
                 points)
 
 
@@ -73,6 +78,9 @@ def test_ace_validator_volume_from_the_pod_volume_of_the_mount_points_name(
     assert out.returncode == 0, out.stdout + out.stderr
     assert "main-ok" in out.stdout
     assert "sidekick read written-by-main" in out.stdout
+    assert "perm=750:7:8" in out.stdout  # the empty volume's mode, uid and gid
+    assert "own-rootfs" in out.stdout
+    assert uuid.UUID(pod).version == 4  # an RFC 4122 UUID, random
     host.jp("destroy", pod)
 
 
@@ -96,6 +104,7 @@ def test_mount_point_without_any_volume_gets_an_implicit_empty_volume(
     out = host.jp("run", pod, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "sidekick read written-by-main" in out.stdout
+    assert "perm=755:0:0" in out.stdout  # pods.md's defaults for an empty volume
     host.jp("destroy", pod)
 
 
@@ -255,3 +264,72 @@ def test_port_names_must_be_unique_among_the_apps_of_a_pod(host: Host, tmp_path:
                      "exec": ["/bin/true"], "user": "0", "group": "0",
                      "ports": [{"name": "http2", "protocol": "tcp", "port": 81}]}}]}))
     host.jp("prepare", "-f", str(path))
+
+
+def test_volume_targets_created_obscured_or_refused(host: Host, tmp_path: Path) -> None:
+    """ace.md "Volume Setup": a missing target path is created with its parents (0:0, 0755);
+    a non-empty directory's contents are obscured by the volume. A target that is a file in
+    the image is refused, naming it (jetpack does not delete image files to make room)."""
+    aci = aci_from_entries(tmp_path / "targets.aci", [
+        manifest_entry(manifest("example.com/targets", dependencies=[
+            {"imageName": "example.com/busybox"}], app={
+                "exec": ["/bin/sh", "-c", "stat -c %n=%a:%u:%g /new /new/deep; "
+                         "ls -A /srv/full | wc -l | sed s/^/full=/"],
+                "user": "0", "group": "0",
+                "mountPoints": [{"name": "deep", "path": "/new/deep/dir"},
+                                {"name": "full", "path": "/srv/full"}]})),
+        dir_entry("rootfs"), dir_entry("rootfs/srv"), dir_entry("rootfs/srv/full"),
+        file_entry("rootfs/srv/full/old", b"image data"), file_entry("rootfs/srv/afile")])
+    host.jp("import", str(aci))
+    host.start()
+    out = host.jp("run", "--rm", "example.com/targets", "-v", "deep,kind=empty",
+                  "-v", "full,kind=empty", check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "/new=755:0:0" in out.stdout
+    assert "/new/deep=755:0:0" in out.stdout
+    assert "full=0" in out.stdout  # /srv/full/old obscured by the empty volume
+    out = host.jp("run", "--rm", "example.com/targets", "-v", "deep,kind=empty",
+                  "-v", "full,kind=empty", "-m", "full:/srv/afile", check=False)
+    assert out.returncode != 0
+    assert "mount point /srv/afile is a file" in out.stdout + out.stderr
+
+
+@pytest.fixture(params=["dir", "zfs"])
+def store(request: pytest.FixtureRequest, root: None) -> Jetpack:
+    """An initialized state root on each storage driver (no supervisor)."""
+    jp: Jetpack = request.getfixturevalue(f"jetpack_{request.param}")
+    jp("init")
+    return jp
+
+
+def test_dependencies_render_depth_first_and_replace_symlinks(store: Jetpack,
+                                                               tmp_path: Path) -> None:
+    """ace.md "Filesystem Setup": A -> [B, C], C -> [D] overrides in the order B, D, C, A; D's
+    files are filtered by the pathWhitelist of C, which depends on it; a path an earlier
+    dependency made a symlink to a directory is removed and replaced, never followed."""
+    def image(name: str, files: dict[str, bytes], deps: tuple[str, ...] = (),
+              links: dict[str, str] | None = None, **extra: Any) -> Path:
+        entries = [manifest_entry(manifest(f"example.com/{name}", **extra, **(
+            {"dependencies": [{"imageName": f"example.com/{d}"} for d in deps]} if deps
+            else {}))), dir_entry("rootfs")]
+        dirs = sorted({str(Path(p).parent) for p in files} - {"."})
+        entries += [dir_entry(f"rootfs/{d}") for d in dirs]
+        entries += [file_entry(f"rootfs/{p}", data) for p, data in files.items()]
+        entries += [link_entry(f"rootfs/{p}", t) for p, t in (links or {}).items()]
+        return aci_from_entries(tmp_path / f"{name}.aci", entries)
+
+    acis = [
+        image("d", {"f/y": b"D", "f/z": b"D", "f/w": b"D"}),
+        image("b", {"f/x": b"B", "f/y": b"B", "f/z": b"B"}, links={"etc2": "/f"}),
+        image("c", {"f/z": b"C", "etc2/c": b"C"}, ("d",),
+              pathWhitelist=["/f/y", "/f/z", "/etc2/c"]),
+        image("a", {"f/a": b"A"}, ("b", "c")),
+    ]
+    ids = [store("import", str(aci)).stdout.split()[-1] for aci in acis]
+    rootfs = store.root / "images" / ids[-1] / "rootfs"
+    found = {p.name: p.read_bytes() for p in (rootfs / "f").iterdir()}
+    assert found == {"x": b"B", "y": b"D", "z": b"C", "a": b"A"}  # no w: C's whitelist
+    assert (store.root / "images" / ids[0] / "rootfs/f/w").exists()  # D itself keeps it
+    assert not (rootfs / "etc2").is_symlink()
+    assert (rootfs / "etc2/c").read_bytes() == b"C"
+    assert not (rootfs / "f/c").exists()  # not written through B's symlink
