@@ -333,3 +333,37 @@ def test_dependencies_render_depth_first_and_replace_symlinks(store: Jetpack,
     assert not (rootfs / "etc2").is_symlink()
     assert (rootfs / "etc2/c").read_bytes() == b"C"
     assert not (rootfs / "f/c").exists()  # not written through B's symlink
+
+
+def test_environment_of_the_app_and_its_handlers_is_exactly_the_spec_s(
+    host: Host, tmp_path: Path
+) -> None:
+    """ace.md "Execution Environment": PATH, AC_APP_NAME, AC_METADATA_URL and container are set
+    for the app's main process and its lifecycle processes; jetpack adds nothing else (only the
+    image's own environment), and the supplementaryGIDs of a pod manifest's app apply."""
+    _import_app(host, tmp_path, "example.com/envonly", "true", [])
+    path = tmp_path / "pod.json"
+    path.write_text(json.dumps({
+        "acVersion": "0.8.11", "acKind": "PodManifest",
+        "apps": [{"name": "envonly", "image": {"name": "example.com/envonly"},
+                  "app": {"exec": ["/usr/bin/env"], "user": "0", "group": "0",
+                          "supplementaryGIDs": [5, 7],
+                          "environment": [{"name": "FROM_IMAGE", "value": "yes"}],
+                          "eventHandlers": [
+                              {"name": "pre-start", "exec": ["/usr/bin/id", "-G"]},
+                              {"name": "post-stop", "exec": ["/usr/bin/env"]}]}}]}))
+    host.start()
+    pod = host.jp("prepare", "-f", str(path)).stdout.split()[-1]
+    out = host.jp("run", pod, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].split() == ["0", "5", "7"]  # gid 0, then the supplementary groups
+    names = sorted(line.split("=", 1)[0] for line in lines[1:] if "=" in line)
+    expected = ["AC_APP_NAME", "AC_METADATA_URL", "FROM_IMAGE", "PATH", "container"]
+    assert names == sorted(expected * 2), out.stdout  # the app's and post-stop's, the same
+    env = dict(line.split("=", 1) for line in lines[1:] if "=" in line)
+    assert env["PATH"] == "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    assert env["AC_APP_NAME"] == "envonly"
+    assert re.fullmatch(r"http://[0-9.]+:[0-9]+/[A-Za-z0-9_-]{22,}", env["AC_METADATA_URL"])
+    assert env["container"] == "jetpack"
+    host.jp("destroy", pod)
