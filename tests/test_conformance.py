@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
 import json
 import uuid
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -367,3 +369,48 @@ def test_environment_of_the_app_and_its_handlers_is_exactly_the_spec_s(
     assert re.fullmatch(r"http://[0-9.]+:[0-9]+/[A-Za-z0-9_-]{22,}", env["AC_METADATA_URL"])
     assert env["container"] == "jetpack"
     host.jp("destroy", pod)
+
+
+def test_a_pod_started_again_keeps_its_apps_rootfs(host: Host) -> None:
+    """ace.md says every execution of an app MUST start from a clean copy of its rendered
+    rootfs; jetpack's CLI contract (DESIGN.md "Pod states") instead keeps an exited pod's app
+    rootfs when it is started again, as ``docker start`` does. This shows that deviation:
+    docs/conformance.md lists it."""
+    host.start()
+    pod = host.jp("prepare", "example.com/busybox", "--exec",
+                  "/bin/sh -c 'echo run >> /runs; wc -l < /runs'").stdout.split()[-1]
+    assert host.jp("run", pod).stdout.split() == ["1"]
+    assert host.jp("run", pod).stdout.split() == ["2"]
+    host.jp("destroy", pod)
+
+
+def test_host_volumes_recursive_by_default_and_symlinked_sources_refused(
+    host: Host, tmp_path: Path
+) -> None:
+    """pods.md ``recursive``: unspecified, a host volume is mounted recursively (a mount below
+    its source comes along); ``recursive=false`` leaves it out. ace.md: a source whose path
+    goes through a symbolic link (the last component or an intermediate directory) is an
+    error."""
+    source = tmp_path / "src"
+    (source / "sub").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(source)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(source / "sub")],
+                   check=True)
+    try:
+        (source / "sub" / "inner").write_text("below")
+        host.start()
+        script = "/bin/sh -c 'ls /v/sub | sed s/^/seen=/; echo done'"
+        default = host.jp("run", "--rm", "example.com/busybox", "--exec", script, "-m", "v:/v",
+                          "-v", f"v,kind=host,source={source}")
+        assert "seen=inner" in default.stdout
+        flat = host.jp("run", "--rm", "example.com/busybox", "--exec", script, "-m", "v:/v",
+                       "-v", f"v,kind=host,source={source},recursive=false")
+        assert "done" in flat.stdout
+        assert "seen=" not in flat.stdout
+        for bad in (tmp_path / "link", tmp_path / "link" / "sub"):
+            out = host.jp("run", "--rm", "example.com/busybox", "--exec", script, "-m", "v:/v",
+                          "-v", f"v,kind=host,source={bad}", check=False)
+            assert out.returncode != 0
+            assert "symbolic link" in out.stdout + out.stderr, out
+    finally:
+        subprocess.run(["umount", str(source / "sub")], check=True)
