@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import ast
 import re
+import secrets
 import subprocess
+import time
+import urllib.request
 import json
 import uuid
 import re
@@ -414,3 +417,44 @@ def test_host_volumes_recursive_by_default_and_symlinked_sources_refused(
             assert "symbolic link" in out.stdout + out.stderr, out
     finally:
         subprocess.run(["umount", str(source / "sub")], check=True)
+
+
+def _fetch(url: str, timeout: float = 20) -> bytes:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                body: bytes = response.read()
+            return body
+        except OSError:
+            assert time.monotonic() < deadline, f"nothing answers at {url}"
+            time.sleep(0.1)
+
+
+def test_pod_level_port_with_host_ip_and_pod_port(host: Host, tmp_path: Path) -> None:
+    """pods.md ``ports``: a pod-level port whose ``podPort`` names a port no image declares is
+    forwarded from ``hostPort``, on the ``hostIP`` given only (not on the host's other
+    addresses)."""
+    aci = aci_from_entries(tmp_path / "web.aci", [
+        manifest_entry(manifest("example.com/web", dependencies=[
+            {"imageName": "example.com/busybox"}], app={
+                "exec": ["/usr/sbin/httpd", "-f", "-p", "8081", "-h", "/www"],
+                "user": "0", "group": "0"})),
+        dir_entry("rootfs"), dir_entry("rootfs/www"),
+        file_entry("rootfs/www/index.html", b"pod port\n")])
+    host.jp("import", str(aci))
+    port = 20000 + secrets.randbelow(20000)
+    path = tmp_path / "pod.json"
+    path.write_text(json.dumps({
+        "acVersion": "0.8.11", "acKind": "PodManifest",
+        "apps": [{"name": "web", "image": {"name": "example.com/web"}}],
+        "ports": [{"name": "alt", "hostPort": port, "hostIP": "127.0.0.1",
+                   "podPort": {"name": "alt", "protocol": "tcp", "port": 8081}}]}))
+    host.start()
+    pod = host.jp("prepare", "-f", str(path)).stdout.split()[-1]
+    host.jp("start", pod)
+    assert _fetch(f"http://127.0.0.1:{port}/") == b"pod port\n"
+    gateway = host.network.split("/")[0]  # another address of this host
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://{gateway}:{port}/", timeout=3)
+    host.jp("destroy", pod)
