@@ -273,8 +273,9 @@ def test_port_names_must_be_unique_among_the_apps_of_a_pod(host: Host, tmp_path:
 
 def test_volume_targets_created_obscured_or_refused(host: Host, tmp_path: Path) -> None:
     """ace.md "Volume Setup": a missing target path is created with its parents (0:0, 0755);
-    a non-empty directory's contents are obscured by the volume. A target that is a file in
-    the image is refused, naming it (jetpack does not delete image files to make room)."""
+    a non-empty directory's contents are obscured by the volume, with a warning. A target that
+    is a file in the image is refused, naming it (jetpack does not delete image files to make
+    room)."""
     aci = aci_from_entries(tmp_path / "targets.aci", [
         manifest_entry(manifest("example.com/targets", dependencies=[
             {"imageName": "example.com/busybox"}], app={
@@ -293,6 +294,9 @@ def test_volume_targets_created_obscured_or_refused(host: Host, tmp_path: Path) 
     assert "/new=755:0:0" in out.stdout
     assert "/new/deep=755:0:0" in out.stdout
     assert "full=0" in out.stdout  # /srv/full/old obscured by the empty volume
+    # the user is told (the app's log, here the foreground run's output), for that one only
+    assert "jetpack: volume full masks the existing files at /srv/full" in out.stdout
+    assert "masks the existing files at /new" not in out.stdout
     out = host.jp("run", "--rm", "example.com/targets", "-v", "deep,kind=empty",
                   "-v", "full,kind=empty", "-m", "full:/srv/afile", check=False)
     assert out.returncode != 0
