@@ -110,7 +110,10 @@ def test_mount_point_without_any_volume_gets_an_implicit_empty_volume(
     assert out.returncode == 0, out.stdout + out.stderr
     assert "sidekick read written-by-main" in out.stdout
     assert "perm=755:0:0" in out.stdout  # pods.md's defaults for an empty volume
+    volume = host.jp.root / "pods" / pod / "volumes" / "database"
+    assert (volume / "x").read_text() == "written-by-main\n"
     host.jp("destroy", pod)
+    assert not volume.exists()  # an empty volume lives as long as its pod
 
 
 def test_read_only_mount_point_is_mounted_read_only(host: Host, tmp_path: Path) -> None:
@@ -168,6 +171,8 @@ def test_pod_manifest_file_mount_points_fulfilled_like_the_command_line(
     pod = prepared.stdout.split()[-1]
     reified = _pod_manifest(host, pod)
     assert [v["name"] for v in reified["volumes"]] == ["database", "other", "scratch"]
+    # reified: every image named by its ID, every mount point fulfilled by a volume
+    assert all(a["image"]["id"].startswith("sha512-") for a in reified["apps"])
     mounts = {a["name"]: a.get("mounts") for a in reified["apps"]}
     assert mounts == {"main": [{"volume": "database", "path": "/db"}],
                       "sidekick": [{"volume": "database", "path": "/db"}],
@@ -462,3 +467,58 @@ def test_pod_level_port_with_host_ip_and_pod_port(host: Host, tmp_path: Path) ->
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://{gateway}:{port}/", timeout=3)
     host.jp("destroy", pod)
+
+
+def test_isolators_jetpack_does_not_enforce_are_reported_never_dropped() -> None:
+    """ace.md: an executor MAY ignore isolators but MUST make which were ignored available to
+    the user: selinux-context (SELinux labelling is not supported), block-bandwidth under the
+    Linux driver, network-bandwidth, each named in the plan's warnings."""
+    from jetpack.stage1.isolators import plan_isolators
+
+    plan = plan_isolators([
+        {"name": "os/linux/selinux-context",
+         "value": {"user": "system_u", "role": "system_r", "type": "dhcpc_t", "level": "s0"}},
+        {"name": "resource/block-bandwidth", "value": {"default": True, "limit": "2M"}},
+        {"name": "resource/network-bandwidth", "value": {"default": True, "limit": "1G"}},
+    ], platform="linux")
+    assert len(plan.warnings) == 3
+    for name, warning in zip(("os/linux/selinux-context", "resource/block-bandwidth",
+                              "resource/network-bandwidth"), plan.warnings, strict=True):
+        assert name in warning
+        assert warning.endswith("ignored")
+
+
+def test_user_annotations_and_labels_must_be_strings() -> None:
+    """pods.md: all values of ``userAnnotations`` MUST be strings (``userLabels`` too)."""
+    from jetpack.appc import PodManifest
+    from jetpack.errors import ValidationError
+
+    base = {"acVersion": "0.8.11", "acKind": "PodManifest", "apps": []}
+    parsed = PodManifest.from_json(json.dumps({**base, "userAnnotations": {"any key!": "v"},
+                                               "userLabels": {"tier": "front"}}))
+    assert parsed.user_annotations == {"any key!": "v"}
+    for field in ("userAnnotations", "userLabels"):
+        with pytest.raises(ValidationError, match=field):
+            PodManifest.from_json(json.dumps({**base, field: {"count": 3}}))
+
+
+def test_app_names_unique_and_port_ranges_not_forwarded(host: Host, tmp_path: Path) -> None:
+    """pods.md: app names MUST be unique within a pod. aci.md ``count``: a port range is
+    declared (and socket-activated, see above) but a pod-level ``hostPort`` is one port, so
+    forwarding a range is refused, naming it; a single port of the same image forwards."""
+    out = host.jp("prepare", "example.com/busybox", "example.com/busybox", check=False)
+    assert out.returncode == 2
+    assert "two apps are named 'busybox'" in out.stderr
+    aci = aci_from_entries(tmp_path / "ranged.aci", [
+        manifest_entry(manifest("example.com/ranged", dependencies=[
+            {"imageName": "example.com/busybox"}], app={
+                "exec": ["/bin/true"], "user": "0", "group": "0",
+                "ports": [{"name": "ftp-data", "protocol": "tcp", "port": 20000, "count": 10},
+                          {"name": "ftp", "protocol": "tcp", "port": 21}]})),
+        dir_entry("rootfs")])
+    host.jp("import", str(aci))
+    out = host.jp("prepare", "example.com/ranged", "-p", "ftp-data:30000", check=False)
+    assert out.returncode == 2
+    assert "a range of 10 ports cannot be forwarded" in out.stderr
+    assert json.loads(host.jp("list", "--json").stdout) == []
+    host.jp("prepare", "example.com/ranged", "-p", "ftp:30021")
