@@ -1,20 +1,18 @@
 """appc executor conformance (docs/conformance.md): mount points fulfilled as rkt does (a pod
-volume of the mount point's name, else an implicit empty volume), the ACE validator's
-two-app volume scenario in real pods on both storage drivers, and the table of
-docs/conformance.md checked against the tests it cites."""
+volume of the mount point's name, else an implicit empty volume), the ACE validator's two-app
+volume scenario, socket activation, and the other requirements the table maps to a test, in
+real pods; and the table itself checked against the tests it cites."""
 
 from __future__ import annotations
 
 import ast
+import json
 import re
 import secrets
 import subprocess
 import time
 import urllib.request
-import json
 import uuid
-import re
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -522,3 +520,66 @@ def test_app_names_unique_and_port_ranges_not_forwarded(host: Host, tmp_path: Pa
     assert "a range of 10 ports cannot be forwarded" in out.stderr
     assert json.loads(host.jp("list", "--json").stdout) == []
     host.jp("prepare", "example.com/ranged", "-p", "ftp:30021")
+
+
+def test_metadata_annotations_merge_with_the_pod_manifest_winning(
+    host: Host, tmp_path: Path
+) -> None:
+    """pods.md ``apps.annotations``: merged with the image's annotations when queried through
+    the metadata service, the pod manifest's values taking precedence; the pod's own
+    ``annotations`` at ``pod/annotations``. Asked from inside the pod, as an app does."""
+    aci = aci_from_entries(tmp_path / "annotated.aci", [
+        manifest_entry(manifest("example.com/annotated", dependencies=[
+            {"imageName": "example.com/busybox"}], app={
+                "exec": ["/bin/sh", "-c", "base=$AC_METADATA_URL/acMetadata/v1; "
+                         "echo app=$(wget -q -O - $base/apps/$AC_APP_NAME/annotations); "
+                         "echo pod=$(wget -q -O - $base/pod/annotations)"],
+                "user": "0", "group": "0"},
+            annotations=[{"name": "authors", "value": "image"},
+                         {"name": "homepage", "value": "https://example.com"}])),
+        dir_entry("rootfs")])
+    host.jp("import", str(aci))
+    path = tmp_path / "pod.json"
+    path.write_text(json.dumps({
+        "acVersion": "0.8.11", "acKind": "PodManifest",
+        "apps": [{"name": "annotated", "image": {"name": "example.com/annotated"},
+                  "annotations": [{"name": "authors", "value": "pod"},
+                                  {"name": "team", "value": "blue"}]}],
+        "annotations": [{"name": "ip-address", "value": "10.1.2.3"}]}))
+    host.start()
+    pod = host.jp("prepare", "-f", str(path)).stdout.split()[-1]
+    out = host.jp("run", pod, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    found = dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
+    merged = {a["name"]: a["value"] for a in json.loads(found["app"])}
+    assert merged == {"authors": "pod", "homepage": "https://example.com", "team": "blue"}
+    assert json.loads(found["pod"]) == [{"name": "ip-address", "value": "10.1.2.3"}]
+    host.jp("destroy", pod)
+
+
+TEST_ID = re.compile(r"`(tests/[\w/]+\.py)::(\w+)`")
+
+
+def _defined_tests(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    return {node.name for node in tree.body
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+            and node.name.startswith("test_")}
+
+
+def test_conformance_table_cites_existing_tests() -> None:
+    """docs/conformance.md cannot rot: every row of its tables cites at least one test in its
+    last column, and every test it cites is defined (a module-level test function)."""
+    rows = [line for line in (REPO / "docs" / "conformance.md").read_text().splitlines()
+            if line.startswith("|") and not line.startswith(("| §", "|---"))]
+    assert len(rows) > 60
+    missing = []
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        cited = TEST_ID.findall(cells[-1])
+        assert cited, f"a row without a test: {row}"
+        for file, name in cited:
+            path = REPO / file
+            if not path.is_file() or name not in _defined_tests(path):
+                missing.append(f"{file}::{name}")
+    assert missing == []
