@@ -25,8 +25,9 @@ from jetpack.stage1.capabilities import (
     no_new_privileges,
 )
 from jetpack.stage1.seccomp import SeccompFilter, _libseccomp, apply_seccomp, seccomp_filter
-from jetpack.stage2.executor import Launcher
+from jetpack.stage2.executor import Child, Launcher
 from jetpack.stage2.plan import ExecPlan
+from jetpack.stage2.socket_activation import open_listening, spawn_listening
 
 
 def plan_to_json(capabilities: frozenset[str], seccomp: SeccompFilter | None,
@@ -68,7 +69,7 @@ def isolated_launcher(isolators: Mapping[str, Any]) -> Launcher:
         _libseccomp()  # load the library now: after pivot_root it cannot be found
 
     def launch(argv: Sequence[str], plan: ExecPlan, stdin: int, stdout: int, stderr: int
-               ) -> subprocess.Popen[bytes]:
+               ) -> Child:
         creds = plan.credentials
 
         def before_exec() -> None:
@@ -91,6 +92,16 @@ def isolated_launcher(isolators: Mapping[str, Any]) -> Launcher:
             if seccomp is not None:
                 apply_seccomp(seccomp, no_new_privs=nnp)
 
+        if plan.listen:
+            # opened here, in the pod's network namespace, and kept only by the app
+            sockets = open_listening(plan.listen)
+            try:
+                return spawn_listening(argv, plan.environment, plan.working_directory,
+                                       stdio=(stdin, stdout, stderr), sockets=sockets,
+                                       before_exec=before_exec)
+            finally:
+                for sock in sockets:
+                    sock.close()
         return subprocess.Popen(
             list(argv), env=dict(plan.environment), cwd=plan.working_directory,
             stdin=stdin, stdout=stdout, stderr=stderr, close_fds=True,

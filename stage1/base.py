@@ -44,6 +44,8 @@ class IsolationCapabilities:
     limits: bool  # the sandbox's ``Limits`` are enforced (cgroups, rctl)
     # ``Limits.block_bps``/``block_iops`` (resource/block-bandwidth, block-iops) are enforced
     block_io_limits: bool = False
+    # ``AppSpec.listen`` is honoured: socket-activated ports passed as listening descriptors
+    socket_activation: bool = False
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,9 @@ class AppSpec:
     # What stage1 applies in the app's process before exec (stage1.isolators.IsolatorPlan as
     # JSON: capabilities, seccomp, no_new_privileges).
     isolators: Mapping[str, Any] = field(default_factory=dict)
+    # The app's socket-activated ports (aci.md ``socketActivated``): (protocol, port, count),
+    # each port of each range a listening socket the app gets as descriptors 3, 4, ...
+    listen: tuple[tuple[str, int, int], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -182,6 +187,7 @@ class AppSpec:
             "log_path": None if self.log_path is None else str(self.log_path),
             "log_max_bytes": self.log_max_bytes,
             "isolators": dict(self.isolators),
+            "listen": [list(port) for port in self.listen],
         }
 
     @classmethod
@@ -203,6 +209,7 @@ class AppSpec:
             log_path=None if data["log_path"] is None else Path(data["log_path"]),
             log_max_bytes=data["log_max_bytes"],
             isolators=dict(data.get("isolators") or {}),
+            listen=tuple((str(p), int(n), int(c)) for p, n, c in data.get("listen") or ()),
         )
 
 

@@ -72,7 +72,7 @@ class LinuxDriver(MonitoredApps):
     name = "linux"
     capabilities = IsolationCapabilities(
         name="linux", pid_namespace_per_app=True, enter=True, recover=True,
-        network_namespace=True, limits=True,
+        network_namespace=True, limits=True, socket_activation=True,
     )
 
     def __init__(self, *, network: NetworkHook | None = None, python: str = sys.executable,
@@ -230,6 +230,7 @@ class LinuxDriver(MonitoredApps):
             group=app.group, supplementary_gids=app.supplementary_gids,
             working_directory=app.working_directory, environment=app.environment,
             metadata_url=app.metadata_url, pre_start=app.pre_start, post_stop=app.post_stop,
+            listen=app.listen,
         )
         log_path = app.log_path or app_dir / "log"
         log_path.parent.mkdir(parents=True, exist_ok=True)

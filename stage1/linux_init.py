@@ -167,11 +167,11 @@ def _mount_sys(rootfs: Path) -> None:
         _mask(target / name, rootfs / "dev" / "null")
 
 
-def _mount_volume(rootfs: Path, mount: dict[str, Any]) -> None:
+def _mount_volume(rootfs: Path, mount: dict[str, Any]) -> bool:
     """Bind a volume onto its mount point, both held as descriptors from start to end: the
     source opened without following a symlink (ace.md refuses any on a host source's path), the
     target resolved inside the rootfs (CVE-2021-30465: never a path again that the pod could
-    have swapped for a symlink meanwhile)."""
+    have swapped for a symlink meanwhile). True when it masks a non-empty directory."""
     try:
         source = (open_without_symlinks(Path(mount["source"])) if mount.get("kind") != "empty"
                   else open_entry(Path(mount["source"])))
@@ -197,6 +197,7 @@ def _mount_volume(rootfs: Path, mount: dict[str, Any]) -> None:
                 want, have = ("directory", "file") if kind == "dir" else ("file", "directory")
                 raise IsolationError(f"mount point {mount['target']} is a {have}, volume "
                                      f"{mount['volume']} is a {want}")
+            masks = kind == "dir" and _non_empty(target)
             # nodev: a volume is no way to bring device nodes in, unless the admin named a
             # device node itself as the source.
             device = stat.S_ISCHR(source_mode) or stat.S_ISBLK(source_mode)
@@ -207,6 +208,16 @@ def _mount_volume(rootfs: Path, mount: dict[str, Any]) -> None:
             os.close(target)
     finally:
         os.close(source)
+    return masks
+
+
+def _non_empty(directory: int) -> bool:
+    """Whether the directory held by ``directory`` (an O_PATH descriptor) has any entry."""
+    fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=directory)
+    try:
+        return bool(os.listdir(fd))
+    finally:
+        os.close(fd)
 
 
 def _bind_volume(source: int, target: int, *, recursive: bool, attrs: int) -> None:
@@ -271,8 +282,9 @@ def _mount_points_under(top: str) -> list[str]:
     return sorted(set(found), key=len)
 
 
-def build_rootfs(launch: dict[str, Any]) -> None:
-    """Every mount the app sees, made in its fresh mount namespace, then pivot_root into it."""
+def build_rootfs(launch: dict[str, Any]) -> list[str]:
+    """Every mount the app sees, made in its fresh mount namespace, then pivot_root into it.
+    Returns the warnings for the user: volumes that mask files of the image (ace.md)."""
     app = launch["app"]  # the app's AppSpec as JSON (stage1/base.py)
     rootfs = Path(app["rootfs"])
     # Nothing we mount may propagate back to the host (a shared / would carry it).
@@ -284,11 +296,12 @@ def build_rootfs(launch: dict[str, Any]) -> None:
     _mount_dev(rootfs)
     _mount_proc(rootfs)
     _mount_sys(rootfs)
-    for mount in launch["mounts"]:
-        _mount_volume(rootfs, mount)
+    masking = [f"volume {mount['volume']} masks the existing files at {mount['target']}"
+               for mount in launch["mounts"] if _mount_volume(rootfs, mount)]
     if app["read_only_rootfs"]:
         _remount_bind(rootfs, sysc.MS_RDONLY)
     pivot_into(rootfs)
+    return masking
 
 
 def pivot_into(rootfs: Path) -> None:
@@ -359,11 +372,13 @@ def run_app(launch_path: str, report_fd: int, go_fd: int) -> int:
             return 127
         executor = Executor(plan, launcher, output)
         try:
-            build_rootfs(launch)
+            masking = build_rootfs(launch)
         except (OSError, IsolationError) as exc:
             _report(report_fd, f"error setting up the app's rootfs: {exc}")
             write_status(status_fd, ExitStatus(code=127, failed=f"rootfs: {exc}"))
             return 127
+        for warning in masking:
+            output.message(warning)
         _report(report_fd, "ready")
         os.close(report_fd)
         if not os.read(go_fd, 1):

@@ -16,8 +16,9 @@ import select
 import signal
 import subprocess
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import FrameType
+from typing import Any, Protocol
 
 from jetpack.stage2.plan import ExecPlan
 from jetpack.stage2.status import ExitStatus
@@ -28,8 +29,19 @@ FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signa
 STOPPING = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 _CHUNK = 64 * 1024
 
-# A launcher starts one process of the plan (the app or a handler) with the given stdio.
-Launcher = Callable[[Sequence[str], ExecPlan, int, int, int], "subprocess.Popen[bytes]"]
+
+class Child(Protocol):
+    """A started process, as the executor follows it (a ``Popen``, or socket activation's)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    returncode: Any
+
+
+# A launcher starts one process of the plan (the app or a handler) with the given stdio; the
+# plan it gets for a handler has no ``listen`` ports (only the app is socket-activated).
+Launcher = Callable[[Sequence[str], ExecPlan, int, int, int], Child]
 
 
 def launch_directly(
@@ -129,9 +141,10 @@ class Executor:
 
     def __init__(self, plan: ExecPlan, launch: Launcher, output: Output) -> None:
         self.plan = plan
+        self.handler_plan = replace(plan, listen=())
         self.launch = launch
         self.output = output
-        self.current: subprocess.Popen[bytes] | None = None
+        self.current: Child | None = None
         self.stop_signal: int | None = None
         self._wakeup_r, wakeup_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         signal.set_wakeup_fd(wakeup_w)
@@ -160,19 +173,21 @@ class Executor:
         if self.stop_signal is not None:
             status = ExitStatus(signal=self.stop_signal)
         else:
-            status = self._run_one(self.plan.argv)
+            status = self._run_one(self.plan.argv, main=True)
         for handler in self.plan.post_stop:
             after = self._run_one(handler, stoppable=False)
             if after != ExitStatus(code=0):
                 self.output.message(f"post-stop handler {list(handler)} {after}")
         return status
 
-    def _run_one(self, argv: Sequence[str], *, stoppable: bool = True) -> ExitStatus:
+    def _run_one(self, argv: Sequence[str], *, stoppable: bool = True, main: bool = False
+                 ) -> ExitStatus:
         if stoppable and self.stop_signal is not None:
             return ExitStatus(signal=self.stop_signal)
         out = self.output
+        plan = self.plan if main else self.handler_plan
         try:
-            child = self.launch(argv, self.plan, out.stdin, out.stdout, out.stderr)
+            child = self.launch(argv, plan, out.stdin, out.stdout, out.stderr)
         except OSError as exc:
             # ENOENT/EACCES as a shell would report them: 127 not found, 126 not executable.
             code = 127 if exc.errno == errno.ENOENT else 126

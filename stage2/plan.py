@@ -48,6 +48,8 @@ class ExecPlan:
     environment: Mapping[str, str]
     pre_start: tuple[tuple[str, ...], ...] = ()
     post_stop: tuple[tuple[str, ...], ...] = ()
+    # socket-activated ports of the app (not of its handlers): (protocol, port, count)
+    listen: tuple[tuple[str, int, int], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         c = self.credentials
@@ -61,6 +63,7 @@ class ExecPlan:
             "environment": dict(self.environment),
             "pre_start": [list(h) for h in self.pre_start],
             "post_stop": [list(h) for h in self.post_stop],
+            "listen": [list(port) for port in self.listen],
         }
 
     @classmethod
@@ -73,6 +76,7 @@ class ExecPlan:
             environment=dict(data["environment"]),
             pre_start=tuple(tuple(h) for h in data["pre_start"]),
             post_stop=tuple(tuple(h) for h in data["post_stop"]),
+            listen=tuple((str(p), int(n), int(c)) for p, n, c in data.get("listen") or ()),
         )
 
 
@@ -102,6 +106,7 @@ def plan_app(
     metadata_url: str,
     pre_start: tuple[tuple[str, ...], ...] = (),
     post_stop: tuple[tuple[str, ...], ...] = (),
+    listen: tuple[tuple[str, int, int], ...] = (),
 ) -> ExecPlan:
     """Resolve everything the app needs from its rootfs; raises IsolationError naming the fault."""
     argv = tuple(argv)
@@ -115,4 +120,5 @@ def plan_app(
         environment=app_environment(app_name, metadata_url, environment),
         pre_start=pre_start,
         post_stop=post_stop,
+        listen=listen,
     )

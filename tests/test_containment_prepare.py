@@ -125,8 +125,8 @@ def test_attack_prepare_f_drops_read_only_settings(host: Host, tmp_path: Path) -
                 m["apps"].append(sh_app("unlimited", "true"))),
      "apps[0].app.isolators[0]"),
     (lambda m: m["apps"][0]["app"].update(ports=[
-        {"name": "http", "protocol": "tcp", "port": 80, "socketActivated": True}]),
-     "apps[0].app.ports[0].socketActivated"),
+        {"name": "http", "protocol": "sctp", "port": 80, "socketActivated": True}]),
+     "apps[0].app.ports[0].protocol"),
     (lambda m: m.update(ports=[{"name": "http", "hostPort": 8080, "podPort": {
         "name": "http", "protocol": "tcp", "port": 80, "socketActivated": True}}]),
      "ports[0].podPort.socketActivated"),

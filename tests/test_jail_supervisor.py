@@ -153,3 +153,63 @@ def test_prepare_refuses_limits_when_racct_is_disabled(
 def rctl_rules_unchecked(state: Path) -> str:
     path = state / "rctl.rules"
     return path.read_text() if path.exists() else ""
+
+
+def test_mount_points_get_the_pods_volumes_under_the_jail_driver(
+    jail_host: tuple[Host, Path], tmp_path: Path
+) -> None:
+    """The ACE validator's pod under the jail driver: mount point ``database`` (/db) in two apps
+    and no ``mounts``; with no pod volume of that name, one implicit empty volume is made and
+    nullfs-mounted at each app's /db, read-only where the mount point says so."""
+    host, state = jail_host
+    for name, read_only in (("ace-main", False), ("ace-sidekick", True)):
+        aci = aci_from_entries(tmp_path / f"{name}.aci", [
+            manifest_entry(manifest(f"example.com/{name}", dependencies=[
+                {"imageName": "example.com/busybox"}], app={
+                    "exec": ["/bin/sleep", "300"], "user": "0", "group": "0",
+                    "mountPoints": [{"name": "database", "path": "/db",
+                                     "readOnly": read_only}]})),
+            dir_entry("rootfs")])
+        host.jp("import", str(aci))
+    host.start()
+    prepared = host.jp("prepare", "example.com/ace-main", "--app-name", "main",
+                       "example.com/ace-sidekick", "--app-name", "sidekick")
+    assert "implicit empty volume" in prepared.stderr
+    pod = prepared.stdout.split()[-1]
+    reified = json.loads(host.jp("manifest", pod).stdout)
+    assert [v["name"] for v in reified["volumes"]] == ["database"]
+    host.jp("start", pod)
+    host.wait_for("the apps", lambda: host.pod(pod)["state"] == "running")
+    volume = str(host.jp.root / "pods" / pod / "volumes" / "database")
+    nullfs = {m["mount_point"]: m["options"] for m in standin_state(state)["mounts"]
+              if m["fstype"] == "nullfs" and m["source"] == volume}
+    assert len(nullfs) == 2, standin_state(state)["mounts"]  # one in each app's rootfs
+    assert all(point.endswith("/db") for point in nullfs)
+    assert sorted(nullfs.values()) == [["ro"], ["rw"]]
+    host.jp("destroy", pod)
+    host.stop()
+    assert standin_state(state)["mounts"] == []
+
+
+def test_socket_activation_is_refused_under_the_jail_driver(
+    jail_host: tuple[Host, Path], tmp_path: Path
+) -> None:
+    """aci.md: the ACE MUST pass the listening sockets of a ``socketActivated`` port. The jail
+    driver's monitor runs on the host, outside the pod jail's address: it cannot, so prepare
+    refuses, naming the port, and makes nothing; the same image without it prepares."""
+    host, _ = jail_host
+    for name, activated in (("activated", True), ("plain", False)):
+        aci = aci_from_entries(tmp_path / f"{name}.aci", [
+            manifest_entry(manifest(f"example.com/{name}", dependencies=[
+                {"imageName": "example.com/busybox"}], app={
+                    "exec": ["/bin/true"], "user": "0", "group": "0",
+                    "ports": [{"name": "http", "protocol": "tcp", "port": 8080,
+                               "socketActivated": activated}]})),
+            dir_entry("rootfs")])
+        host.jp("import", str(aci))
+    out = host.jp("prepare", "example.com/activated", check=False)
+    assert out.returncode == 1
+    assert "port http.socketActivated: socket activation is not supported by the jail " \
+           "isolation driver" in out.stderr, out.stderr
+    assert json.loads(host.jp("list", "--json").stdout) == []
+    host.jp("prepare", "example.com/plain")

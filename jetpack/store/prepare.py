@@ -12,6 +12,7 @@ Anything made on disk before the database insert is destroyed again if the inser
 from __future__ import annotations
 
 import json
+import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -141,9 +142,12 @@ def _effective_app(image: ResolvedImage, options: AppOptions) -> dict[str, Any]:
 def build_pod_manifest(
     uuid: str, images: list[ResolvedImage], apps: list[AppOptions], names: list[str],
     options: PrepareRequest,
-) -> dict[str, Any]:
-    """The reified pod manifest (appc ``PodManifest``) for the options."""
+) -> tuple[dict[str, Any], list[str]]:
+    """The reified pod manifest (appc ``PodManifest``) for the options, and the warnings for
+    the empty volumes it had to make for mount points nothing fulfils."""
     runtime_apps = []
+    volumes = list(options.volumes)
+    warnings: list[str] = []
     for image, app_options, name in zip(images, apps, names, strict=True):
         app = _effective_app(image, app_options)
         mounts = []
@@ -174,6 +178,7 @@ def build_pod_manifest(
                                  for k, v in image.manifest.labels.items()]},
             "app": app,
         }
+        mounts += _implicit_mounts(name, app, mounts, volumes, warnings)
         if app_options.read_only_rootfs:
             entry["readOnlyRootFS"] = True
         if mounts:
@@ -186,7 +191,7 @@ def build_pod_manifest(
         "acVersion": "0.8.11",
         "acKind": "PodManifest",
         "apps": runtime_apps,
-        "volumes": options.volumes,
+        "volumes": volumes,
         "isolators": options.isolators,
         "annotations": [{"name": k, "value": v} for k, v in options.annotations.items()],
         "ports": [],
@@ -199,7 +204,46 @@ def build_pod_manifest(
         manifest["ports"].append({"name": port.name, "hostPort": port.host_port,
                                   **({"hostIP": port.host_ip} if port.host_ip else {}),
                                   **({"podPort": port.pod_port} if port.pod_port else {})})
-    return manifest
+    return manifest, warnings
+
+
+def _implicit_mounts(app_name: str, app: dict[str, Any], mounts: list[dict[str, Any]],
+                     volumes: list[dict[str, Any]], warnings: list[str]) -> list[dict[str, Any]]:
+    """A mount for each of the app's mount points that no explicit mount fulfils, as rkt makes
+    them (ace.md: the executor maps an appropriate volume to each mount point): the pod volume
+    of the mount point's name, else an implicit empty volume of that name, added to
+    ``volumes`` (shared by every app whose mount point has that name) with a warning."""
+    taken = {posixpath.normpath(m["path"]) for m in mounts}
+    made = []
+    for point in app.get("mountPoints", []):
+        if posixpath.normpath(point["path"]) in taken:
+            continue
+        if not any(v["name"] == point["name"] for v in volumes):
+            volumes.append({"name": point["name"], "kind": "empty", "mode": "0755",
+                            "uid": 0, "gid": 0})
+            warnings.append(f"app {app_name}: no volume named {point['name']!r} for mount "
+                            f"point {point['path']}; using an implicit empty volume (removed "
+                            "with the pod)")
+        mount = {"volume": point["name"], "path": point["path"]}
+        if point.get("readOnly"):
+            mount["readOnly"] = True
+        made.append(mount)
+        taken.add(posixpath.normpath(point["path"]))
+    return made
+
+
+def _check_port_names(manifest: dict[str, Any]) -> None:
+    """pods.md: port names MUST be unique among the apps of a pod (a pod-level port names one)."""
+    owner: dict[str, str] = {}
+    for i, app in enumerate(manifest["apps"]):
+        for j, port in enumerate(app["app"].get("ports", [])):
+            other = owner.setdefault(port["name"], app["name"])
+            if other != app["name"]:
+                raise ValidationError(
+                    f"apps[{i}].app.ports[{j}].name",
+                    f"apps {other} and {app['name']} both declare a port named "
+                    f"{port['name']!r}; port names must be unique in a pod (rename one in a pod "
+                    "manifest given with prepare -f: an app's ports there replace the image's)")
 
 
 def _resolve_ports(manifest: dict[str, Any], options: PrepareRequest) -> list[dict[str, Any]]:
@@ -334,6 +378,8 @@ def _app_spec(entry: dict[str, Any], volumes: dict[str, dict[str, Any]],
         post_stop=(handlers["post-stop"],) if "post-stop" in handlers else (),
         read_only_rootfs=bool(entry.get("readOnlyRootFS", False)),
         isolators=isolators,
+        listen=tuple((p.get("protocol", "tcp"), int(p["port"]), int(p.get("count", 1)))
+                     for p in app.get("ports", []) if p.get("socketActivated")),
     )
     return json.dumps(spec.to_json())
 
@@ -372,9 +418,10 @@ def prepare_pod(
         names.append(name)
     uuid = new_uuid()
     pod_name = options.name or f"{names[0]}-{uuid[:8]}"
-    manifest = build_pod_manifest(uuid, resolved, options.apps, names, options)
+    manifest, volume_warnings = build_pod_manifest(uuid, resolved, options.apps, names, options)
     parsed = PodManifest.from_json(json.dumps(manifest))  # validates everything we built
     manifest_json = parsed.to_json()
+    _check_port_names(manifest)
     ports = _resolve_ports(manifest, options)
     used = _used_host_ports(store)
     for port in ports:
@@ -382,10 +429,12 @@ def prepare_pod(
         if holder is not None:
             raise ConflictError(f"host port {port['host_port']}/{port['protocol']} is already "
                                 f"forwarded to pod {holder}")
-    volumes = {v["name"]: v for v in options.volumes}
+    volumes = {v["name"]: v for v in manifest["volumes"]}
     from jetpack.stage1.drivers import check_limits, driver_capabilities
 
     capabilities = driver_capabilities(config)
+    _check_socket_activation(manifest, options.apps, capabilities.socket_activation,
+                             capabilities.name)
     plans, limits, warnings = _isolator_plans(manifest, options.apps,
                                               block_io=capabilities.block_io_limits)
     # refused here, before anything is made, when this host cannot enforce them (racct off)
@@ -398,10 +447,11 @@ def prepare_pod(
             restart=options.restart,
             ports=tuple(PortBinding(**p) for p in ports),
             limits=Limits.from_json(limits),
-            volumes=tuple(PodVolume(**v) for v in _sandbox_volumes(options.volumes)),
+            volumes=tuple(PodVolume(**v) for v in _sandbox_volumes(manifest["volumes"])),
             annotations=dict(options.annotations),
             keep_image_etc=options.keep_image_etc,
-            isolator_warnings=tuple(warnings)),
+            # every warning prepare has for the user, the implicit volumes' too
+            isolator_warnings=tuple(volume_warnings + warnings)),
         apps=[AppRecord(name, image.id, spec=spec)
               for name, image, spec in zip(names, resolved, specs, strict=True)],
     )
@@ -459,8 +509,6 @@ def options_from_manifest(text: str, base: PrepareRequest) -> PrepareRequest:
             option.working_directory = inner.get("workingDirectory")
             option.environment = {e["name"]: e["value"] for e in inner.get("environment", [])}
             option.app_fields = {k: inner[k] for k in _APP_FIELDS if k in inner}
-            for i, port in enumerate(inner.get("ports", [])):
-                _refuse_socket_activation(port, f"{where}.app.ports[{i}]")
         option.read_only_rootfs = bool(app.get("readOnlyRootFS", False))
         option.annotations = {a["name"]: a["value"] for a in app.get("annotations", [])}
         for i, mount in enumerate(app.get("mounts", [])):
@@ -490,6 +538,27 @@ def options_from_manifest(text: str, base: PrepareRequest) -> PrepareRequest:
 
 
 def _refuse_socket_activation(port: dict[str, Any], where: str) -> None:
+    """A pod-level ``podPort`` belongs to no app: there is no app to pass its socket to."""
     if port.get("socketActivated"):
         raise ValidationError(f"{where}.socketActivated",
-                              "socket activation is not supported by jetpack")
+                              "a pod-level port belongs to no app to socket-activate; declare "
+                              "it in the app's ports")
+
+
+def _check_socket_activation(manifest: dict[str, Any], apps: list[AppOptions], supported: bool,
+                             driver: str) -> None:
+    """aci.md: the ACE MUST pass the listening sockets of a ``socketActivated`` port; where it
+    cannot (a driver without the capability, a protocol other than tcp/udp), it refuses."""
+    for app, options in zip(manifest["apps"], apps, strict=True):
+        for i, port in enumerate(app["app"].get("ports", [])):
+            if not port.get("socketActivated"):
+                continue
+            where = (f"{options.manifest_path}.app.ports[{i}]" if options.manifest_path
+                     and "ports" in options.app_fields else f"app {app['name']}: port "
+                     f"{port['name']}")
+            if not supported:
+                raise ValidationError(f"{where}.socketActivated", "socket activation is not "
+                                      f"supported by the {driver} isolation driver")
+            if port.get("protocol", "tcp") not in ("tcp", "udp"):
+                raise ValidationError(f"{where}.protocol", "only tcp and udp ports can be "
+                                      "socket-activated")
