@@ -30,7 +30,9 @@ from jetpack.mds.service import serve as serve_metadata
 from jetpack.state import StateDB
 from jetpack.supervisor.api import core_router
 from jetpack.supervisor.control import add_pod_routes
+from jetpack.supervisor.dashboard import add_dashboard_routes
 from jetpack.supervisor.events import EventHub
+from jetpack.supervisor.listener import ListenerSettings
 from jetpack.supervisor.metadata import ManagerDirectory
 from jetpack.supervisor.pods import PodManager
 from jetpack.supervisor.runtime import PodRuntime
@@ -111,6 +113,9 @@ class Daemon:
 
     async def run(self, *, task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED
                   ) -> None:
+        # A listener that would be refused is refused before anything starts (no socket, no
+        # pod, no event): the same check serve() makes when it binds.
+        await trio.to_thread.run_sync(ListenerSettings.from_config, self.config)
         root = self.config.root
         lock = SupervisorLock(root)
         lock.acquire()
@@ -138,6 +143,7 @@ class Daemon:
                     self.manager = await nursery.start(manager.run)
                     router = core_router(hub)
                     add_pod_routes(router, manager, self.request_stop)
+                    add_dashboard_routes(router, manager, lambda: self.server)
                     self.mds_addresses = await nursery.start(
                         self._serve_metadata, manager)
                     nursery.start_soon(self._watch_signals, signals)
