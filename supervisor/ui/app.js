@@ -54,13 +54,15 @@ function formatUptime(pod) {
   return parts.slice(0, 2).join(" ");
 }
 
-function actionButton(pod, action, enabled) {
+function actionButton(uuid, action) {
   const button = el("button", action, { type: "button", "data-action": action });
-  button.disabled = !enabled;
   button.addEventListener("click", async () => {
+    const pod = pods.find((p) => p.uuid === uuid);
+    if (!pod) return;
+    if (action === "logs") { openLogs(pod); return; }
     button.disabled = true;
     try {
-      await api("POST", `/v1/pods/${pod.uuid}/${action}`);
+      await api("POST", `/v1/pods/${uuid}/${action}`);
       showError("");
     } catch (error) {
       showError(`${action} ${pod.name}: ${error.message}`);
@@ -70,37 +72,58 @@ function actionButton(pod, action, enabled) {
   return button;
 }
 
+const COLUMNS = ["name", "uuid", "state", "ip", "apps", "uptime", "restarts", "memory",
+                 "actions"];
+
+// A pod's row is made once and updated in place: the buttons under the pointer stay put.
+function makeRow(pod) {
+  const row = el("tr", null, { "data-pod": pod.uuid });
+  for (const column of COLUMNS) row.append(el("td", null, { class: column }));
+  row.querySelector("td.state").append(el("span", null, { class: "badge" }));
+  row.querySelector("td.uuid").title = pod.uuid;
+  row.querySelector("td.actions").append(
+    ...["start", "stop", "restart", "logs"].map((action) => actionButton(pod.uuid, action)));
+  return row;
+}
+
+function updateRow(row, pod) {
+  const cell = (column) => row.querySelector(`td.${column}`);
+  const setText = (column, text) => {
+    const value = String(text);
+    if (cell(column).textContent !== value) cell(column).textContent = value;
+  };
+  row.dataset.name = pod.name;
+  row.dataset.state = pod.state;
+  setText("name", pod.name);
+  setText("uuid", pod.uuid.slice(0, 8));
+  const badge = cell("state").firstChild;
+  badge.textContent = pod.state;
+  badge.dataset.state = pod.state;
+  setText("ip", pod.ip || "–");
+  setText("apps", pod.apps.map((a) => `${a.name}: ${a.state}` +
+    (a.exit_status !== null && a.exit_status !== undefined ? ` (${a.exit_status})` : ""))
+    .join(", "));
+  setText("uptime", formatUptime(pod));
+  setText("restarts", pod.apps.reduce((sum, a) => sum + (a.restarts || 0), 0));
+  setText("memory", formatBytes(pod.memory_bytes));
+  const running = pod.state === "running";
+  const busy = pod.state === "starting" || pod.state === "stopping";
+  const enabled = { start: !running && !busy, stop: running, restart: running, logs: true };
+  for (const button of cell("actions").querySelectorAll("button")) {
+    button.disabled = !enabled[button.dataset.action];
+  }
+}
+
 function renderPods() {
   const body = $("#pods tbody");
-  body.replaceChildren();
-  for (const pod of pods) {
-    const row = el("tr", null, { "data-pod": pod.uuid, "data-name": pod.name,
-                                 "data-state": pod.state });
-    row.append(el("td", pod.name, { class: "name" }));
-    row.append(el("td", pod.uuid.slice(0, 8), { class: "uuid", title: pod.uuid }));
-    const state = el("td");
-    state.append(el("span", pod.state, { class: "state", "data-state": pod.state }));
-    row.append(state);
-    row.append(el("td", pod.ip || "–", { class: "ip" }));
-    row.append(el("td", pod.apps.map((a) => `${a.name}: ${a.state}` +
-      (a.exit_status !== null && a.exit_status !== undefined ? ` (${a.exit_status})` : ""))
-      .join(", "), { class: "apps" }));
-    row.append(el("td", formatUptime(pod), { class: "uptime", "data-started": pod.started || "" }));
-    row.append(el("td", pod.apps.reduce((sum, a) => sum + (a.restarts || 0), 0),
-                  { class: "restarts" }));
-    row.append(el("td", formatBytes(pod.memory_bytes), { class: "memory" }));
-    const actions = el("td", null, { class: "actions" });
-    const running = pod.state === "running";
-    const busy = pod.state === "starting" || pod.state === "stopping";
-    actions.append(actionButton(pod, "start", !running && !busy),
-                   actionButton(pod, "stop", running),
-                   actionButton(pod, "restart", running));
-    const logs = el("button", "logs", { type: "button", "data-action": "logs" });
-    logs.addEventListener("click", () => openLogs(pod));
-    actions.append(logs);
-    row.append(actions);
-    body.append(row);
-  }
+  const rows = new Map([...body.children].map((row) => [row.dataset.pod, row]));
+  pods.forEach((pod, index) => {
+    const row = rows.get(pod.uuid) || makeRow(pod);
+    rows.delete(pod.uuid);
+    updateRow(row, pod);
+    if (body.children[index] !== row) body.insertBefore(row, body.children[index] || null);
+  });
+  for (const gone of rows.values()) gone.remove();
   $("#no-pods").hidden = pods.length > 0;
 }
 
@@ -142,7 +165,9 @@ async function loadLogs() {
 
 function addEvent(event) {
   const item = el("li", null, { "data-seq": event.seq, "data-type": event.type });
-  item.append(el("span", event.seq, { class: "seq" }), el("span", event.type, { class: "type" }));
+  const time = event.time ? new Date(event.time).toLocaleTimeString([], { hour12: false }) : "";
+  item.append(el("span", event.seq, { class: "seq" }), el("span", time, { class: "time" }),
+              el("span", event.type, { class: "type" }));
   const about = [event.pod_name, event.app, event.exit_status !== undefined
     ? `exit ${event.exit_status}` : null, event.signal ? `signal ${event.signal}` : null,
     event.reason].filter((part) => part !== undefined && part !== null);
@@ -195,7 +220,7 @@ async function start() {
   await refresh();
   follow();
   setInterval(() => {  // the clock only: redraw uptimes, no request
-    for (const cell of document.querySelectorAll("td.uptime")) {
+    for (const cell of document.querySelectorAll("#pods td.uptime")) {
       const pod = pods.find((p) => p.uuid === cell.parentElement.dataset.pod);
       if (pod) cell.textContent = formatUptime(pod);
     }
