@@ -196,3 +196,22 @@ def test_dashboard_needs_the_token(host: Host, browser: Any) -> None:
     browser.get(url)
     until(browser, "the signed-in page", lambda b: b.find_element(
         By.ID, "connection").text == "live")
+
+
+def test_attack_pod_output_cannot_script_the_dashboard(host: Host, browser: Any) -> None:
+    """What a pod writes reaches the page (the log tail): it is shown as text, never parsed
+    as markup, and the page's CSP would refuse inline script besides."""
+    from selenium.webdriver.common.by import By
+
+    url = start_with_listener(host)
+    payload = "<img src=x onerror=window.pwned=1><b>bold</b>"
+    host.jp("prepare", "--name", "evil", "example.com/busybox", "--exec",
+            f"/bin/sh -c 'echo \"{payload}\"; exec sleep 600'")
+    host.jp("start", "evil")
+    browser.get(url)
+    until(browser, "the running pod", lambda b: row(b, "evil", "running")).find_element(
+        By.CSS_SELECTOR, 'button[data-action="logs"]').click()
+    logs = until(browser, "the log tail", lambda b: payload in b.find_element(
+        By.ID, "logs").text and b.find_element(By.ID, "logs"))
+    assert logs.find_elements(By.CSS_SELECTOR, "*") == []  # no element made from the output
+    assert browser.execute_script("return window.pwned === undefined")
