@@ -4,19 +4,19 @@ pod objects: the pod cgroup on Linux; FreeBSD's ``rctl -u`` is not read yet (the
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterable
 from typing import Any
 
 import trio
 
+from jetpack.hostinfo import platform_kind
 from jetpack.store.pods import PodRecord
 
 
 def memory_bytes(pod_uuid: str) -> int | None:
     """Bytes charged to the pod's memory cgroup (page cache included, as ``docker stats`` counts
     before its cache adjustment); None where unknown (no cgroup, another platform)."""
-    if not sys.platform.startswith("linux"):
+    if platform_kind() != "linux":
         return None
     from jetpack.errors import IsolationError
     from jetpack.stage1.cgroups import PodCgroup
