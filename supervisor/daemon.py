@@ -104,7 +104,8 @@ class Daemon:
         except JetpackError as exc:
             log.error("configuration reload failed; keeping the old one", error=str(exc))
             return
-        for key in ("root.path", "supervisor.socket", "storage.driver", "isolation.driver"):
+        for key in ("root.path", "supervisor.socket", "storage.driver", "isolation.driver",
+                    "http.listen", "http.token", "http.tls-cert", "http.tls-key"):
             if fresh[key] != self.config[key]:
                 log.warning("changing this key needs a supervisor restart", key=key)
                 fresh.values[key] = self.config[key]
