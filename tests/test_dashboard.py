@@ -4,9 +4,11 @@ without a reload, that its buttons act, and what a page on another origin cannot
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import os
 import shutil
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,8 +28,9 @@ SCREENSHOT_ENV = "JETPACK_DASHBOARD_SCREENSHOT"
 """Set to a path (docs/dashboard.png) to keep the screenshot the first test takes."""
 
 
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[Any]:
+@contextlib.contextmanager
+def open_browser(tmp_path: Path, *flags: str) -> Iterator[Any]:
+    """Headless chromium with a fresh profile, driven through chromedriver."""
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
     require(chromium is not None and driver is not None,
             "chromium and chromedriver (apt-get install chromium chromium-driver)")
@@ -36,9 +39,10 @@ def browser(tmp_path: Path) -> Iterator[Any]:
 
     options = webdriver.ChromeOptions()
     options.binary_location = str(chromium)
-    for flag in CHROMIUM_FLAGS:
+    for flag in (*CHROMIUM_FLAGS, *flags):
         options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
+    profile = tempfile.mkdtemp(prefix="chromium-profile-", dir=tmp_path)
+    options.add_argument(f"--user-data-dir={profile}")
     session = webdriver.Chrome(service=Service(str(driver)), options=options)
     session.set_page_load_timeout(60)
     try:
@@ -47,13 +51,19 @@ def browser(tmp_path: Path) -> Iterator[Any]:
         session.quit()
 
 
-def start_with_listener(host: Host) -> str:
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Any]:
+    with open_browser(tmp_path) as session:
+        yield session
+
+
+def start_with_listener(host: Host, scheme: str = "http") -> str:
     """Start the supervisor with a loopback listener on a free port; the dashboard's URL."""
     with host.jp.conf.open("a") as conf:
         conf.write("http.listen = 127.0.0.1:0\n")
     host.start()
     url = host.jp("dashboard").stdout.splitlines()[-1]
-    assert url.startswith("http://127.0.0.1:")
+    assert url.startswith(f"{scheme}://127.0.0.1:")
     assert "/ui/?token=" in url
     return url
 
@@ -215,3 +225,40 @@ def test_attack_pod_output_cannot_script_the_dashboard(host: Host, browser: Any)
         By.ID, "logs").text and b.find_element(By.ID, "logs"))
     assert logs.find_elements(By.CSS_SELECTOR, "*") == []  # no element made from the output
     assert browser.execute_script("return window.pwned === undefined")
+
+
+def test_dashboard_over_tls(host: Host, tmp_path: Path) -> None:
+    """The listener with a certificate: the page, its websocket (wss) and a Secure cookie."""
+    import base64
+    import hashlib
+
+    import trustme
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from selenium.webdriver.common.by import By
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "server.key"))
+    with host.jp.conf.open("a") as conf:
+        conf.write(f"http.tls-cert = {tmp_path / 'server.pem'}\n"
+                   f"http.tls-key = {tmp_path / 'server.key'}\n")
+    url = start_with_listener(host, scheme="https")
+    sleeper(host, "web")
+    # Trust exactly this certificate (chromium reads the system's CAs, not a file of ours).
+    public_key = x509.load_pem_x509_certificate(cert.cert_chain_pems[0].bytes()).public_key()
+    spki = public_key.public_bytes(serialization.Encoding.DER,
+                                   serialization.PublicFormat.SubjectPublicKeyInfo)
+    pin = base64.b64encode(hashlib.sha256(spki).digest()).decode()
+    with open_browser(tmp_path, f"--ignore-certificate-errors-spki-list={pin}") as browser:
+        browser.get(url)
+        assert browser.current_url == url.partition("?")[0]
+        until(browser, "the running pod", lambda b: row(b, "web", "running"))
+        until(browser, "the wss connection", lambda b: b.find_element(
+            By.ID, "connection").text == "live")
+        (cookie,) = browser.get_cookies()
+        assert cookie["name"] == "jetpack_token"
+        assert cookie["secure"]
+        assert cookie["httpOnly"]
+        assert cookie["sameSite"] == "Strict"
