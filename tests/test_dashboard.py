@@ -262,3 +262,14 @@ def test_dashboard_over_tls(host: Host, tmp_path: Path) -> None:
         assert cookie["secure"]
         assert cookie["httpOnly"]
         assert cookie["sameSite"] == "Strict"
+
+
+def test_dashboard_command_says_when_the_listener_is_off(host: Host) -> None:
+    host.start()
+    answer = host.jp("dashboard", check=False)
+    assert answer.returncode == 1
+    assert answer.stdout == ""
+    assert answer.stderr.splitlines() == [
+        "jetpack: the dashboard is off: the supervisor has no HTTP listener",
+        "jetpack: set 'http.listen = 127.0.0.1:8080' in jetpack.conf and restart the supervisor "
+        "(docs/dashboard.md)"]

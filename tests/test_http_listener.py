@@ -275,7 +275,7 @@ def test_daemon_refuses_a_public_listener_without_a_token(
     assert jetpack_dir("events", "--no-follow", "--json").stdout == before  # nothing started
 
 
-def test_dashboard_command_without_a_listener(jetpack_dir: Jetpack, sockdir: Path) -> None:
+def test_dashboard_command_without_a_supervisor(jetpack_dir: Jetpack, sockdir: Path) -> None:
     jetpack_dir("init")
     answer = jetpack_dir("-o", f"supervisor.socket={sockdir}/j.sock", "dashboard", check=False)
     assert answer.returncode == 1
