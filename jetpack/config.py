@@ -105,7 +105,8 @@ def _check_listen(value: str) -> None:
     host, sep, port = value.rpartition(":")
     if not sep or not host:
         raise ValueError(f"must be host:port, not {value!r}")
-    _check_port(port)
+    if port.strip() != "0":  # 0: a free port, picked at start (the URL says which)
+        _check_port(port)
 
 
 def _no_check(value: str) -> None:
@@ -158,8 +159,11 @@ KEYS: dict[str, Key] = {
         _key("boot.parallel", "4", _check_int),
         _key("events.retention.count", "100000", _check_int),
         _key("events.retention.age", "30d", _check_duration),
-        _key("events.listen", "", _check_listen),
-        _key("events.token", ""),
+        _key("http.listen", "", _check_listen,
+             doc="host:port of the HTTP listener (API, events, dashboard); empty: off"),
+        _key("http.token", "", doc="bearer token of the HTTP listener"),
+        _key("http.tls-cert", "", doc="PEM certificate chain: the listener speaks HTTPS"),
+        _key("http.tls-key", "", doc="PEM private key of http.tls-cert"),
         _key("images.insecure", "none", _check_choice("none", "http", "image", "all")),
         _key("images.max-size", "16G", _check_size, doc="largest uncompressed ACI accepted"),
         _key("images.max-entries", "1000000", _check_int, doc="most entries in an ACI"),
@@ -170,7 +174,12 @@ KEYS: dict[str, Key] = {
     )
 }
 
-ALIASES = {"root.zfs.mountpoint": "root.path"}
+ALIASES = {
+    "root.zfs.mountpoint": "root.path",
+    # The listener served only /v1/events when it was introduced.
+    "events.listen": "http.listen",
+    "events.token": "http.token",
+}
 
 # Prefixes whose keys are free-form (dataset properties passed through to zfs create -o).
 FREEFORM_PREFIXES = ("images.zfs.", "pods.zfs.", "jail.param.")

@@ -7,7 +7,6 @@ error bodies that the CLI's client turns back into the same exception class.
 
 from __future__ import annotations
 
-import hmac
 import json
 import os
 import re
@@ -229,23 +228,18 @@ def core_router(hub: EventHub) -> Router:
 
 
 class ControlApp:
-    """The ASGI application served on the control socket (and, events only, on TCP).
-
-    ``events_token`` set: only ``/v1/events`` is served, and only to requests carrying the
-    token (``Authorization: Bearer TOKEN`` or ``?token=TOKEN``); that is the TCP listener.
-    """
+    """The ASGI application served on the control socket, and on the HTTP listener behind
+    ``listener.Authenticated`` (which checks the token before any of this runs)."""
 
     def __init__(
         self,
         router: Router,
         hub: EventHub,
         *,
-        events_token: str | None = None,
         heartbeat_interval: float | None = None,
     ) -> None:
         self.router = router
         self.hub = hub
-        self.events_token = events_token
         self.heartbeat_interval = heartbeat_interval
         self._subscriptions: set[Subscription] = set()
         self._closing = False
@@ -295,8 +289,6 @@ class ControlApp:
 
     async def _dispatch(self, request: Request) -> Response | StreamResponse:
         try:
-            if self.events_token is not None:
-                raise errors.NotFoundError(f"no API endpoint {request.path} on this listener")
             handler, request.params = self.router.match(request.method, request.path)
             result = await handler(request)
         except errors.JetpackError as exc:
@@ -312,16 +304,12 @@ class ControlApp:
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         query = parse_qs(scope["query_string"].decode("latin-1"), keep_blank_values=True)
         if scope["path"] != "/v1/events":
-            found = self.router.match_websocket(scope["path"]) \
-                if self.events_token is None else None
+            found = self.router.match_websocket(scope["path"])
             if found is None:
                 await reject_websocket(send, 404, f"no websocket endpoint {scope['path']}")
                 return
             handler, params = found
             await handler(scope, receive, send, params)
-            return
-        if self.events_token is not None and not self._authorized(scope, query):
-            await reject_websocket(send, 401, "this listener requires events.token")
             return
         if self._closing:
             await reject_websocket(send, 503, "supervisor shutting down")
@@ -332,14 +320,6 @@ class ControlApp:
         await send({"type": "websocket.accept"})
         code, reason = await self._stream(query, receive, send)
         await send({"type": "websocket.close", "code": code, "reason": reason})
-
-    def _authorized(self, scope: Scope, query: dict[str, list[str]]) -> bool:
-        assert self.events_token is not None
-        offered = query.get("token", [""])[-1]
-        auth = _headers(scope).get("authorization", "")
-        if auth.lower().startswith("bearer "):
-            offered = auth[7:].strip()
-        return bool(offered) and hmac.compare_digest(offered.encode(), self.events_token.encode())
 
     async def _stream(
         self, query: dict[str, list[str]], receive: Receive, send: Send

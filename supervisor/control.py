@@ -31,6 +31,7 @@ from jetpack.supervisor.api import (
 )
 from jetpack.supervisor.pods import PodManager
 from jetpack.supervisor.stage1_runtime import app_log_path
+from jetpack.supervisor.usage import pods_with_usage
 
 FOLLOW_INTERVAL = 0.01
 """How often ``run`` looks at its pod's log files for new output, only while the request is
@@ -114,10 +115,10 @@ def add_pod_routes(
     async def list_pods(request: Request) -> Any:
         del request
         pods = await manager.in_db_thread(manager.store.all)
-        return [pod.to_json_obj() for pod in pods]
+        return await pods_with_usage(pods)
 
     async def show(request: Request) -> Any:
-        return (await manager.resolve(request.params["pod"])).to_json_obj()
+        return (await pods_with_usage([await manager.resolve(request.params["pod"])]))[0]
 
     async def start(request: Request) -> Any:
         return (await manager.start(request.params["pod"])).to_json_obj()

@@ -30,7 +30,9 @@ from jetpack.mds.service import serve as serve_metadata
 from jetpack.state import StateDB
 from jetpack.supervisor.api import core_router
 from jetpack.supervisor.control import add_pod_routes
+from jetpack.supervisor.dashboard import add_dashboard_routes
 from jetpack.supervisor.events import EventHub
+from jetpack.supervisor.listener import ListenerSettings
 from jetpack.supervisor.metadata import ManagerDirectory
 from jetpack.supervisor.metrics import SupervisorMetrics, add_metrics_route
 from jetpack.supervisor.openapi import add_openapi_route
@@ -105,7 +107,8 @@ class Daemon:
         except JetpackError as exc:
             log.error("configuration reload failed; keeping the old one", error=str(exc))
             return
-        for key in ("root.path", "supervisor.socket", "storage.driver", "isolation.driver"):
+        for key in ("root.path", "supervisor.socket", "storage.driver", "isolation.driver",
+                    "http.listen", "http.token", "http.tls-cert", "http.tls-key"):
             if fresh[key] != self.config[key]:
                 log.warning("changing this key needs a supervisor restart", key=key)
                 fresh.values[key] = self.config[key]
@@ -114,6 +117,9 @@ class Daemon:
 
     async def run(self, *, task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED
                   ) -> None:
+        # A listener that would be refused is refused before anything starts (no socket, no
+        # pod, no event): the same check serve() makes when it binds.
+        await trio.to_thread.run_sync(ListenerSettings.from_config, self.config)
         root = self.config.root
         lock = SupervisorLock(root)
         lock.acquire()
@@ -144,6 +150,7 @@ class Daemon:
                     self.metrics = SupervisorMetrics(manager, hub)
                     add_metrics_route(router, self.metrics)
                     add_openapi_route(router)
+                    add_dashboard_routes(router, manager, lambda: self.server)
                     self.mds_addresses = await nursery.start(
                         self._serve_metadata, manager)
                     nursery.start_soon(self._watch_signals, signals)

@@ -54,8 +54,9 @@ class ConnectionServer:
         # Our apps speak ASGI 3 with plain dicts; hypercorn types the messages as TypedDicts.
         self._app = wrap_app(cast("ASGIFramework", app), 0, "asgi")
 
-    async def serve(self, stream: trio.abc.HalfCloseableStream) -> None:
-        """Speak HTTP/websocket on ``stream`` (which has a ``socket``) until it closes."""
+    async def serve(self, stream: trio.abc.Stream) -> None:
+        """Speak HTTP/websocket on ``stream`` (which has a ``socket``, or is a server-side
+        ``trio.SSLStream`` whose transport has one) until it closes."""
         # hypercorn annotates an SSLStream but uses only the Stream methods and `.socket`.
         tls_typed = cast("trio.SSLStream[trio.SocketStream]", stream)
         await TCPServer(self._app, self._config, self._context, LifespanState({}), tls_typed)

@@ -1,5 +1,6 @@
 """Serving the control app: hypercorn's trio HTTP/websocket protocol on the unix control socket
-and on the optional events-only TCP listener, with readiness, permissions and graceful shutdown.
+and on the optional HTTP listener (``http.listen``: token, TLS, the dashboard), with readiness,
+permissions and graceful shutdown.
 
 We run hypercorn's per-connection server under our own accept loop instead of
 ``hypercorn.trio.serve`` for one reason: hypercorn writes to the socket inside a shielded cancel
@@ -18,6 +19,7 @@ import logging
 import os
 import secrets
 import socket
+import ssl
 import stat
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -31,8 +33,10 @@ from jetpack.errors import ConfigError, SupervisorError
 from jetpack.events import Retention
 from jetpack.log import get_logger
 from jetpack.supervisor.api import ControlApp, Router, core_router
+from jetpack.supervisor.dashboard import Dashboard
 from jetpack.supervisor.events import RETENTION_INTERVAL, EventHub, run_retention
-from jetpack.supervisor.hypercorn_adapter import ConnectionServer
+from jetpack.supervisor.hypercorn_adapter import ASGIApp, ConnectionServer
+from jetpack.supervisor.listener import Authenticated, ListenerSettings, dashboard_url
 
 WRITE_TIMEOUT = 10.0
 """Seconds a single write to a client may wait for the client to read before it is dropped."""
@@ -52,6 +56,7 @@ class ServerHandle:
     socket_path: Path
     tcp_address: tuple[str, int] | None
     app: ControlApp
+    dashboard_url: str | None = None  # with its one-time ?token=
     _stop: trio.Event = field(default_factory=trio.Event, repr=False)
 
     def shutdown(self) -> None:
@@ -81,30 +86,32 @@ async def serve(
     socket_path = config.path("supervisor.socket")
     router = router if router is not None else core_router(hub)
     app = ControlApp(router, hub, heartbeat_interval=heartbeat_interval)
-    apps = [app]
+    settings = await trio.to_thread.run_sync(ListenerSettings.from_config, config)
+    apps: list[ASGIApp] = [app]
     tcp_sock: socket.socket | None = None
-    listen = config["events.listen"]
-    if listen:
-        token = config["events.token"]
-        if not token:
-            raise ConfigError(
-                "events.listen is set but events.token is empty",
-                hint="set events.token to a secret; TCP clients send it as a bearer token",
-            )
-        tcp_sock = _bind_tcp(listen)
-        apps.append(ControlApp(router, hub, events_token=token,
-                               heartbeat_interval=heartbeat_interval))
-    unix_sock, temporary = await trio.to_thread.run_sync(
-        _bind_unix, socket_path, config["supervisor.group"]
-    )
+    if settings is not None:
+        tcp_sock = _bind_tcp(settings.host, settings.port)
+        # One layer around everything the listener serves: routes added later are covered.
+        apps.append(Authenticated(Dashboard(app), settings.token,
+                                  secure=settings.tls is not None))
+    try:
+        unix_sock, temporary = await trio.to_thread.run_sync(
+            _bind_unix, socket_path, config["supervisor.group"]
+        )
+    except BaseException:
+        if tcp_sock is not None:
+            tcp_sock.close()
+        raise
     servers = [ConnectionServer(each_app, graceful_timeout=graceful_timeout,
                                 errorlog=logging.getLogger("jetpack.hypercorn"))
                for each_app in apps]
     tcp_address = None
-    if tcp_sock is not None:
+    url = None
+    if tcp_sock is not None and settings is not None:
         host, port = tcp_sock.getsockname()[:2]
         tcp_address = (str(host), int(port))
-    handle = ServerHandle(socket_path, tcp_address, app)
+        url = dashboard_url(settings, tcp_address)
+    handle = ServerHandle(socket_path, tcp_address, app, url)
     served_inode: int | None = None
     socks = [unix_sock] if tcp_sock is None else [unix_sock, tcp_sock]
     try:
@@ -116,7 +123,8 @@ async def serve(
                 )
                 for sock, server in zip(socks, servers, strict=True):
                     listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
-                    handler = partial(_serve_connection, server, write_timeout)
+                    tls = settings.tls if settings is not None and sock is tcp_sock else None
+                    handler = partial(_serve_connection, server, write_timeout, tls)
                     services.start_soon(
                         partial(trio.serve_listeners, handler, [listener],
                                 handler_nursery=connections)
@@ -125,7 +133,9 @@ async def serve(
                     _publish_socket, temporary, socket_path
                 )
                 log.info("control API serving", socket=str(socket_path),
-                         events_tcp=listen or None)
+                         http=f"{settings.scheme}://{tcp_address[0]}:{tcp_address[1]}"
+                         if settings is not None and tcp_address is not None else None,
+                         http_token_generated=settings.generated if settings else None)
                 task_status.started(handle)
                 await _first_of(handle._stop.wait, shutdown_trigger)
                 # Shutdown: new clients find no socket (so they hear "no supervisor") ...
@@ -133,8 +143,7 @@ async def serve(
                 served_inode = None
                 services.cancel_scope.cancel()
             # ... open streams end with 1001 (resume with since), requests get a deadline.
-            for each_app in apps:
-                each_app.shutdown()
+            app.shutdown()
             for server in servers:
                 await server.terminate()
             connections.cancel_scope.deadline = trio.current_time() + graceful_timeout
@@ -163,9 +172,15 @@ async def _first_of(*waits: Callable[[], Awaitable[object]] | None) -> None:
 
 
 async def _serve_connection(
-    server: ConnectionServer, write_timeout: float, stream: trio.SocketStream
+    server: ConnectionServer, write_timeout: float, tls: ssl.SSLContext | None,
+    stream: trio.SocketStream,
 ) -> None:
-    await server.serve(WriteDeadlineStream(stream, write_timeout))
+    timed = WriteDeadlineStream(stream, write_timeout)
+    if tls is None:
+        await server.serve(timed)
+    else:
+        # hypercorn does the handshake (with its timeout) and reads .transport_stream.socket.
+        await server.serve(trio.SSLStream(timed, tls, server_side=True))
 
 
 class WriteDeadlineStream(trio.abc.HalfCloseableStream):
@@ -288,13 +303,11 @@ def _remove_socket(path: Path, inode: int) -> None:
             path.unlink()
 
 
-def _bind_tcp(listen: str) -> socket.socket:
-    host, _, port = listen.rpartition(":")
-    host = host.strip("[]")
+def _bind_tcp(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        sock = socket.create_server((host, int(port)), family=family, backlog=BACKLOG)
+        sock = socket.create_server((host, port), family=family, backlog=BACKLOG)
     except OSError as exc:
-        raise SupervisorError(f"events.listen {listen}: {exc.strerror or exc}") from None
+        raise SupervisorError(f"http.listen {host}:{port}: {exc.strerror or exc}") from None
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock

@@ -541,10 +541,14 @@ async def test_router_is_extensible_and_errors_keep_their_class(
 async def test_tcp_listener_requires_the_token(
     supervisor: Supervisor, config: Config, db: StateDB
 ) -> None:
-    config.values["events.listen"] = "127.0.0.1:0"
-    with pytest.raises(ConfigError, match=r"events\.token"):
+    # events.listen / events.token are the old names of http.listen / http.token
+    config = load_config(overrides=["events.listen=0.0.0.0:0"], environ={},
+                         path=config.source)
+    with pytest.raises(ConfigError, match=r"http\.token"):
         await serve(config, EventHub(config.root / "jetpack.db"))
-    config.values["events.token"] = "s3cret-token"
+    config = load_config(overrides=["events.listen=127.0.0.1:0", "events.token=s3cret-token"],
+                         environ={}, path=config.source)
+    supervisor.config = config
     handle = await supervisor.start()
     assert handle.tcp_address is not None
     host, port = handle.tcp_address
@@ -562,9 +566,12 @@ async def test_tcp_listener_requires_the_token(
                 if message["type"] != "heartbeat":
                     got.append(message["seq"])
             assert got == [1, 2, 3]
-        # the control API is not served on TCP, even with the token
-        answer = await http_over_tcp(host, port, "/v1/info?token=s3cret-token")
-        assert answer.startswith(b"HTTP/1.1 404")
+        # the whole control API is served on TCP, to the token only
+        assert (await http_over_tcp(host, port, "/v1/info")).startswith(b"HTTP/1.1 401")
+        async with trio_websocket.open_websocket(
+            host, port, "/v1/events?since=0&token=s3cret-token", use_ssl=False,
+        ) as ws:  # ?token= on the handshake, for clients that cannot set headers
+            assert json.loads(await ws.get_message())["type"] == "heartbeat"
 
 
 async def http_over_tcp(host: str, port: int, target: str, *, upgrade: bool = False) -> bytes:

@@ -156,6 +156,9 @@ def test_wheel_holds_every_module_of_the_tree(wheel: Path) -> None:
     assert modules - shipped == set()
     assert "jetpack/testing/standins/jail" in names
     assert "jetpack/py.typed" in names
+    dashboard = {f"jetpack/supervisor/ui/{f.name}" for f in (REPO / "supervisor" / "ui").iterdir()}
+    assert {"jetpack/supervisor/ui/index.html", "jetpack/supervisor/ui/app.js"} <= dashboard
+    assert dashboard <= names, "the dashboard's files are package data"
 
 
 @pytest.fixture(scope="module")

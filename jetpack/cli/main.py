@@ -63,6 +63,8 @@ COMMANDS: dict[str, Command] = {
     "daemon": Command("pods", "run the supervisor in the foreground"),
     "status": Command("pods", "say whether a supervisor runs, and its pid", supervisor=True,
                       light=True),
+    "dashboard": Command("dashboard", "print the dashboard's URL, with its token",
+                         supervisor=True, light=True),
     "daemon-stop": Command("pods", "stop the supervisor (--keep-pods leaves pods running)",
                            supervisor=True, light=True),
     "run": Command("prepare", "run a pod (or images) in the foreground; exits with its status",
