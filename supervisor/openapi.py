@@ -87,6 +87,9 @@ _SCHEMAS: dict[str, Any] = {
             "priority": {"type": "integer"},
             "restart": {"type": "string", "description": "never, on-failure[:N] or always."},
             "apps": {"type": "array", "items": _ref("App")},
+            "memory_bytes": {"type": ["integer", "null"],
+                             "description": "The pod cgroup's memory use while it runs "
+                                            "(null otherwise, and on FreeBSD)."},
         },
     },
     "RunMessage": {
@@ -247,6 +250,24 @@ def _document() -> dict[str, Any]:
                 "responses": {"101": {"description": "Switching to the websocket protocol."},
                               "401": _TEXT_REFUSAL, "404": _TEXT_REFUSAL,
                               "503": _TEXT_REFUSAL}}},
+            "/v1/pods/{pod}/logs": {"get": _op(
+                "The last lines of each app's log file (the dashboard's log tail).",
+                _json({"type": "object", "required": ["pod", "apps"],
+                       "properties": {"pod": {"type": "string"},
+                                      "apps": {"type": "object",
+                                               "additionalProperties": {"type": "string"}}}},
+                      "Each app's last lines, by app name."),
+                params=[_POD_PARAM, {"name": "lines", "in": "query", "required": False,
+                                     "description": "How many lines (default 100, at most "
+                                                    "1000).",
+                                     "schema": {"type": "integer", "minimum": 1,
+                                                "maximum": 1000}}])},
+            "/v1/dashboard": {"get": _op(
+                "The dashboard's URL with its one-time ?token= (what jetpack dashboard "
+                "prints); null when the HTTP listener is off.",
+                _json({"type": "object", "required": ["url"],
+                       "properties": {"url": {"type": ["string", "null"]}}},
+                      "The dashboard's address."))},
             "/v1/shutdown": {"post": _op(
                 "Ask the supervisor to exit (daemon-stop).",
                 _json({"type": "object", "required": ["stopping", "keep_pods"],
