@@ -1,5 +1,5 @@
-"""The CLI's client for the supervisor's control socket: JSON requests (the standard library's
-``http.client`` over the unix socket, so a ``status`` or ``stop`` imports no trio or httpx), the
+"""The CLI's client for the supervisor's control socket: JSON requests (``unixhttp``: HTTP/1.1
+with only ``socket``, so a ``status`` or ``stop`` imports no trio, httpx, ssl or email), the
 ``/run`` output stream, and the ``/v1/events`` websocket (trio-websocket, imported when used);
 errors translated to ``jetpack.errors``.
 """
@@ -9,20 +9,19 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, urlencode
 
 from jetpack import errors
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
 if TYPE_CHECKING:
-    import http.client
+    from collections.abc import AsyncIterator, Callable, Iterator
+    from typing import Any
 
     import trio
     import trio_websocket
 
+    from jetpack.cli.unixhttp import Response
     from jetpack.events import EventFilter
 
 NO_SUPERVISOR_HINT = (
@@ -43,6 +42,10 @@ RECONNECT_GIVE_UP = 60.0
 REQUEST_TIMEOUT = 30.0
 
 
+class NoSupervisorError(errors.SupervisorError):
+    """No supervisor listens on the control socket (none there, or a stale one)."""
+
+
 class StreamClosed(Exception):  # noqa: N818  # the websocket's own close, not a failure
     """The server closed the event stream with ``code`` and ``reason``."""
 
@@ -55,8 +58,8 @@ class StreamClosed(Exception):  # noqa: N818  # the websocket's own close, not a
 class ControlClient:
     """Talks to the supervisor listening on ``socket_path``."""
 
-    def __init__(self, socket_path: Path) -> None:
-        self.socket_path = socket_path
+    def __init__(self, socket_path: str | os.PathLike[str]) -> None:
+        self.socket_path = os.fspath(socket_path)  # a str: pathlib is start-up time too
 
     # ----------------------------------------------------------------------- JSON API
 
@@ -70,7 +73,7 @@ class ControlClient:
         """
         import httpx
 
-        transport = httpx.AsyncHTTPTransport(uds=str(self.socket_path))
+        transport = httpx.AsyncHTTPTransport(uds=self.socket_path)
         async with httpx.AsyncClient(transport=transport, base_url="http://jetpack",
                                      timeout=None) as http:  # noqa: S113  # cancel scopes bound it
             try:
@@ -117,24 +120,22 @@ class ControlClient:
     def _exchange(
         self, method: str, path: str, body: Any, params: dict[str, Any] | None,
         timeout: float | None,
-    ) -> Iterator[http.client.HTTPResponse]:
+    ) -> Iterator[Response]:
         """One request on a fresh connection, closed when the caller is done with the answer."""
-        import http.client
-
         from jetpack.cli.unixhttp import UnixHTTPConnection
 
-        target = quote(path) + (f"?{urlencode(params)}" if params else "")
+        target = _target(path, params)
         headers = {"Host": "jetpack", "Accept": "application/json"}
         payload = None
         if body is not None:
             payload = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
-        connection = UnixHTTPConnection(str(self.socket_path), timeout)
+        connection = UnixHTTPConnection(self.socket_path, timeout)
         try:
             try:
                 connection.request(method, target, body=payload, headers=headers)
                 response = connection.getresponse()
-            except (OSError, http.client.HTTPException) as exc:
+            except OSError as exc:  # unixhttp.ProtocolError included
                 raise self._unreachable(exc) from None
             yield response
         finally:
@@ -148,6 +149,8 @@ class ControlClient:
     ) -> AsyncIterator[EventStream]:
         """A websocket on ``/v1/events`` (``since``: a seq, an RFC 3339 time, or ``None`` for
         only new events; no filter: every event)."""
+        from urllib.parse import urlencode
+
         import trio
 
         items: list[tuple[str, str]] = [] if since is None else [("since", str(since))]
@@ -155,7 +158,7 @@ class ControlClient:
             items += event_filter.query_items()
         resource = "/v1/events" + (f"?{urlencode(items)}" if items else "")
         try:
-            stream = await trio.open_unix_socket(str(self.socket_path))
+            stream = await trio.open_unix_socket(self.socket_path)
         except OSError as exc:
             raise self._unreachable(exc) from None
         try:
@@ -194,8 +197,8 @@ class ControlClient:
     def _unreachable(self, exc: BaseException) -> errors.SupervisorError:
         """Why the socket could not be used, phrased for the user."""
         path = self.socket_path
-        if not path.exists():
-            return errors.SupervisorError(
+        if not os.path.exists(path):
+            return NoSupervisorError(
                 f"no supervisor is running (no control socket at {path})", hint=NO_SUPERVISOR_HINT
             )
         if not os.access(path, os.W_OK):
@@ -204,7 +207,7 @@ class ControlClient:
                 hint="run as root, or as a member of the group named by supervisor.group",
             )
         if isinstance(exc, ConnectionRefusedError) or "refused" in str(exc).lower():
-            return errors.SupervisorError(
+            return NoSupervisorError(
                 f"no supervisor is running (stale control socket at {path})",
                 hint=NO_SUPERVISOR_HINT,
             )
@@ -227,6 +230,19 @@ class EventStream:
             raise StreamClosed(reason.code if reason else 1006,
                                (reason.reason if reason else None) or "") from None
         return message if isinstance(message, str) else message.decode()
+
+
+_PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~/")
+
+
+def _target(path: str, params: dict[str, Any] | None) -> str:
+    """The request target: ``path`` percent-encoded, then the query (urllib.parse only when
+    there is something to encode: it is start-up time ``status`` would pay)."""
+    if not params and _PLAIN.issuperset(path):
+        return path
+    from urllib.parse import quote, urlencode
+
+    return quote(path) + (f"?{urlencode(params)}" if params else "")
 
 
 def _decode(status: int, data: bytes) -> Any:
@@ -322,4 +338,5 @@ def _as_seq(position: int | str | None) -> int:
     return position if isinstance(position, int) else 0
 
 
-__all__ = ["ControlClient", "EventStream", "StreamClosed", "error_from", "follow_events"]
+__all__ = ["ControlClient", "EventStream", "NoSupervisorError", "StreamClosed", "error_from",
+           "follow_events"]
