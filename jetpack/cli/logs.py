@@ -188,11 +188,16 @@ def run(ctx: Context, name: str, args: argparse.Namespace) -> int:
     for app, reader in readers.items():
         rotated = reader.path.with_name(reader.path.name + ".1")
         lines = reader.lines(rotated) + reader.lines()
-        if not args.follow:
-            lines += reader.rest()
-        lines = [line for line in lines if _wanted(line[0], args.since)]
+        unfinished = reader.rest() if reader.partial else []
+        lines = [line for line in lines + unfinished if _wanted(line[0], args.since)]
         if args.tail is not None:
             lines = list(deque(lines, maxlen=args.tail))
+        if args.follow and unfinished:
+            # following: the unfinished last line is printed once it is whole (or the pod
+            # stops), in one piece with one prefix
+            if lines and lines[-1] is unfinished[0]:
+                lines.pop()
+            reader.partial = unfinished[0][1]
         _write(out, lines, app if prefix else None, timestamps=args.timestamps)
     out.flush()
     if not args.follow:
@@ -210,7 +215,8 @@ def run(ctx: Context, name: str, args: argparse.Namespace) -> int:
 
 
 def _wanted(stamp: float | None, since: float | None) -> bool:
-    return since is None or (stamp is not None and stamp >= since)
+    # in whole microseconds: a time printed by --timestamps, given back, includes its line
+    return since is None or (stamp is not None and round(stamp * 1e6) >= round(since * 1e6))
 
 
 def _write(out: BinaryIO, lines: list[tuple[float | None, bytes]], prefix: str | None, *,
