@@ -92,7 +92,8 @@ def test_run_takes_combined_short_flags() -> None:
 
     options, extra = parse_command_line(["-it", "--rm", "example.com/a", "-eFOO=1", "-e",
                                          "BAR=2", "-w/tmp"])
-    assert extra["tty"] is True and extra["rm"] is True
+    assert extra["tty"] is True
+    assert extra["rm"] is True
     assert options.apps[0].environment == {"FOO": "1", "BAR": "2"}
     assert options.apps[0].working_directory == "/tmp"
     options, extra = parse_command_line(["-ti", "example.com/a"])
@@ -155,7 +156,7 @@ def test_list_short_uuids_ages_and_full_json(host: Host) -> None:
     table = host.jp("list").stdout.splitlines()
     assert table[0].split() == ["UUID", "NAME", "STATE", "IP", "CREATED", "BOOT", "APPS"]
     for uuid, line in zip(pods, table[1:], strict=True):
-        short, name, state, _ip, created, _ago = line.split()[:6]
+        short, _name, state, _ip, created, _ago = line.split()[:6]
         assert short == uuid[:8]
         assert state == "prepared"
         assert re.fullmatch(r"\d+[smhd]", created), line
@@ -232,12 +233,14 @@ def test_status_inspect_and_logs_with_a_supervisor(host: Host) -> None:
     host.wait_for("the output", lambda: "tail" in host.jp("logs", "talker").stdout)
 
     shown = json.loads(host.jp("inspect", "talker", "--json").stdout)
-    assert shown["uuid"] == pod and shown["state"] == "running"
+    assert shown["uuid"] == pod
+    assert shown["state"] == "running"
     assert shown["network"]["ip"] == shown["ip"] is not None
     assert re.fullmatch(RFC3339, shown["started"])
     (app,) = shown["apps"]
     assert app["image_name"] == "example.com/busybox"
-    assert app["pid"] and app["exec"][:2] == ["/bin/sh", "-c"]
+    assert app["pid"]
+    assert app["exec"][:2] == ["/bin/sh", "-c"]
     assert {"volumes", "annotations", "limits"} <= shown.keys()
     human = host.jp("status", "talker").stdout
     for needle in (pod, "running", shown["ip"], "app busybox", "example.com/busybox",
@@ -260,7 +263,8 @@ def test_status_inspect_and_logs_with_a_supervisor(host: Host) -> None:
     assert host.jp("logs", "talker", "--since", "2026-01-01T00:00:00+05:00",
                    "-n", "1").stdout == "tail"
     bad = host.jp("logs", "talker", "--since", "yesterday", check=False)
-    assert bad.returncode == 2 and "--since" in bad.stderr
+    assert bad.returncode == 2
+    assert "--since" in bad.stderr
 
     # -f with --tail and -t (combined: -ft): the last lines (the unfinished one counts, and
     # is printed once finished or when the pod stops), then until the pod stops
@@ -282,7 +286,8 @@ def completions(script: Path, *words: str) -> list[str]:
     line = " ".join(f"'{w}'" for w in words)
     out = subprocess.run(
         ["bash", "-c", f'source "{script}"; COMP_WORDS=({line}); '
-                       f'COMP_CWORD={len(words) - 1}; _jetpack; printf "%s\\n" "${{COMPREPLY[@]}}"'],
+                       f"COMP_CWORD={len(words) - 1}; _jetpack; "
+                       'printf "%s\\n" "${COMPREPLY[@]}"'],
         capture_output=True, text=True, timeout=30, check=True)
     return sorted(out.stdout.split())
 
@@ -373,7 +378,8 @@ def test_colours_on_a_terminal_only(host: Host) -> None:
     assert b"\x1b[" not in on_a_terminal(host.jp, "list", env={"NO_COLOR": "1"})
     assert b"\x1b[" not in on_a_terminal(host.jp, "list", env={"TERM": "dumb"})
     piped = host.jp("list").stdout
-    assert "\x1b[" not in piped and "painted" in piped
+    assert "\x1b[" not in piped
+    assert "painted" in piped
     assert "\x1b[" not in host.jp("status", "painted").stdout
 
 
