@@ -467,3 +467,34 @@ def test_list_and_status_stay_within_their_import_budget(host: Host) -> None:
             else:
                 assert "sqlite3" not in modules
                 assert "socket" in modules
+
+
+def test_log_times_index_follows_rotation(tmp_path: Path) -> None:
+    """The app's monitor marks when bytes were written (NAME.times), rotating it with the log,
+    so that --timestamps and --since still hold after a rotation."""
+    from jetpack.cli import logs
+    from jetpack.stage2.executor import TIMES_SUFFIX, RotatingLog
+
+    assert logs.TIMES_SUFFIX == TIMES_SUFFIX
+    dir_fd = os.open(tmp_path, os.O_DIRECTORY | os.O_RDONLY)
+    try:
+        log = RotatingLog(dir_fd, "app.log", 40)
+        stamps = []
+        for text in (b"first line\n", b"second line\n", b"third line, rotates\n", b"fourth\n"):
+            stamps.append(time.time())
+            log.write(text)
+            time.sleep(0.01)
+    finally:
+        os.close(dir_fd)
+    old, _ = logs.read_times(tmp_path / "app.log.1.times")
+    new, _ = logs.read_times(tmp_path / "app.log.times")
+    assert [offset for offset, _ in old] == [0, 11]
+    assert [offset for offset, _ in new] == [0, 20]
+    marks = [stamp for _, stamp in old + new]
+    assert marks == sorted(marks)
+    assert all(abs(mark - stamp) < 0.5 for mark, stamp in zip(marks, stamps, strict=True))
+    reader = logs.Reader(tmp_path / "app.log")
+    lines = reader.lines(tmp_path / "app.log.1") + reader.lines()
+    assert [line for _, line in lines] == [b"first line\n", b"second line\n",
+                                           b"third line, rotates\n", b"fourth\n"]
+    assert [stamp for stamp, _ in lines] == marks
