@@ -7,15 +7,16 @@ Lookup order: built-in defaults < file (``-c``, else ``$JETPACK_CONF``, else the
 from __future__ import annotations
 
 import builtins
-import ipaddress
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
 
 from jetpack.errors import ConfigError
 from jetpack.hostinfo import platform_kind
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    from pathlib import Path
 
 ENV_VAR = "JETPACK_CONF"
 
@@ -83,7 +84,23 @@ def _check_port(value: str) -> None:
         raise ValueError(f"must be a TCP port (1-65535), not {value!r}")
 
 
+_IPV4_WITH_PREFIX = re.compile(r"(0|[1-9]\d{0,2})\.(0|[1-9]\d{0,2})\.(0|[1-9]\d{0,2})\."
+                               r"(0|[1-9]\d{0,2})/([1-9]|[12]\d|30)")
+
+
 def _check_network(value: str) -> None:
+    # The common well-formed value passes here; anything else gets ipaddress's full check and
+    # its explanation (not imported for every CLI command: start-up time).
+    match = _IPV4_WITH_PREFIX.fullmatch(value)
+    if match and all(int(octet) <= 255 for octet in match.groups()[:4]):
+        address = 0
+        for octet in match.groups()[:4]:
+            address = address << 8 | int(octet)
+        host_bits = (1 << (32 - int(match.group(5)))) - 1
+        if address & host_bits not in (0, host_bits):
+            return
+    import ipaddress
+
     try:
         iface = ipaddress.IPv4Interface(value)
     except ValueError as exc:
@@ -113,15 +130,24 @@ def _no_check(value: str) -> None:
     del value
 
 
-@dataclass(frozen=True)
 class Key:
-    """One known configuration key: its default (per platform) and how to check a value."""
+    """One known configuration key: its default (per platform) and how to check a value.
 
-    name: str
-    default_linux: str
-    default_freebsd: str
-    check: Callable[[str], None] = _no_check
-    doc: str = ""
+    Plain classes here and in ``Config``: every CLI command loads this module, and
+    ``dataclasses`` costs more start-up time than ``jetpack list`` may spend in all."""
+
+    __slots__ = ("check", "default_freebsd", "default_linux", "doc", "name")
+
+    def __init__(self, name: str, default_linux: str, default_freebsd: str,
+                 check: Callable[[str], None] = _no_check, doc: str = "") -> None:
+        self.name = name
+        self.default_linux = default_linux
+        self.default_freebsd = default_freebsd
+        self.check = check
+        self.doc = doc
+
+    def __repr__(self) -> str:
+        return f"Key({self.name!r})"
 
     def default(self) -> str:
         return self.default_freebsd if platform_kind() == "freebsd" else self.default_linux
@@ -187,18 +213,42 @@ FREEFORM_PREFIXES = ("images.zfs.", "pods.zfs.", "jail.param.")
 
 def default_path() -> Path:
     """The configuration file used when neither ``-c`` nor ``$JETPACK_CONF`` names one."""
-    if platform_kind() == "freebsd":
-        return Path("/usr/local/etc/jetpack.conf")
-    return Path("/etc/jetpack.conf")
+    from pathlib import Path  # here: pathlib is start-up time every CLI command would pay
+
+    return Path(_default_path())
 
 
-@dataclass
+def _default_path() -> str:
+    return "/usr/local/etc/jetpack.conf" if platform_kind() == "freebsd" else "/etc/jetpack.conf"
+
+
 class Config:
     """The merged configuration: typed accessors over validated string values."""
 
-    values: dict[str, str]
-    source: Path | None = None
-    warnings: list[str] = field(default_factory=list)
+    def __init__(self, values: dict[str, str], source: str | os.PathLike[str] | None = None,
+                 warnings: list[str] | None = None) -> None:
+        self.values = values
+        self._source = None if source is None else os.fspath(source)
+        self.warnings = [] if warnings is None else warnings
+
+    @property
+    def source(self) -> Path | None:
+        """The file the values came from (None: defaults and overrides only)."""
+        if self._source is None:
+            return None
+        from pathlib import Path
+
+        return Path(self._source)
+
+    def __repr__(self) -> str:
+        return f"Config(source={self.source!r})"
+
+    def __eq__(self, other: object) -> builtins.bool:
+        if not isinstance(other, Config):
+            return NotImplemented
+        return (self.values, self._source) == (other.values, other._source)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass it replaces
 
     def __getitem__(self, key: str) -> str:
         key = ALIASES.get(key, key)
@@ -223,6 +273,8 @@ class Config:
         return parse_size(self[key])
 
     def path(self, key: str) -> Path:
+        from pathlib import Path
+
         return Path(self[key])
 
     def prefixed(self, prefix: str) -> dict[str, str]:
@@ -287,10 +339,12 @@ def load_config(
     values = {name: key.default() for name, key in KEYS.items()}
     warnings: list[str] = []
     explicit = path is not None or bool(env.get(ENV_VAR))
-    conf_path = Path(path) if path is not None else Path(env.get(ENV_VAR) or default_path())
-    source: Path | None = None
+    conf_path = os.fspath(path) if path is not None else \
+        (env.get(ENV_VAR) or _default_path())
+    source: str | None = None
     try:
-        text = conf_path.read_text(encoding="utf-8")
+        with open(conf_path, encoding="utf-8") as file:
+            text = file.read()
     except FileNotFoundError:
         if explicit:
             raise ConfigError(f"{conf_path}: configuration file not found") from None

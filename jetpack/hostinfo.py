@@ -5,11 +5,21 @@ The one place that asks ``sys.platform``: everything platform-specific is chosen
 
 from __future__ import annotations
 
-import platform
 import sys
-from typing import Literal
 
-PlatformKind = Literal["freebsd", "linux"]
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (the CLI's start-up)
+if TYPE_CHECKING:
+    from typing import Literal
+
+    PlatformKind = Literal["freebsd", "linux"]
+else:
+    def __getattr__(name: str) -> object:
+        """``PlatformKind`` made when a module imports it at run time."""
+        if name == "PlatformKind":
+            from typing import Literal
+
+            return Literal["freebsd", "linux"]
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 # appc's arch names (spec/aci.md, "os/arch" table) for what platform.machine() reports.
 _ARCH_NAMES = {
@@ -39,5 +49,7 @@ def appc_os() -> str:
 
 def appc_arch() -> str:
     """The host's ``arch`` label value as appc spells it."""
+    import platform  # here: the CLI's start-up needs only platform_kind()
+
     machine = platform.machine().lower()
     return _ARCH_NAMES.get(machine, machine)

@@ -15,6 +15,7 @@ import os
 import select
 import signal
 import subprocess
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from types import FrameType
@@ -63,6 +64,13 @@ def launch_directly(
     )
 
 
+TIMES_SUFFIX = ".times"
+"""Beside ``NAME`` (and ``NAME.1``), ``NAME.times`` says when its bytes were written: lines of
+``OFFSET UNIXTIME``, one per write at most every ``MARK_INTERVAL`` seconds, for ``jetpack logs
+--timestamps`` and ``--since``. Best effort: the log itself never waits on it."""
+MARK_INTERVAL = 0.001
+
+
 class RotatingLog:
     """The app's log file: rotated to ``NAME.1`` past ``max_bytes``, so at most twice that on
     disk. Opened through a directory fd so rotation works after pivot_root hides the host."""
@@ -71,22 +79,46 @@ class RotatingLog:
         self.dir_fd = dir_fd
         self.name = name
         self.max_bytes = max(max_bytes, 1)
-        self.fd = self._open(truncate=False)
+        self.fd = self._open(self.name, truncate=False)
         self.size = os.fstat(self.fd).st_size
+        self.times_fd = self._open_times(truncate=False)
+        self.last_mark = 0.0
 
-    def _open(self, *, truncate: bool) -> int:
+    def _open(self, name: str, *, truncate: bool) -> int:
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
         if truncate:
             flags |= os.O_TRUNC
-        return os.open(self.name, flags, 0o640, dir_fd=self.dir_fd)
+        return os.open(name, flags, 0o640, dir_fd=self.dir_fd)
+
+    def _open_times(self, *, truncate: bool) -> int | None:
+        try:
+            return self._open(self.name + TIMES_SUFFIX, truncate=truncate)
+        except OSError:
+            return None
+
+    def _mark(self) -> None:
+        now = time.time()
+        if self.times_fd is None or now - self.last_mark < MARK_INTERVAL:
+            return
+        self.last_mark = now
+        with contextlib.suppress(OSError):
+            os.write(self.times_fd, f"{self.size} {now:.6f}\n".encode())
 
     def write(self, data: bytes) -> None:
         if self.size and self.size + len(data) > self.max_bytes:
             os.close(self.fd)
             os.replace(self.name, self.name + ".1", src_dir_fd=self.dir_fd,
                        dst_dir_fd=self.dir_fd)
-            self.fd = self._open(truncate=True)
+            self.fd = self._open(self.name, truncate=True)
             self.size = 0
+            if self.times_fd is not None:
+                os.close(self.times_fd)
+                with contextlib.suppress(OSError):
+                    os.replace(self.name + TIMES_SUFFIX, self.name + ".1" + TIMES_SUFFIX,
+                               src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+            self.times_fd = self._open_times(truncate=True)
+            self.last_mark = 0.0
+        self._mark()
         view = memoryview(data)
         while view:
             written = os.write(self.fd, view)

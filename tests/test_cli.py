@@ -102,15 +102,16 @@ HEAVY = ("trio", "httpx", "structlog", "hypercorn", "gnupg", "trio_websocket", "
 
 
 def test_list_and_status_import_only_what_they_need(jetpack_dir: Jetpack) -> None:
-    """``list`` reads the store (sqlite3, json) and ``status``/``start``/``stop`` use the stdlib
-    http.client: neither loads trio, httpx or structlog (the CLI's start-up is their cost)."""
+    """``list`` reads the database with sqlite3 alone and ``status``/``start``/``stop`` speak
+    HTTP over the socket with socket alone: neither loads trio, httpx, structlog, http.client
+    or the store (the CLI's start-up is their cost; tests/test_cli_ux.py has the full budget)."""
     jetpack_dir("init")
     listed, modules = loaded_modules(jetpack_dir, "list")
     assert listed.returncode == 0, listed.stderr
     assert listed.stdout.startswith("UUID")
     assert "sqlite3" in modules
-    assert "jetpack.store.pods" in modules
-    for heavy in (*HEAVY, "http.client"):
+    assert "jetpack.cli.podview" in modules
+    for heavy in (*HEAVY, "http.client", "jetpack.store.pods", "dataclasses"):
         assert heavy not in modules, f"jetpack list imports {heavy}"
     # No supervisor: the one-line message with its hint, exit 1, through the light client.
     for command in (["status"], ["stop", "web"]):
@@ -119,8 +120,8 @@ def test_list_and_status_import_only_what_they_need(jetpack_dir: Jetpack) -> Non
         lines = status.stderr.splitlines()
         assert lines[0].startswith("jetpack: no supervisor is running (no control socket at ")
         assert lines[1].startswith("jetpack: start it with 'jetpack daemon'")
-        assert "http.client" in modules
-        for heavy in (*HEAVY, "sqlite3"):
+        assert "jetpack.cli.unixhttp" in modules
+        for heavy in (*HEAVY, "sqlite3", "http.client", "ssl", "email"):
             assert heavy not in modules, f"jetpack {command[0]} imports {heavy}"
 
 

@@ -60,7 +60,8 @@ def _follow(
 ) -> int:
     import trio
 
-    from jetpack.cli.client import ControlClient, follow_events
+    from jetpack.cli.client import ControlClient
+    from jetpack.cli.eventclient import follow_events
 
     client = ControlClient(ctx.config.path("supervisor.socket"))
 

@@ -27,7 +27,7 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
                             help="remove even when pods use it")
     elif name == "export":
         parser.add_argument("image", metavar="IMAGE")
-        parser.add_argument("file", metavar="FILE")
+        parser.add_argument("file", metavar="FILE|-", help="where to write (- for stdout)")
         parser.add_argument("--flat", action="store_true",
                             help="render dependencies into one ACI")
     elif name == "tag":
@@ -87,6 +87,8 @@ def run(ctx: Context, name: str, args: argparse.Namespace) -> int:
             print(f"removed {record.id}")
         return 0
     if name == "export":
+        if args.file == "-":
+            return _export_stdout(ctx, store, args.image, flat=args.flat)
         record = store.export(args.image, Path(args.file), flat=args.flat)
         print(record.id)
         return 0
@@ -97,6 +99,31 @@ def run(ctx: Context, name: str, args: argparse.Namespace) -> int:
         store.untag(args.tag)
         return 0
     return _gc(ctx, store, args)
+
+
+def _export_stdout(ctx: Context, store: object, ref: str, *, flat: bool) -> int:
+    """``export IMAGE -``: the ACI on stdout (as ``import -`` reads stdin), nothing else there.
+    Written first to a private file in the state root (the export's own atomic path), then
+    copied out, so a failed export writes nothing."""
+    import shutil
+    import tempfile
+
+    from jetpack.store.images import ImageStore
+
+    assert isinstance(store, ImageStore)
+    if sys.stdout.isatty():
+        from jetpack.errors import UsageError
+
+        raise UsageError("refusing to write an ACI to a terminal",
+                         hint="redirect stdout to a file or a pipe")
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=ctx.config.root) as tmp:
+        out = Path(tmp) / "image.aci"
+        store.export(ref, out, flat=flat)
+        with out.open("rb") as aci:
+            sys.stdout.flush()
+            shutil.copyfileobj(aci, sys.stdout.buffer, 1 << 20)
+        sys.stdout.buffer.flush()
+    return 0
 
 
 def _gc(ctx: Context, store: object, args: argparse.Namespace) -> int:

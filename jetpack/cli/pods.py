@@ -3,17 +3,23 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
-from typing import Any
 
 from jetpack.cli.context import Context
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    import argparse
+    from typing import Any
 
 
 def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
     if name == "list":
-        parser.add_argument("--json", action="store_true", help="print a JSON array")
-        parser.add_argument("-q", "--quiet", action="store_true", help="print only UUIDs")
+        parser.add_argument("--json", action="store_true",
+                            help="print a JSON array (full UUIDs, RFC 3339 times)")
+        parser.add_argument("-q", "--quiet", action="store_true", help="print only full UUIDs")
+        parser.add_argument("--no-trunc", action="store_true",
+                            help="full UUIDs in the table (default: a unique prefix)")
     elif name in ("start", "stop", "restart", "kill"):
         parser.add_argument("pods", nargs="+", metavar="POD", help="UUID, UUID prefix or name")
         if name in ("stop", "restart"):
@@ -30,7 +36,13 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
     elif name == "manifest":
         parser.add_argument("pod", metavar="POD")
     elif name == "status":
-        parser.add_argument("--json", action="store_true", help="print a JSON object")
+        parser.add_argument("pod", nargs="?", metavar="POD",
+                            help="show this pod in full (no supervisor needed)")
+        parser.add_argument("--json", action="store_true",
+                            help="print a JSON object (no supervisor: {\"running\": false}, "
+                                 "exit 1)")
+        parser.epilog = ("Without POD: exit 0 when a supervisor answers, 1 when none runs "
+                         "(also with --json).")
     elif name == "daemon":
         parser.add_argument("--pidfile", metavar="PATH", help="write the supervisor's pid here")
     elif name == "daemon-stop":
@@ -54,14 +66,11 @@ def run(ctx: Context, name: str, args: argparse.Namespace) -> int:
         print(json.dumps(json.loads(pod.manifest), indent=2))
         return 0
     if name == "status":
-        info = _client(ctx).request_sync("GET", "/v1/info")
-        if getattr(args, "json", False):
-            ctx.print_json(info)
-        else:
-            print(f"supervisor pid {info['pid']}, jetpack {info['version']}, "
-                  f"event log at seq {info['events']['last_seq']}, "
-                  f"{info['events']['subscribers']} event subscribers")
-        return 0
+        if args.pod is not None:
+            from jetpack.cli.podstatus import show_pod
+
+            return show_pod(ctx, args.pod, as_json=args.json)
+        return _status(ctx, as_json=args.json)
     if name == "daemon-stop":
         client = _client(ctx)
         client.request_sync("POST", "/v1/shutdown",
@@ -82,7 +91,26 @@ def run(ctx: Context, name: str, args: argparse.Namespace) -> int:
 def _client(ctx: Context) -> Any:
     from jetpack.cli.client import ControlClient
 
-    return ControlClient(ctx.config.path("supervisor.socket"))
+    return ControlClient(ctx.config["supervisor.socket"])
+
+
+def _status(ctx: Context, *, as_json: bool) -> int:
+    from jetpack.cli.client import NoSupervisorError
+
+    try:
+        info = _client(ctx).request_sync("GET", "/v1/info")
+    except NoSupervisorError:
+        if not as_json:
+            raise
+        ctx.print_json({"running": False})
+        return 1
+    if as_json:
+        ctx.print_json({"running": True, **info})
+    else:
+        print(f"supervisor pid {info['pid']}, jetpack {info['version']}, "
+              f"event log at seq {info['events']['last_seq']}, "
+              f"{info['events']['subscribers']} event subscribers")
+    return 0
 
 
 def _enable(ctx: Context, args: argparse.Namespace, *, enable: bool) -> int:
@@ -98,25 +126,33 @@ def _enable(ctx: Context, args: argparse.Namespace, *, enable: bool) -> int:
 
 
 def _list(ctx: Context, args: argparse.Namespace) -> int:
-    from jetpack.store.pods import PodStore
+    from jetpack.cli import podview
 
-    pods = PodStore(ctx.state).all()
-    if args.json:
-        ctx.print_json([pod.to_json_obj() for pod in pods])
-        return 0
+    pods = None if args.json else podview.read_pods(ctx.config["root.path"])
+    if pods is None:  # --json, or a database the light reader leaves to the store
+        from jetpack.store.pods import PodStore
+
+        records = PodStore(ctx.state).all()
+        if args.json:
+            ctx.print_json([pod.to_json_obj() for pod in records])
+            return 0
+        pods = [{"uuid": p.uuid, "name": p.name, "state": p.state, "ip": p.ip,
+                 "created": p.created, "boot": p.boot, "priority": p.priority,
+                 "apps": [a.to_json_obj() for a in p.apps]} for p in records]
     if args.quiet:
         for pod in pods:
-            print(pod.uuid)
+            print(pod["uuid"])
         return 0
-    rows = []
+    short = podview.short_uuids([p["uuid"] for p in pods])
+    rows, colours = [], []
     for pod in pods:
-        apps = ",".join(
-            f"{a.name}:{a.state}" + (f"({a.exit_status})" if a.exit_status is not None else "")
-            for a in pod.apps
-        )
-        boot = f"boot:{pod.priority}" if pod.boot else "-"
-        rows.append((pod.uuid, pod.name, pod.state, pod.ip or "-", boot, apps))
-    ctx.print_table(("UUID", "NAME", "STATE", "IP", "BOOT", "APPS"), rows)
+        boot = f"boot:{pod['priority']}" if pod["boot"] else "-"
+        uuid = pod["uuid"] if args.no_trunc else short[pod["uuid"]]
+        rows.append((uuid, pod["name"], pod["state"], pod["ip"] or "-",
+                     podview.age(pod["created"]), boot, podview.apps_cell(pod["apps"])))
+        colours.append((None, None, podview.STATE_COLOURS.get(pod["state"]), None, None, None,
+                        None))
+    ctx.print_table(("UUID", "NAME", "STATE", "IP", "CREATED", "BOOT", "APPS"), rows, colours)
     return 0
 
 

@@ -32,9 +32,12 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("pods", nargs="+", metavar="POD")
         return
     parser.epilog = HELP_POD
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    from jetpack.cli.main import RawDescriptionHelpFormatter
+
+    parser.formatter_class = RawDescriptionHelpFormatter
     if name == "run":
-        parser.epilog += "\nrun also takes: --rm (destroy after exit), -t (interactive)"
+        parser.epilog += ("\nrun also takes: --rm (destroy after exit), -t or -i (interactive, "
+                          "on a terminal: -it)\nshort flags combine: -it, -eNAME=VALUE")
     parser.usage = f"jetpack {name} IMAGE [APP OPTIONS] [IMAGE...] [POD OPTIONS]"
 
 
@@ -55,6 +58,12 @@ def run(ctx: Context, name: str, args: argparse.Namespace) -> int:
     from jetpack.store.prepare import options_from_manifest, prepare_pod
 
     options, extra = parse_command_line(args.words)
+    if name == "run":
+        # Before anything is made: no supervisor is the one-line error, and no pod is left.
+        from jetpack.cli.client import ControlClient
+
+        ControlClient(ctx.config["supervisor.socket"]).request_sync("GET", "/v1/ping",
+                                                                   timeout=10)
     if name == "run" and len(options.apps) == 1 and extra["manifest"] is None:
         existing = _existing_pod(ctx, options.apps[0].image)
         if existing is not None:
@@ -69,7 +78,19 @@ def run(ctx: Context, name: str, args: argparse.Namespace) -> int:
     if name == "prepare":
         print(pod.uuid)
         return 0
-    return _run_foreground(ctx, images, pod.uuid, rm=extra["rm"], tty=extra["tty"])
+    from jetpack.cli.client import NoSupervisorError
+
+    try:
+        return _run_foreground(ctx, images, pod.uuid, rm=extra["rm"], tty=extra["tty"])
+    except NoSupervisorError:
+        # The supervisor went away between the check above and the run request: the pod
+        # made for this run never started; it goes.
+        from jetpack.store.lifecycle import destroy_pod
+        from jetpack.store.pods import PodStore
+
+        destroy_pod(ctx.config, ctx.state, images, PodStore(ctx.state).get(pod.uuid),
+                    stop_through_supervisor(ctx))
+        raise
 
 
 class FetchingImages:
@@ -212,7 +233,7 @@ def exit_status(pod: dict[str, Any]) -> int:
 
 POD_FLAGS = {"--name": 1, "--restart": 1, "-p": 1, "--port": 1, "-v": 1, "--volume": 1,
              "-a": 1, "--annotation": 1, "-f": 1, "--pod-manifest": 1, "--rm": 0, "-t": 0,
-             "--interactive": 0, "--keep-etc": 0}
+             "-i": 0, "--interactive": 0, "--keep-etc": 0}
 APP_FLAGS = {"--app-name": 1, "-m": 1, "--mount": 1, "--exec": 1, "--user": 1, "--group": 1,
              "-e": 1, "--env": 1, "--working-dir": 1, "-w": 1}
 
@@ -230,6 +251,10 @@ def parse_command_line(argv: Sequence[str]) -> tuple[PrepareRequest, dict[str, A
     i = 0
     while i < len(words):
         word = words[i]
+        split = _split_short_flags(word)
+        if split is not None:
+            words[i:i + 1] = split
+            word = words[i]
         flag, eq, inline = word.partition("=") if word.startswith("--") else (word, "", "")
         if flag in POD_FLAGS or flag in APP_FLAGS:
             arity = POD_FLAGS.get(flag, APP_FLAGS.get(flag, 0))
@@ -261,7 +286,7 @@ def parse_command_line(argv: Sequence[str]) -> tuple[PrepareRequest, dict[str, A
                 extra["manifest"] = value
             elif flag == "--rm":
                 extra["rm"] = True
-            elif flag in ("-t", "--interactive"):
+            elif flag in ("-t", "-i", "--interactive"):
                 extra["tty"] = True
             elif flag == "--keep-etc":
                 options.keep_image_etc = True
@@ -278,6 +303,25 @@ def parse_command_line(argv: Sequence[str]) -> tuple[PrepareRequest, dict[str, A
         options.apps.append(AppOptions(image=word))
         i += 1
     return options, extra
+
+
+def _split_short_flags(word: str) -> list[str] | None:
+    """``-it`` as ``-i -t``, ``-eNAME=V`` as ``-e NAME=V`` (getopt's rules: flags without a
+    value first; a flag that takes one takes the rest of the word); None when ``word`` is not
+    such a group."""
+    if len(word) < 3 or word[0] != "-" or word[1] == "-":
+        return None
+    out = []
+    for at, letter in enumerate(word[1:], start=1):
+        flag = f"-{letter}"
+        arity = POD_FLAGS.get(flag, APP_FLAGS.get(flag))
+        if arity is None:
+            return None  # not ours: refused below as an unknown option
+        out.append(flag)
+        if arity:
+            rest = word[at + 1:]
+            return out + ([rest] if rest else [])
+    return out
 
 
 def _set_app_flag(app: AppOptions, flag: str, value: str) -> None:

@@ -7,7 +7,7 @@ import sys
 
 from jetpack import __version__
 from jetpack.cli.context import Context
-from jetpack.errors import ConfigError, UsageError
+from jetpack.errors import ConfigError
 
 
 def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
@@ -30,14 +30,12 @@ def run(ctx: Context, name: str, args: argparse.Namespace) -> int:
 
 
 def _help(command: str | None) -> int:
-    from jetpack.cli.main import COMMANDS, command_parser, usage_text
+    from jetpack.cli.main import command_parser, resolve_command, usage_text
 
     if command is None:
         sys.stdout.write(usage_text())
         return 0
-    if command not in COMMANDS:
-        raise UsageError(f"unknown command {command!r}", hint="see 'jetpack help'")
-    parser, _ = command_parser(command)
+    parser, _ = command_parser(resolve_command(command))
     parser.print_help()
     return 0
 
