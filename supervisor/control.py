@@ -115,10 +115,15 @@ def add_pod_routes(
     async def list_pods(request: Request) -> Any:
         del request
         pods = await manager.in_db_thread(manager.store.all)
-        return await pods_with_usage(pods)
+        return await pods_with_usage(pods, sandboxes())
 
     async def show(request: Request) -> Any:
-        return (await pods_with_usage([await manager.resolve(request.params["pod"])]))[0]
+        pod = await manager.resolve(request.params["pod"])
+        return (await pods_with_usage([pod], sandboxes()))[0]
+
+    def sandboxes() -> dict[str, dict[str, Any]]:
+        return {uuid: dict(task.sandbox) for uuid, task in list(manager.tasks.items())
+                if task.sandbox}
 
     async def start(request: Request) -> Any:
         return (await manager.start(request.params["pod"])).to_json_obj()

@@ -1,49 +1,45 @@
-"""What a running pod uses now (memory), read from the host's accounting where the API answers
-pod objects: the pod cgroup on Linux; FreeBSD's ``rctl -u`` is not read yet (the field is null).
+"""What a running pod uses now (memory), where the API answers pod objects: read through the
+isolation driver's seam (``stage1.drivers.pod_usage``: the pod cgroup on Linux, ``rctl -u`` on
+the pod jail), from the sandbox handle the supervisor holds for each running pod.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import trio
 
-from jetpack.hostinfo import platform_kind
 from jetpack.store.pods import PodRecord
 
 
-def memory_bytes(pod_uuid: str) -> int | None:
-    """Bytes charged to the pod's memory cgroup (page cache included, as ``docker stats`` counts
-    before its cache adjustment); None where unknown (no cgroup, another platform)."""
-    if platform_kind() != "linux":
+def memory_bytes(sandbox: Mapping[str, Any] | None) -> int | None:
+    """Bytes charged to the pod (page cache included, as ``docker stats`` counts before its cache
+    adjustment); None where unknown (no sandbox, a driver that cannot tell)."""
+    if not sandbox:
         return None
-    from jetpack.errors import IsolationError
-    from jetpack.stage1.cgroups import PodCgroup
+    from jetpack.errors import JetpackError
+    from jetpack.stage1.base import SandboxHandle
+    from jetpack.stage1.drivers import pod_usage
 
     try:
-        cgroup = PodCgroup.for_pod(pod_uuid)
-    except IsolationError:
+        usage = pod_usage(SandboxHandle.from_json(dict(sandbox)))
+    except JetpackError:
         return None
-    found = cgroup.layout.controller_dir("memory")
-    if found is None:
-        return None
-    root, version = found
-    source = root / cgroup.name / ("memory.current" if version == 2 else "memory.usage_in_bytes")
-    try:
-        return int(source.read_text())
-    except (OSError, ValueError):
-        return None
+    return usage.memory_bytes if usage is not None else None
 
 
-async def pods_with_usage(pods: Iterable[PodRecord]) -> list[dict[str, Any]]:
-    """Each pod's JSON object, with ``memory_bytes`` (null unless the pod is running)."""
+async def pods_with_usage(pods: Iterable[PodRecord],
+                          sandboxes: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Each pod's JSON object, with ``memory_bytes`` (null unless the pod is running);
+    ``sandboxes``: the sandbox handles of running pods, by uuid."""
 
     def read() -> list[dict[str, Any]]:
         objects = []
         for pod in pods:
             obj = pod.to_json_obj()
-            obj["memory_bytes"] = memory_bytes(pod.uuid) if pod.state == "running" else None
+            obj["memory_bytes"] = (memory_bytes(sandboxes.get(pod.uuid))
+                                   if pod.state == "running" else None)
             objects.append(obj)
         return objects
 

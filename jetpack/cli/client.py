@@ -25,7 +25,7 @@ if TYPE_CHECKING:
         StreamClosed,
         follow_events,
     )
-    from jetpack.cli.unixhttp import Response
+    from jetpack.cli.unixhttp import ReplyStream
     from jetpack.events import EventFilter
 
 NO_SUPERVISOR_HINT = (
@@ -105,7 +105,7 @@ class ControlClient:
     def _exchange(
         self, method: str, path: str, body: Any, params: dict[str, Any] | None,
         timeout: float | None,
-    ) -> Iterator[Response]:
+    ) -> Iterator[ReplyStream]:
         """One request on a fresh connection, closed when the caller is done with the answer."""
         from jetpack.cli.unixhttp import UnixHTTPConnection
 

@@ -24,7 +24,7 @@ class ProtocolError(OSError):
     """The peer's answer is not HTTP/1.x as this client reads it."""
 
 
-class Response:
+class ReplyStream:
     """An answer's status, headers (names lowercased) and body, read from ``stream``."""
 
     def __init__(self, stream: BufferedReader) -> None:
@@ -148,11 +148,11 @@ class UnixHTTPConnection:
             f"{name}: {value}\r\n" for name, value in fields.items()) + "\r\n"
         sock.sendall(head.encode("latin-1") + (body or b""))
 
-    def getresponse(self) -> Response:
+    def getresponse(self) -> ReplyStream:
         if self.sock is None:
             raise ProtocolError("no request was sent")
         self._file = self.sock.makefile("rb")
-        return Response(self._file)
+        return ReplyStream(self._file)
 
     def close(self) -> None:
         if self._file is not None:
