@@ -239,3 +239,16 @@ def test_fuzz_regression_events_since_out_of_range(targets: dict[str, Any], sinc
     sent = targets["api"].answer(request)
     assert next(m["type"] for m in sent) == "websocket.accept"
     assert sent[-1]["code"] == 1000  # followed until the client left
+
+
+@pytest.mark.parametrize("missing", ["mode", "uid", "gid"])
+def test_fuzz_regression_pod_manifest_empty_volume_defaults_round_trip(missing: str) -> None:
+    """Was: an empty volume without mode (uid, gid) parsed as None but was written out as
+    "0755" (0), so parse → to_json → parse gave another value than the first parse."""
+    volume = {"name": "data", "kind": "empty", "mode": "0700", "uid": 5, "gid": 6}
+    del volume[missing]
+    doc = {**ft.POD_MANIFEST, "volumes": [volume]}
+    parsed = ft.PodManifest.from_json(json.dumps(doc))
+    again = ft.PodManifest.from_json(parsed.to_json())
+    assert again == parsed
+    assert getattr(parsed.volumes[0], missing) == {"mode": "0755", "uid": 0, "gid": 0}[missing]
