@@ -69,7 +69,7 @@ class Recorder:
         if self.seen[key] > 1:
             return
         data = as_bytes(value)
-        name = hashlib.sha1(data).hexdigest()[:16]  # noqa: S324  # a file name, not security
+        name = hashlib.sha1(data).hexdigest()[:16]  # a file name, not security
         self.crashers.mkdir(parents=True, exist_ok=True)
         (self.crashers / f"crash-{name}").write_bytes(data)
         (self.crashers / f"crash-{name}.txt").write_text(
@@ -154,6 +154,9 @@ def main() -> None:
             target.check_bytes(args.replay.read_bytes())
             print("no property broken")
             return
+        from hypothesis import configuration
+
+        configuration.set_hypothesis_home_dir(str(args.workdir / "hypothesis"))  # not the tree
         recorder = Recorder(args.crashers / args.target)
         recorder.crashers.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()

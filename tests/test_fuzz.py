@@ -29,6 +29,20 @@ from jetpack.errors import ConfigError, FetchError, ImageError
 EXAMPLES = {"aci": 60, "manifest": 120, "config": 120, "discovery": 30, "mds": 80, "api": 25}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def hypothesis_home() -> Iterator[None]:
+    """Hypothesis caches what it learns (constants, unicode tables) under .hypothesis/ in the
+    working directory even without a database: kept out of the tree."""
+    from hypothesis import configuration
+
+    home = ft.temporary_base()
+    previous = configuration.storage_directory()
+    configuration.set_hypothesis_home_dir(str(home))
+    yield
+    configuration.set_hypothesis_home_dir(str(previous))
+    shutil.rmtree(home, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
 def targets() -> Iterator[dict[str, Any]]:
     base = ft.temporary_base()
