@@ -22,6 +22,8 @@ ENV_VAR = "JETPACK_CONF"
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+# datetime.timedelta.max in seconds (not imported: datetime is start-up time for every command)
+_MAX_DURATION = 999_999_999 * 86_400 + 86_399.999999
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _TRUE = {"on", "yes", "true", "1"}
@@ -33,7 +35,11 @@ def parse_duration(text: str) -> float:
     match = _DURATION.match(text)
     if not match:
         raise ValueError(f"not a duration: {text!r} (examples: 100ms, 10s, 30m, 30d)")
-    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    # 400 nines make inf, which timedelta (events.retention.age) refuses (found by fuzzing)
+    if not seconds < _MAX_DURATION:
+        raise ValueError(f"duration {text[:40]!r} is too long (at most 999999999d)")
+    return seconds
 
 
 def parse_size(text: str) -> int:

@@ -45,7 +45,13 @@ async def open_url(http: httpx.AsyncClient, url: str, *, insecure_http: bool,
     for _ in range(MAX_REDIRECTS + 1):
         same_origin = httpx.URL(url).copy_with(path="/", query=None, fragment=None) == origin
         request = http.build_request("GET", url, headers=headers if same_origin else None)
-        response = await http.send(request, stream=True)
+        try:
+            response = await http.send(request, stream=True)
+        except httpx.InvalidURL as exc:
+            # httpx prepares the next request of a redirect even when it does not follow it:
+            # a Location it cannot parse escaped as InvalidURL (found by fuzzing)
+            raise FetchError(f"{url} redirects to a location that is not a valid URL: {exc}"
+                             ) from None
         try:
             if not response.has_redirect_location:
                 yield response

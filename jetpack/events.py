@@ -111,13 +111,21 @@ def parse_time(text: str) -> str:
         raise UsageError(
             f"time {text!r} has no UTC offset", hint="add Z or +HH:MM (RFC 3339)"
         )
-    return moment.astimezone(UTC).strftime(_TIME_FORMAT)
+    try:
+        return moment.astimezone(UTC).strftime(_TIME_FORMAT)
+    except OverflowError:  # 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+        raise UsageError(f"time {text!r} is out of range") from None
 
 
 def parse_since(text: str) -> int | str:
     """``--since``/``since=``: a sequence number (int) or a normalized time (str)."""
     value = text.strip()
     if value.isdigit():
+        # isdigit() holds for "²" too, and int() refuses more than 4300 digits; a seq is an
+        # SQLite integer (found by fuzzing: each escaped the events stream as a raw error)
+        if not value.isascii() or len(value) > 18:
+            raise UsageError(f"not a sequence number: {value[:40]!r}",
+                             hint="a sequence number has at most 18 digits")
         return int(value)
     return parse_time(value)
 

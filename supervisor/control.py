@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -50,6 +51,8 @@ def _grace(request: Request) -> float | None:
         grace = float(value)
     except ValueError:
         raise UsageError(f"grace must be a number of seconds, not {value!r}") from None
+    if not math.isfinite(grace):  # nan made the stop wait forever (found by fuzzing)
+        raise UsageError(f"grace must be a finite number of seconds, not {value!r}")
     if grace < 0:
         raise UsageError("grace must not be negative")
     return grace
@@ -58,13 +61,17 @@ def _grace(request: Request) -> float | None:
 def _signal(request: Request) -> int:
     name = (request.arg("signal") or "SIGKILL").upper()
     if name.isdigit():
-        return int(name)
+        # str.isdigit() also holds for "²" and 5000-digit strings, which int() refuses
+        number = int(name) if name.isascii() and len(name) <= 3 else -1
+        if number not in signal.valid_signals():
+            raise UsageError(f"unknown signal number {name[:20]}")
+        return number
     if not name.startswith("SIG"):
         name = "SIG" + name
     try:
         return int(signal.Signals[name])
     except KeyError:
-        raise UsageError(f"unknown signal {name}") from None
+        raise UsageError(f"unknown signal {name[:40]}") from None
 
 
 def _flag(request: Request, name: str) -> bool:

@@ -7,7 +7,7 @@ only (``RuntimeImage.id`` is then None) — ``prepare`` resolves those.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from jetpack.appc._json import Obj, join, load_json, string, type_name
@@ -51,6 +51,12 @@ class Volume:
                      obj.number("uid", low=0, high=2**32 - 1),
                      obj.number("gid", low=0, high=2**32 - 1))
         volume.check(path)
+        if volume.kind == "empty":
+            # the defaults to_dict writes out, so that parse → to_json → parse gives back the
+            # same value (fuzzing found a volume without mode that did not)
+            volume = replace(volume, mode="0755" if volume.mode is None else volume.mode,
+                             uid=0 if volume.uid is None else volume.uid,
+                             gid=0 if volume.gid is None else volume.gid)
         return volume
 
     def check(self, path: str) -> None:

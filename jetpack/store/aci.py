@@ -20,6 +20,7 @@ import bz2
 import hashlib
 import io
 import lzma
+import math
 import os
 import stat
 import tarfile
@@ -44,6 +45,8 @@ XZ_MAGIC = b"\xfd7zXZ\x00"
 MAX_HEADER = 1 << 20
 MAX_GLOBAL_KEYS = 256  # global pax headers accumulate for the rest of the archive
 MAX_PATH = 4096
+MAX_ID = (1 << 32) - 2  # uid_t/gid_t; (1 << 32) - 1 and -1 tell chown(2) "leave unchanged"
+TIME_T = 1 << 63  # mtimes outside [-TIME_T, TIME_T) cannot be set on any file
 # (major, minor) of the character devices an image may hold: null, zero, full, random, urandom
 HARMLESS_DEVICES = frozenset({(1, 3), (1, 5), (1, 7), (1, 8), (1, 9)})
 # Extended attributes applied from SCHILY.xattr pax headers; every other one is dropped.
@@ -261,6 +264,10 @@ class _StrictTarInfo(tarfile.TarInfo):
                                    "without its end-of-archive block") from None
             raise _HeaderError(f"corrupt archive: bad tar header at byte {offset} ({exc})"
                                ) from None
+        except (ValueError, OverflowError) as exc:
+            # tarfile converts pax numbers (GNU.sparse.size, a global header's too) unchecked
+            raise _HeaderError(f"corrupt archive: bad pax header value at byte {offset} "
+                               f"({exc})") from None
 
 
     # tarfile's sparse handlers (private, called on this class for pax sparse formats)
@@ -294,6 +301,25 @@ class ExtractedACI:
     size: int  # bytes of the decompressed tar
     compression: str
     dropped_xattrs: tuple[tuple[str, str], ...] = ()  # (entry, attribute) not applied
+
+
+def _check_fields(member: tarfile.TarInfo, raw: str) -> None:
+    """Refuse header values no file can carry (found by fuzzing: each escaped as a raw
+    OverflowError or ValueError from os.chown, os.utime or the path functions)."""
+    shown = raw[:200]
+    if "\x00" in raw or "\x00" in member.linkname:
+        raise ImageError(f"archive entry {shown!r}: a path or link target with a NUL byte")
+    for what, value in (("owner", member.uid), ("group", member.gid)):
+        if not 0 <= value <= MAX_ID:
+            raise ImageError(f"archive entry {shown!r}: {what} ID {value} is out of range "
+                             f"(0 to {MAX_ID})")
+    mtime = member.mtime
+    if not (math.isfinite(mtime) and -TIME_T <= mtime < TIME_T):
+        raise ImageError(f"archive entry {shown!r}: modification time {mtime} is out of range")
+    for key in member.pax_headers:
+        if key.startswith("SCHILY.xattr.") and "\x00" in key:
+            raise ImageError(f"archive entry {shown!r}: an extended attribute name with a "
+                             "NUL byte")
 
 
 def _clean_name(raw: str) -> str:
@@ -353,6 +379,7 @@ class _Extractor:
         if len(raw) > MAX_PATH or len(member.linkname) > MAX_PATH:
             raise ImageError(f"archive entry {raw[:200]!r}...: a path or link target longer "
                              f"than {MAX_PATH} characters")
+        _check_fields(member, raw)
         name = _clean_name(raw)
         if name in self.explicit:
             raise ImageError(f"archive entry {raw!r} appears twice")
