@@ -785,7 +785,7 @@ API_QUERIES = [b"", b"grace=0.01", b"grace=-1", b"grace=nan", b"grace=inf", b"gr
 class ApiTarget:
     """The control API's ASGI app with its pod routes over the fake runtime (no pods, no
     namespaces), on a fresh copy of a state database holding two prepared pods; and the
-    events-only app of the TCP listener (``events.token`` set)."""
+    TCP listener's app (bearer token or cookie, the dashboard) in front of it."""
 
     name = "api"
 
@@ -844,31 +844,33 @@ class ApiTarget:
         self.check((decode_asgi(data), False))
 
     def check(self, value: tuple[AsgiInput, bool]) -> None:
-        request, events_only = value
+        request, on_listener = value
         with memory_bounded():
-            sent = self.answer(request, events_only=events_only)
+            sent = self.answer(request, on_listener=on_listener)
         if request.type == "http":
             check_http_answer(sent, json_errors=True)
         else:
             check_websocket_answer(sent)
 
-    def answer(self, request: AsgiInput, *, events_only: bool = False) -> list[dict[str, Any]]:
+    def answer(self, request: AsgiInput, *, on_listener: bool = False) -> list[dict[str, Any]]:
         """What the app sends for ``request`` on a fresh copy of the state (pods ``sleeper``
         and ``stubborn`` running, ``quick`` prepared)."""
         self.runs += 1
         root = self.base / f"run{self.runs}"
         shutil.copytree(self.template, root)
         try:
-            return trio.run(self._answer, root, request, events_only)
+            return trio.run(self._answer, root, request, on_listener)
         finally:
             shutil.rmtree(root, ignore_errors=True)
 
-    async def _answer(self, root: Path, request: AsgiInput, events_only: bool
+    async def _answer(self, root: Path, request: AsgiInput, on_listener: bool
                       ) -> list[dict[str, Any]]:
         from jetpack.state import StateDB
         from jetpack.supervisor.api import ControlApp, core_router
         from jetpack.supervisor.control import add_pod_routes
+        from jetpack.supervisor.dashboard import Dashboard
         from jetpack.supervisor.events import EventHub
+        from jetpack.supervisor.listener import Authenticated
         from jetpack.supervisor.pods import PodManager
         from jetpack.testing.fake_runtime import Behaviour, FakeRuntime
 
@@ -892,8 +894,10 @@ class ApiTarget:
                 await manager.start("stubborn")
                 router = core_router(hub)
                 add_pod_routes(router, manager, lambda keep: None)
-                app = ControlApp(router, hub, heartbeat_interval=0.05,
-                                 events_token="secret-token" if events_only else None)
+                control = ControlApp(router, hub, heartbeat_interval=0.05)
+                # on_listener: the TCP listener's app (token, cookie, dashboard) around it
+                app: Any = (Authenticated(Dashboard(control), "secret-token", secure=False)
+                            if on_listener else control)
                 try:
                     sent = await drive(app, request, limit=0.5 if waits else 10)
                 except TooSlow as exc:
