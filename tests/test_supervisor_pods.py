@@ -330,7 +330,7 @@ async def test_reconcile_pods_whose_processes_vanished(
     assert final.apps[0].exit_status is None
     last = events(sup.db, pod)[-1]
     assert last[0] == "pod.exited"
-    assert "unknown" in str(last[2]["reason"])
+    assert "pod lost" in str(last[2]["reason"])
 
 
 async def test_boot_pods_start_by_priority_and_stop_in_reverse(
