@@ -150,12 +150,15 @@ def _links(bridge: str) -> frozenset[str]:
 
 
 def _rules(uuids: set[str], veths: set[str]) -> tuple[str, ...]:
-    out = subprocess.run(["nft", "-j", "list", "table", "ip", TABLE],
-                         capture_output=True, text=True)
-    if out.returncode != 0:
-        return ()
-    comments = [item["rule"].get("comment", "") for item in json.loads(out.stdout)["nftables"]
-                if "rule" in item]
+    """Comments of the rules naming one of ``uuids`` (forwards, in ``table ip``) or one of
+    ``veths`` (anti-spoofing, in ``table bridge``)."""
+    comments = []
+    for family in ("ip", "bridge"):
+        out = subprocess.run(["nft", "-j", "list", "table", family, TABLE],
+                             capture_output=True, text=True)
+        if out.returncode == 0:
+            comments += [item["rule"].get("comment", "")
+                         for item in json.loads(out.stdout)["nftables"] if "rule" in item]
     return tuple(c for c in comments
                  if any(u in c for u in uuids) or any(v in c for v in veths))
 
