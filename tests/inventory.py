@@ -98,7 +98,7 @@ def problems(inv: Inventory) -> list[str]:
     found += [f"image {i} in the database has no tree" for i in inv.images - inv.image_trees]
     found += [f"leftover {t} in the tmp area" for t in sorted(inv.tmp)]
     found += [f"event log gap: seq {a} then {b}"
-              for a, b in zip(inv.event_seqs, inv.event_seqs[1:]) if b != a + 1]
+              for a, b in zip(inv.event_seqs, inv.event_seqs[1:], strict=False) if b != a + 1]
     return found
 
 

@@ -20,11 +20,12 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import inventory
 import pytest
 
-import inventory
-from conftest import REPO, make_busybox_rootfs
 from jetpack.killpoint import ENV_VAR, KILLPOINTS
+
+from conftest import REPO, make_busybox_rootfs
 from podhost import Host, busybox_image, open_host
 
 # Where each supervisor point leaves its pod once a fresh supervisor has adopted or reconciled

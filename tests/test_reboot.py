@@ -17,9 +17,11 @@ import urllib.request
 from pathlib import Path
 
 import inventory
-from acis import aci_from_entries, dir_entry, file_entry, manifest, manifest_entry
+
 from jetpack.stage1.cgroups import PodCgroup
 from jetpack.stage1.network.linux import TABLE, veth_name
+
+from acis import aci_from_entries, dir_entry, file_entry, manifest, manifest_entry
 from podhost import Host
 
 # name -> boot priority (None: not enabled); "idle" is enabled but was not running

@@ -61,15 +61,19 @@ def gc_pods(config: Config, state: StateDB, images: ImageStore, grace: float) ->
 def gc_pod_leftovers(config: Config, state: StateDB, images: ImageStore) -> list[str]:
     """Remove the files (clones, directories) of pods no row names: what a prepare or
     destroy killed midway left."""
-    done = []
-    with pod_files_lock(config.root, exclusive=True):
+    def unnamed() -> list[str]:
         known = {pod.uuid for pod in PodStore(state).all()}
         pods = config.root / "pods"
         entries = sorted(p.name for p in pods.iterdir()) if pods.is_dir() else []
-        for uuid in entries:
-            if _UUID.fullmatch(uuid) and uuid not in known:
-                images.destroy_pod_clones(uuid)
-                done.append(f"removed leftover files of pod {uuid}")
+        return [uuid for uuid in entries if _UUID.fullmatch(uuid) and uuid not in known]
+
+    done = []
+    if not unnamed():  # the usual case: no lock taken (nor its file made)
+        return done
+    with pod_files_lock(config.root, exclusive=True):
+        for uuid in unnamed():  # again, now that no prepare is between clone and row
+            images.destroy_pod_clones(uuid)
+            done.append(f"removed leftover files of pod {uuid}")
     return done
 
 
