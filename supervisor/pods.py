@@ -488,7 +488,9 @@ class PodManager:
             except Exception as exc:  # noqa: BLE001  # one pod's recovery stops no other
                 _log_failure(log.bind(pod=pod.uuid), "pod recovery failed", exc)
                 processes = None
-            if not processes:
+            if not processes or (pod.state == "starting" and len(processes) < len(pod.apps)):
+                # gone; or a start cut between two apps: it fails whole (the teardown kills the
+                # apps that did start), as a start that could not start every app does
                 await self._reconcile_gone(pod)
                 continue
             await self._record(_adopted_event(pod, sorted(processes)))
