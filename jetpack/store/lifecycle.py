@@ -67,7 +67,7 @@ def gc_pod_leftovers(config: Config, state: StateDB, images: ImageStore) -> list
         entries = sorted(p.name for p in pods.iterdir()) if pods.is_dir() else []
         return [uuid for uuid in entries if _UUID.fullmatch(uuid) and uuid not in known]
 
-    done = []
+    done: list[str] = []
     if not unnamed():  # the usual case: no lock taken (nor its file made)
         return done
     with pod_files_lock(config.root, exclusive=True):
