@@ -356,6 +356,12 @@ class IsolationDriver(Protocol):
         attachment); apps join it later. The handle records what destroy and recover need."""
         ...
 
+    def plan_sandbox(self, spec: SandboxSpec) -> SandboxHandle:
+        """The handle ``create_sandbox`` would return, made without creating anything: what
+        ``destroy_sandbox`` needs to remove a sandbox whose creation was cut short before its
+        handle was recorded (a supervisor killed mid-start)."""
+        ...
+
     async def start_app(
         self, handle: SandboxHandle, app: AppSpec, *, stdio: Stdio | None = None
     ) -> AppProcess:

@@ -124,16 +124,12 @@ class JailDriver(MonitoredApps):
 
     # --- sandbox ---------------------------------------------------------------------------------
 
-    async def create_sandbox(self, spec: SandboxSpec) -> SandboxHandle:
+    def plan_sandbox(self, spec: SandboxSpec) -> SandboxHandle:
         name = f"{self.name_prefix}{spec.pod_uuid}"
         run_dir = spec.pod_dir / "run"
         root = run_dir / "root"
         volumes_dir = spec.pod_dir / "volumes"
         params = jail_params(DEFAULT_PARAMS, self.params, spec.annotations)
-        if spec.limits is not None:
-            # refused before anything is made when the kernel cannot enforce them
-            await self._thread(self.check_limits, spec.limits)
-        await self._thread(_prepare_dirs, spec, run_dir, root, volumes_dir)
         ip4 = None if spec.network is None else spec.network.ip4
         data: dict[str, Any] = {
             "name": name, "run_dir": str(run_dir), "root": str(root),
@@ -143,7 +139,17 @@ class JailDriver(MonitoredApps):
             "volumes": [_volume_json(v) for v in spec.volumes], "params": params,
             "limits": None if spec.limits is None else spec.limits.to_json(),
         }
-        handle = SandboxHandle(self.name, spec.pod_uuid, data)
+        return SandboxHandle(self.name, spec.pod_uuid, data)
+
+    async def create_sandbox(self, spec: SandboxSpec) -> SandboxHandle:
+        handle = self.plan_sandbox(spec)
+        data = handle.data
+        name, params, ip4 = data["name"], data["params"], data["ip4"]
+        run_dir, root = Path(data["run_dir"]), Path(data["root"])
+        if spec.limits is not None:
+            # refused before anything is made when the kernel cannot enforce them
+            await self._thread(self.check_limits, spec.limits)
+        await self._thread(_prepare_dirs, spec, run_dir, root, Path(data["volumes_dir"]))
         try:
             if self.network is not None and spec.network is not None:
                 # the pod's lo1 alias and pf anchor

@@ -28,6 +28,7 @@ import trio
 
 import jetpack
 from jetpack.errors import IsolationError, NotFoundError
+from jetpack.killpoint import killpoint
 from jetpack.stage1 import linux_sys as sysc
 from jetpack.stage1.base import (
     AppProcess,
@@ -90,10 +91,9 @@ class LinuxDriver(MonitoredApps):
 
     # --- sandbox ---------------------------------------------------------------------------------
 
-    async def create_sandbox(self, spec: SandboxSpec) -> SandboxHandle:
+    def plan_sandbox(self, spec: SandboxSpec) -> SandboxHandle:
         run_dir = spec.pod_dir / "run"
         volumes_dir = spec.pod_dir / "volumes"
-        await self._thread(self._prepare_dirs, spec, run_dir, volumes_dir)
         data: dict[str, Any] = {
             "run_dir": str(run_dir),
             "volumes_dir": str(volumes_dir),
@@ -105,16 +105,29 @@ class LinuxDriver(MonitoredApps):
             "etc_files": dict(spec.etc_files),
             "cgroup_dirs": [],
         }
+        if spec.limits is not None:  # what _create_cgroup records (removing is idempotent)
+            data["cgroup_dirs"] = [str(d) for d in PodCgroup.for_pod(spec.pod_uuid).directories()]
+        return SandboxHandle(self.name, spec.pod_uuid, data)
+
+    async def create_sandbox(self, spec: SandboxSpec) -> SandboxHandle:
+        planned: SandboxHandle = await self._thread(self.plan_sandbox, spec)
+        data = {**planned.data, "cgroup_dirs": []}  # recorded as each is made (_create_cgroup)
         handle = SandboxHandle(self.name, spec.pod_uuid, data)
+        run_dir, volumes_dir = Path(data["run_dir"]), Path(data["volumes_dir"])
+        await self._thread(self._prepare_dirs, spec, run_dir, volumes_dir)
+        killpoint("start.sandbox-dirs")
         try:
             if spec.limits is not None:
                 await self._thread(_create_cgroup, spec.pod_uuid, spec.limits, data)
+                killpoint("start.cgroup")
             code, output = await self._run_helper("sandbox", str(run_dir), spec.hostname)
             if code != 0:
                 raise IsolationError(f"pod {spec.pod_uuid}: cannot create its namespaces: "
                                      f"{output.decode(errors='replace').strip()}")
+            killpoint("start.namespaces")
             if self.network is not None and spec.network is not None:
                 await self.network.attach(self._attachment(handle))
+                killpoint("start.network")
         except BaseException:
             with trio.CancelScope(shield=True):
                 await self.destroy_sandbox(handle)
@@ -162,8 +175,11 @@ class LinuxDriver(MonitoredApps):
     async def destroy_sandbox(self, handle: SandboxHandle) -> None:
         if self.network is not None:
             await self.network.detach(self._attachment(handle))
+            killpoint("stop.network-detached")
         await self._thread(self._kill_leftovers, handle)
+        killpoint("stop.processes-killed")
         await self._thread(self._remove_namespaces, handle)
+        killpoint("stop.namespaces-removed")
         if handle.data.get("cgroup_dirs"):
             await self._thread(lambda: PodCgroup.for_pod(handle.pod_uuid).remove())
 

@@ -22,6 +22,7 @@ import trio
 
 from jetpack.config import Config
 from jetpack.errors import ConflictError, JetpackError, PodStartError
+from jetpack.killpoint import killpoint
 from jetpack.log import get_logger
 from jetpack.state import StateDB, Transaction
 from jetpack.store.pods import AppRecord, PodRecord, PodStore
@@ -33,6 +34,15 @@ T = TypeVar("T")
 
 LIVE_STATES = ("starting", "running", "stopping")
 UNKNOWN_EXIT = "exit status unknown: the app ended while no supervisor watched it"
+# Why a pod recorded live is found without its processes (``_reconcile_gone``), by the state
+# the supervisor that died left it in.
+LOST = {
+    "starting": "start interrupted: the supervisor ended before the pod ran",
+    "running": "pod lost: its processes are gone (the host rebooted, or they ended while no "
+               "supervisor watched)",
+    "stopping": "stop interrupted: the supervisor ended while stopping the pod; its processes "
+                "are gone",
+}
 
 
 @dataclass
@@ -202,6 +212,7 @@ class PodManager:
         try:
             if adopted is None:
                 await self._record(lambda tx: self.store.transition(tx, pod, "starting"))
+                killpoint("start.starting-recorded")
                 try:
                     task.sandbox = await self.runtime.create_sandbox(pod)
                 except Exception as exc:  # noqa: BLE001  # the pod task's boundary
@@ -212,7 +223,9 @@ class PodManager:
                     reported = True
                     return
                 sandbox = task.sandbox
+                killpoint("start.sandbox-created")
                 await self._record(lambda tx: self.store.set_runtime(tx, pod.uuid, sandbox))
+                killpoint("start.sandbox-recorded")
             async with trio.open_nursery() as apps:
                 for app in pod.apps:
                     process = adopted.get(app.name) if adopted is not None else None
@@ -225,6 +238,13 @@ class PodManager:
                         break
                 if not task.stopping and not task.start_failed and adopted is None:
                     await self._record(lambda tx: self.store.transition(tx, pod, "running"))
+                    killpoint("start.running-recorded")
+                elif adopted is not None and not task.stopping and pod.state == "starting":
+                    # every app runs: the start the dead supervisor was making is complete
+                    await self._record(lambda tx: self.store.transition(tx, pod, "running"))
+                elif adopted is not None and pod.state == "stopping":
+                    # the stop the dead supervisor was making goes on
+                    apps.start_soon(self._stop_apps, task, None, True)
                 task_status.started(task)
                 reported = True
             if self.detaching:
@@ -266,6 +286,7 @@ class PodManager:
                     await self.runtime.destroy_sandbox(pod, task.sandbox)
                 except Exception as exc:  # noqa: BLE001  # the pod is recorded all the same
                     _log_failure(log.bind(pod=pod.uuid), "pod teardown failed", exc)
+            killpoint("stop.sandbox-destroyed")
             final = "failed" if task.failed else "exited"
             extra = {"reason": task.failure} if task.failure else {}
 
@@ -280,21 +301,25 @@ class PodManager:
         await self._stop_apps(task, grace)
         await task.done.wait()
 
-    async def _stop_apps(self, task: PodTask, grace: float | None) -> None:
-        """Stop every app (SIGTERM, ``grace`` seconds, SIGKILL); None: ``pod.stop-timeout``."""
+    async def _stop_apps(self, task: PodTask, grace: float | None, resumed: bool = False
+                         ) -> None:
+        """Stop every app (SIGTERM, ``grace`` seconds, SIGKILL); None: ``pod.stop-timeout``.
+        ``resumed``: an adopted pod recorded ``stopping`` (the transition is there already)."""
         if grace is None:
             grace = self.config.duration("pod.stop-timeout")
         if task.stopping:
             return
         task.stopping = True
-        if task.pod.state in ("starting", "running"):
+        if task.pod.state in ("starting", "running") and not resumed:
             await self._record(lambda tx: self.store.transition(tx, task.pod, "stopping"))
+            killpoint("stop.stopping-recorded")
         for scope in task.restart_waits:
             scope.cancel()
         with trio.CancelScope(shield=True):
             async with trio.open_nursery() as nursery:
                 for process in list(task.processes.values()):
                     nursery.start_soon(self._stop_process, task, process, grace)
+            killpoint("stop.app-stopped")
 
     async def _stop_process(self, task: PodTask, process: AppProcess, grace: float) -> None:
         """``runtime.stop_app``; a failure is logged (the sandbox's teardown kills what is
@@ -370,7 +395,9 @@ class PodManager:
                     # A restart that cannot start (a volume source swapped for a symlink)
                     # fails the pod at _run_app's boundary, never the supervisor.
                     process = await self.runtime.start_app(pod, task.sandbox, app)
+                    killpoint("start.app-spawned")
                     await self._app_started(pod, app, process, restarts)
+                    killpoint("start.app-recorded")
                 task.processes[app.name] = process
                 report()
                 began = trio.current_time()
@@ -461,20 +488,25 @@ class PodManager:
             except Exception as exc:  # noqa: BLE001  # one pod's recovery stops no other
                 _log_failure(log.bind(pod=pod.uuid), "pod recovery failed", exc)
                 processes = None
-            if not processes:
+            if not processes or (pod.state == "starting" and len(processes) < len(pod.apps)):
+                # gone; or a start cut between two apps: it fails whole (the teardown kills the
+                # apps that did start), as a start that could not start every app does
                 await self._reconcile_gone(pod)
                 continue
             await self._record(_adopted_event(pod, sorted(processes)))
             await self._nursery.start(self._run_pod, pod, processes)
 
     async def _reconcile_gone(self, pod: PodRecord) -> None:
-        """A pod recorded as running whose processes are gone (host crash or reboot)."""
+        """A pod recorded live whose processes are gone (host crash or reboot, or a
+        supervisor killed mid-start or mid-stop). An empty runtime is torn down too: its
+        creation may have been cut after making some of it."""
+        reason = LOST.get(pod.state, LOST["running"])
+        final = "failed" if pod.state == "starting" else "exited"
         with trio.CancelScope(shield=True):
-            if pod.runtime:
-                try:
-                    await self.runtime.destroy_sandbox(pod, pod.runtime)
-                except Exception as exc:  # noqa: BLE001  # the pod is reconciled all the same
-                    _log_failure(log.bind(pod=pod.uuid), "cleanup of a vanished pod failed", exc)
+            try:
+                await self.runtime.destroy_sandbox(pod, pod.runtime)
+            except Exception as exc:  # noqa: BLE001  # the pod is reconciled all the same
+                _log_failure(log.bind(pod=pod.uuid), "cleanup of a vanished pod failed", exc)
 
             def record(tx: Transaction) -> None:
                 for app in pod.apps:
@@ -485,7 +517,7 @@ class PodManager:
                         tx.event("app.exited", pod=pod.uuid, pod_name=pod.name, app=app.name,
                                  image=app.image_id, reason=UNKNOWN_EXIT)
                 self.store.set_runtime(tx, pod.uuid, {})
-                self.store.transition(tx, pod, "exited", reason=UNKNOWN_EXIT)
+                self.store.transition(tx, pod, final, reason=reason)
 
             await self._record(record)
 

@@ -44,7 +44,8 @@ class PodRuntime(Protocol):
                          signum: int) -> None: ...
 
     async def destroy_sandbox(self, pod: PodRecord, sandbox: Sandbox) -> None:
-        """Tear the sandbox down; leaves no process, mount, namespace, veth or rule."""
+        """Tear the sandbox down; leaves no process, mount, namespace, veth or rule. An empty
+        ``sandbox``: whatever a creation cut short may have made (nothing recorded it)."""
         ...
 
     async def recover(self, pod: PodRecord, sandbox: Sandbox) -> dict[str, AppProcess] | None:

@@ -20,6 +20,7 @@ import trio
 
 from jetpack.config import Config
 from jetpack.errors import IsolationError
+from jetpack.killpoint import killpoint
 from jetpack.stage1.base import (
     AppProcess,
     AppSpec,
@@ -108,6 +109,7 @@ class Stage1Runtime:
 
     async def start_app(self, pod: PodRecord, sandbox: Sandbox, app: AppRecord) -> AppProcess:
         rootfs = await self._thread(self.rootfs.mount_app, pod.uuid, app.name)
+        killpoint("start.rootfs-mounted")
         spec = self._app_spec(pod, app, rootfs)
         stdio = None
         wants_tty = pod.options.tty and pod.apps and pod.apps[0].name == app.name
@@ -162,9 +164,15 @@ class Stage1Runtime:
         await self.driver.signal(SandboxHandle.from_json(sandbox), process, signum)
 
     async def destroy_sandbox(self, pod: PodRecord, sandbox: Sandbox) -> None:
+        """An empty ``sandbox`` (its creation was cut before the handle was recorded) is
+        removed by the handle the driver would have made."""
         try:
             if sandbox:
                 await self.driver.destroy_sandbox(SandboxHandle.from_json(sandbox))
+            else:
+                spec = await self._thread(sandbox_spec, self.config, pod)
+                planned = await self._thread(self.driver.plan_sandbox, spec)
+                await self.driver.destroy_sandbox(planned)
         finally:
             with trio.CancelScope(shield=True):
                 await self._thread(self.rootfs.unmount_pod, pod.uuid)

@@ -2,7 +2,9 @@
 
 ``take(host)`` reads, from outside jetpack, everything a pod can leave on the machine: its
 directory and dataset in the store, mounts under the host's temporary directory, its veth, its
-nftables rules, its cgroups and its processes, plus the supervisor's open descriptors and RSS.
+nftables rules, its cgroups and its processes, plus the supervisor's open descriptors and RSS;
+and what an interrupted import or build can leave: image trees and the store's tmp area.
+The event log's sequence numbers are read too (a gap is a problem).
 ``problems(inventory)`` lists each resource that the database does not account for (a pod that
 is not running holds nothing but its directory and dataset; a pod the database does not know
 holds nothing at all) and each pod stuck in a transitional state. The crash-consistency tests,
@@ -16,6 +18,7 @@ import os
 import re
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 from jetpack.stage1 import cgroups
 from jetpack.stage1.network.linux import TABLE, veth_name
@@ -38,6 +41,10 @@ class Inventory:
     processes: dict[int, str]       # pid -> pod uuid, for processes whose root is a pod's
     supervisor_fds: int | None
     supervisor_rss_kib: int | None
+    images: frozenset[str] = frozenset()        # image IDs, from `jetpack images --json`
+    image_trees: frozenset[str] = frozenset()   # entries of <root>/images (less staging locks)
+    tmp: frozenset[str] = frozenset()           # entries of <root>/tmp
+    event_seqs: tuple[int, ...] = ()            # the event log's sequence numbers, in order
 
     def summary(self) -> dict[str, int | None]:
         """Counts for a table row (the soak benchmark)."""
@@ -52,7 +59,8 @@ def take(host: Host, known: set[str] | None = None) -> Inventory:
     example every pod the event log ever named); cgroups and rules of other hosts on the same
     machine are ignored unless their uuid is known here."""
     pods = {p["uuid"]: p["state"] for p in json.loads(host.jp("list", "--json").stdout)}
-    uuids = set(pods) | (known or set()) | {str(e["pod"]) for e in host.events() if e.get("pod")}
+    events = host.events()
+    uuids = set(pods) | (known or set()) | {str(e["pod"]) for e in events if e.get("pod")}
     store = host.jp.root / "pods"
     pod_dirs = frozenset(p.name for p in store.iterdir()) if store.is_dir() else frozenset()
     daemon = host.daemon.pid if host.daemon is not None and host.daemon.poll() is None else None
@@ -62,7 +70,11 @@ def take(host: Host, known: set[str] | None = None) -> Inventory:
         cgroups=frozenset(p.name for p in cgroups.leftover_cgroups() if p.name in uuids),
         processes=_processes(uuids),
         supervisor_fds=len(os.listdir(f"/proc/{daemon}/fd")) if daemon else None,
-        supervisor_rss_kib=_rss_kib(daemon) if daemon else None)
+        supervisor_rss_kib=_rss_kib(daemon) if daemon else None,
+        images=frozenset(i["id"] for i in json.loads(host.jp("images", "--json").stdout)),
+        image_trees=_entries(host.jp.root / "images", skip_locks=True),
+        tmp=_entries(host.jp.root / "tmp"),
+        event_seqs=tuple(int(str(e["seq"])) for e in events))
 
 
 def problems(inv: Inventory) -> list[str]:
@@ -82,7 +94,21 @@ def problems(inv: Inventory) -> list[str]:
     found += [f"cgroup of pod {u}, which is not running" for u in inv.cgroups - running]
     found += [f"process {pid} of pod {u}, which is not running"
               for pid, u in inv.processes.items() if u not in running]
+    found += [f"image tree {t} not in the database" for t in inv.image_trees - inv.images]
+    found += [f"image {i} in the database has no tree" for i in inv.images - inv.image_trees]
+    found += [f"leftover {t} in the tmp area" for t in sorted(inv.tmp)]
+    found += [f"event log gap: seq {a} then {b}"
+              for a, b in zip(inv.event_seqs, inv.event_seqs[1:], strict=False) if b != a + 1]
     return found
+
+
+def _entries(path: Path, *, skip_locks: bool = False) -> frozenset[str]:
+    """Names in ``path``; ``skip_locks``: less a zfs store's staging locks (``tmp-*.lock``,
+    which the staging dataset's own entry accompanies)."""
+    if not path.is_dir():
+        return frozenset()
+    return frozenset(p.name for p in path.iterdir()
+                     if not (skip_locks and p.name.endswith(".lock")))
 
 
 def _owner(path: str) -> str | None:
@@ -124,12 +150,15 @@ def _links(bridge: str) -> frozenset[str]:
 
 
 def _rules(uuids: set[str], veths: set[str]) -> tuple[str, ...]:
-    out = subprocess.run(["nft", "-j", "list", "table", "ip", TABLE],
-                         capture_output=True, text=True)
-    if out.returncode != 0:
-        return ()
-    comments = [item["rule"].get("comment", "") for item in json.loads(out.stdout)["nftables"]
-                if "rule" in item]
+    """Comments of the rules naming one of ``uuids`` (forwards, in ``table ip``) or one of
+    ``veths`` (anti-spoofing, in ``table bridge``)."""
+    comments = []
+    for family in ("ip", "bridge"):
+        out = subprocess.run(["nft", "-j", "list", "table", family, TABLE],
+                             capture_output=True, text=True)
+        if out.returncode == 0:
+            comments += [item["rule"].get("comment", "")
+                         for item in json.loads(out.stdout)["nftables"] if "rule" in item]
     return tuple(c for c in comments
                  if any(u in c for u in uuids) or any(v in c for v in veths))
 

@@ -30,9 +30,11 @@ class Host:
     log: Path
     daemon: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, env: dict[str, str] | None = None) -> None:
+        """Start the supervisor; ``env``: variables added to its environment."""
         with self.log.open("ab") as log:
-            self.daemon = subprocess.Popen(self.jp.argv("daemon"), env=self.jp.env(),
+            self.daemon = subprocess.Popen(self.jp.argv("daemon"),
+                                           env={**self.jp.env(), **(env or {})},
                                            cwd=self.jp.cwd, stdout=log, stderr=subprocess.STDOUT)
         sock = self.tmp / "jp.sock"
         deadline = time.monotonic() + 30

@@ -18,6 +18,7 @@ from jetpack.errors import ConflictError, PodStartError
 from jetpack.state import StateDB
 from jetpack.store.pods import AppRecord, PodOptions, PodRecord, PodStore, new_uuid
 from jetpack.supervisor.pods import PodManager
+from jetpack.supervisor.runtime import ExitStatus
 from jetpack.testing.fake_runtime import Behaviour, FakeRuntime
 
 
@@ -330,7 +331,59 @@ async def test_reconcile_pods_whose_processes_vanished(
     assert final.apps[0].exit_status is None
     last = events(sup.db, pod)[-1]
     assert last[0] == "pod.exited"
-    assert "unknown" in str(last[2]["reason"])
+    assert "pod lost" in str(last[2]["reason"])
+
+
+def _record_state(db: StateDB, pod: PodRecord, state: str) -> None:
+    """As a supervisor killed mid-transition left it (the state written, the work not done)."""
+    with db.transaction() as tx:
+        tx.execute("UPDATE pods SET state = ? WHERE uuid = ?", (state, pod.uuid))
+
+
+async def test_adopting_a_pod_recorded_starting_completes_its_start(
+    clock: trio.testing.MockClock, sup: Supervisor
+) -> None:
+    pod = prepare(sup.db, "half", ["app"])
+    first = await sup.manager()
+    await first.start("half")
+    first.detach()
+    await trio.sleep(0.1)
+    _record_state(sup.db, pod, "starting")  # killed after its app was recorded
+    await sup.manager()
+    assert PodStore(sup.db).get(pod.uuid).state == "running"  # not stuck in starting
+    assert len(sup.runtime.running(pod.uuid)) == 1  # the app was adopted, not started again
+
+
+async def test_adopting_a_pod_recorded_stopping_finishes_the_stop(
+    clock: trio.testing.MockClock, sup: Supervisor
+) -> None:
+    pod = prepare(sup.db, "leaving", ["app"])
+    first = await sup.manager()
+    await first.start("leaving")
+    first.detach()
+    await trio.sleep(0.1)
+    _record_state(sup.db, pod, "stopping")  # killed before its apps were stopped
+    await sup.manager()
+    await trio.sleep(30)
+    assert PodStore(sup.db).get(pod.uuid).state == "exited"  # not stuck in stopping
+    assert sup.runtime.running(pod.uuid) == []
+
+
+async def test_a_start_cut_between_two_apps_fails_the_pod(
+    clock: trio.testing.MockClock, sup: Supervisor
+) -> None:
+    pod = prepare(sup.db, "pair", ["one", "two"])
+    first = await sup.manager()
+    await first.start("pair")
+    first.detach()
+    await trio.sleep(0.1)
+    _record_state(sup.db, pod, "starting")
+    (two,) = [p for p in sup.runtime.running(pod.uuid) if p.app == "two"]
+    two.end(ExitStatus(code=0))  # as if "two" had never started
+    await sup.manager()
+    final = PodStore(sup.db).get(pod.uuid)
+    assert final.state == "failed"
+    assert "start interrupted" in str(events(sup.db, pod)[-1][2]["reason"])
 
 
 async def test_boot_pods_start_by_priority_and_stop_in_reverse(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Protocol
@@ -60,6 +61,28 @@ def staging_abandoned(path: Path) -> bool:
     finally:
         os.close(fd)
     return True
+
+
+def cleanup_tmp(tmp: Path) -> list[str]:
+    """Remove the ``tmp-*`` entries of ``tmp`` (a staging tree, a build's scratch) whose
+    owner died (their lock is free), unmounting what is mounted under them first."""
+    from jetpack.storage.mounts import unmount_all
+
+    removed: list[str] = []
+    if not tmp.exists():
+        return removed
+    for entry in sorted(tmp.iterdir()):
+        if not entry.name.startswith(TMP_PREFIX) or entry.name.endswith(".lock"):
+            continue
+        if staging_abandoned(entry):
+            unmount_all(entry)
+            shutil.rmtree(entry, ignore_errors=True)
+            entry.with_name(entry.name + ".lock").unlink(missing_ok=True)
+            removed.append(str(entry))
+    for lock in tmp.glob(f"{TMP_PREFIX}*.lock"):
+        if not lock.with_suffix("").exists() and staging_abandoned(lock.with_suffix("")):
+            lock.unlink(missing_ok=True)
+    return removed
 
 
 class StorageDriver(Protocol):

@@ -22,8 +22,8 @@ from jetpack.storage.base import (
     TMP_PREFIX,
     StagingTree,
     StorageCapabilities,
+    cleanup_tmp,
     lock_staging,
-    staging_abandoned,
 )
 from jetpack.storage.mounts import is_mountpoint, unmount_all
 
@@ -194,19 +194,4 @@ class DirStorage:
             raise StorageError(f"cannot remove {pod_dir}")
 
     def cleanup_leftovers(self) -> list[str]:
-        removed: list[str] = []
-        tmp = self.root / "tmp"
-        if not tmp.exists():
-            return removed
-        for entry in sorted(tmp.iterdir()):
-            if not entry.name.startswith(TMP_PREFIX) or entry.name.endswith(".lock"):
-                continue
-            if staging_abandoned(entry):
-                unmount_all(entry)
-                shutil.rmtree(entry, ignore_errors=True)
-                entry.with_name(entry.name + ".lock").unlink(missing_ok=True)
-                removed.append(str(entry))
-        for lock in tmp.glob(f"{TMP_PREFIX}*.lock"):
-            if not lock.with_suffix("").exists() and staging_abandoned(lock.with_suffix("")):
-                lock.unlink(missing_ok=True)
-        return removed
+        return cleanup_tmp(self.root / "tmp")

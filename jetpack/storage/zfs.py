@@ -26,6 +26,7 @@ from jetpack.storage.base import (
     TMP_PREFIX,
     StagingTree,
     StorageCapabilities,
+    cleanup_tmp,
     lock_staging,
     staging_abandoned,
 )
@@ -267,7 +268,7 @@ class ZfsStorage:
         shutil.rmtree(pod_dir, ignore_errors=True)
 
     def cleanup_leftovers(self) -> list[str]:
-        removed: list[str] = []
+        removed = cleanup_tmp(self.root / "tmp")  # a build's scratch
         images = f"{self.dataset}/images"
         if not self.zfs.exists(images):
             return removed

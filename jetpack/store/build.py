@@ -16,6 +16,7 @@ import tarfile
 import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,8 +26,10 @@ from jetpack.appc import ImageManifest
 from jetpack.config import Config
 from jetpack.errors import ImageError, JetpackError, ValidationError
 from jetpack.hostinfo import appc_arch, appc_os
+from jetpack.killpoint import killpoint
 from jetpack.stage2.status import ExitStatus
 from jetpack.state import StateDB
+from jetpack.storage.base import TMP_PREFIX, lock_staging
 from jetpack.storage.dir import copy_tree
 from jetpack.store.images import ImageRecord, ImageStore
 
@@ -207,26 +210,33 @@ class Builder:
         self.store = ImageStore(config, state)
         self.storage = self.store.storage
 
-    def _scratch(self) -> Path:
+    @contextmanager
+    def _scratch(self) -> Iterator[Path]:
+        """A scratch directory under the tmp area, locked like a staging tree while in use, so
+        that ``gc`` (``cleanup_leftovers``) removes it once its builder died."""
         base = self.config.root / "tmp"
         base.mkdir(mode=0o700, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix="build-", dir=base))
+        path = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}build-", dir=base))
+        lock = lock_staging(path)
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+            path.with_name(path.name + ".lock").unlink(missing_ok=True)
+            os.close(lock)
 
     def from_dir(self, rootfs: Path, template_path: Path) -> ImageRecord:
         """A base image (no dependencies) holding ``rootfs`` whole."""
         if not rootfs.is_dir():
             raise ImageError(f"{rootfs} is not a directory")
         manifest = manifest_from_template(read_template(template_path))
-        scratch = self._scratch()
-        try:
+        with self._scratch() as scratch:
             aci = scratch / "image.aci"
             try:
                 write_aci(aci, manifest, rootfs, None)
             except OSError as exc:
                 raise ImageError(f"cannot pack {rootfs}: {exc}") from None
             return self.store.import_aci(aci, source_name=f"build --from-dir {rootfs}")
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
 
     def build(self, parent_ref: str, build_dir: Path, command: list[str]) -> ImageRecord:
         """Run ``command`` in a clone of the parent with ``build_dir`` at /jetpack-build, then
@@ -237,40 +247,43 @@ class Builder:
             raise ImageError("no build command given")
         parent = self.store.resolve(parent_ref)
         staging = self.storage.new_staging(parent=parent.id)
-        scratch: Path | None = None
         try:
-            rootfs = staging.path / "rootfs"
-            inside = rootfs / BUILD_DIR
-            if os.path.lexists(inside):
-                raise ImageError(f"the parent image already has /{BUILD_DIR}")
-            copy_tree(build_dir, inside)
-            os.chown(inside, 0, 0)
-            scratch = self._scratch()
-            status = run_build(self.config, scratch, rootfs, command)
-            if status.failed:
-                raise ImageError(f"the build command could not run: {status.failed}")
-            if status.signal is not None:
-                raise ImageError(f"the build command was killed by signal {status.signal}")
-            if status.code != 0:
-                raise ImageError(f"the build command exited with status {status.code}")
-            template = read_template(inside / TEMPLATE, inside_rootfs=True)
-            shutil.rmtree(inside)
-            diff = diff_trees(self.storage.image_path(parent.id) / "rootfs", rootfs)
-            manifest = manifest_from_template(
-                template, parent=parent,
-                path_whitelist=["/" + p for p in diff.remaining] if diff.deleted else None)
-            aci = scratch / "image.aci"
-            try:
-                write_aci(aci, manifest, rootfs, diff.changed)
-            except OSError as exc:
-                raise ImageError(f"cannot write the built layer: {exc}") from None
-            return self.store.import_aci(aci, source_name=f"build {parent.name} {build_dir}")
+            with self._scratch() as scratch:
+                return self._build_in(parent, staging.path, build_dir, command, scratch)
         except OSError as exc:
             raise ImageError(f"build failed: {exc}") from None
         finally:
             self.storage.discard(staging)
-            if scratch is not None:
-                shutil.rmtree(scratch, ignore_errors=True)
+
+    def _build_in(self, parent: ImageRecord, staging: Path, build_dir: Path,
+                  command: list[str], scratch: Path) -> ImageRecord:
+        rootfs = staging / "rootfs"
+        inside = rootfs / BUILD_DIR
+        if os.path.lexists(inside):
+            raise ImageError(f"the parent image already has /{BUILD_DIR}")
+        copy_tree(build_dir, inside)
+        os.chown(inside, 0, 0)
+        killpoint("build.tree")
+        status = run_build(self.config, scratch, rootfs, command)
+        if status.failed:
+            raise ImageError(f"the build command could not run: {status.failed}")
+        if status.signal is not None:
+            raise ImageError(f"the build command was killed by signal {status.signal}")
+        if status.code != 0:
+            raise ImageError(f"the build command exited with status {status.code}")
+        template = read_template(inside / TEMPLATE, inside_rootfs=True)
+        shutil.rmtree(inside)
+        diff = diff_trees(self.storage.image_path(parent.id) / "rootfs", rootfs)
+        manifest = manifest_from_template(
+            template, parent=parent,
+            path_whitelist=["/" + p for p in diff.remaining] if diff.deleted else None)
+        aci = scratch / "image.aci"
+        try:
+            write_aci(aci, manifest, rootfs, diff.changed)
+        except OSError as exc:
+            raise ImageError(f"cannot write the built layer: {exc}") from None
+        killpoint("build.written")
+        return self.store.import_aci(aci, source_name=f"build {parent.name} {build_dir}")
 
 
 def run_build(config: Config, scratch: Path, rootfs: Path, command: list[str]) -> ExitStatus:

@@ -33,10 +33,11 @@ from jetpack.errors import (
     TrustError,
     ValidationError,
 )
+from jetpack.killpoint import killpoint
 from jetpack.state import StateDB
 from jetpack.state.db import now
 from jetpack.storage import open_storage
-from jetpack.storage.base import StagingTree, StorageDriver
+from jetpack.storage.base import TMP_PREFIX, StagingTree, StorageDriver
 from jetpack.store.aci import ExtractedACI, ImportLimits, extract_aci, write_aci
 from jetpack.store.prepare import ResolvedImage
 from jetpack.store.refs import format_labels, labels_match, parse_image_ref, parse_tag
@@ -242,6 +243,7 @@ class ImageStore:
                 with os.fdopen(fd, "wb") as tee:
                     extracted = extract_aci(stream, staging.path, tee=tee, progress=progress,
                                             limits=self.limits())
+                killpoint("import.extracted")
             finally:
                 progress.done()
             manifest = parse_manifest(extracted.manifest)
@@ -287,6 +289,7 @@ class ImageStore:
                 # this tree replaces it
                 self.storage.destroy_image(image_id)
             location = self.storage.seal_image(tree, image_id)
+            killpoint("import.sealed")
             record = ImageRecord(image_id, manifest.name, manifest.labels,
                                  extracted.manifest.decode(), extracted.size, now(), location,
                                  source_name)
@@ -444,12 +447,28 @@ class ImageStore:
         return record
 
     def gc(self, *, images: bool = False) -> list[str]:
-        removed = self.storage.cleanup_leftovers()
+        removed = self.storage.cleanup_leftovers() + self._unrecorded_trees()
         if images:
             for record in sorted(self.all(), key=lambda r: r.created, reverse=True):
                 if not self.users(record.id):
                     self.destroy(record.id)
                     removed.append(f"image {record.name} {record.id}")
+        return removed
+
+
+    def _unrecorded_trees(self) -> list[str]:
+        """Remove sealed image trees no row names (an import killed between its seal and its
+        commit); under the seal lock, so never one an import is about to record."""
+        removed = []
+        with self._seal_lock():
+            known = {record.id for record in self.all()}
+            for entry in sorted((self.storage.root / "images").iterdir()):
+                name = entry.name
+                if name.startswith((TMP_PREFIX, ".")) or name in known:
+                    continue
+                if entry.is_dir():
+                    self.storage.destroy_image(name)
+                    removed.append(f"unrecorded image tree {name}")
         return removed
 
 

@@ -1,18 +1,25 @@
 """Pod removal and garbage collection from the command line: ``destroy`` (stopping a running
-pod through the supervisor first), ``gc`` of long-exited pods and of the unused pod network."""
+pod through the supervisor first), ``gc`` of long-exited pods and of the unused pod network.
+
+A pod's row goes before its files (and prepare writes its files before its row), so an
+interrupted command leaves at worst files no row names, which ``gc`` removes.
+"""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 
 from jetpack.config import Config
 from jetpack.errors import ConflictError, SupervisorError
+from jetpack.killpoint import killpoint
 from jetpack.state import StateDB
 from jetpack.store.images import ImageStore
-from jetpack.store.pods import PodRecord, PodStore
+from jetpack.store.pods import PodRecord, PodStore, pod_files_lock
 
 LIVE = ("starting", "running", "stopping")
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def destroy_pod(config: Config, state: StateDB, images: ImageStore, pod: PodRecord,
@@ -33,9 +40,10 @@ def destroy_pod(config: Config, state: StateDB, images: ImageStore, pod: PodReco
         pod = store.get(pod.uuid)
         if pod.state in LIVE:
             raise ConflictError(f"pod {pod.name} is still {pod.state}")
-    images.destroy_pod_clones(pod.uuid)
     with state.transaction() as tx:
         store.delete(tx, pod)
+    killpoint("destroy.deleted")
+    images.destroy_pod_clones(pod.uuid)
 
 
 def gc_pods(config: Config, state: StateDB, images: ImageStore, grace: float) -> list[str]:
@@ -45,7 +53,27 @@ def gc_pods(config: Config, state: StateDB, images: ImageStore, grace: float) ->
     for pod in PodStore(state).all():
         if pod.state in ("exited", "failed") and (pod.exited or pod.created) < cutoff:
             destroy_pod(config, state, images, pod)
+            killpoint("gc.pod-removed")
             done.append(f"removed pod {pod.uuid} ({pod.name})")
+    return done + gc_pod_leftovers(config, state, images)
+
+
+def gc_pod_leftovers(config: Config, state: StateDB, images: ImageStore) -> list[str]:
+    """Remove the files (clones, directories) of pods no row names: what a prepare or
+    destroy killed midway left."""
+    def unnamed() -> list[str]:
+        known = {pod.uuid for pod in PodStore(state).all()}
+        pods = config.root / "pods"
+        entries = sorted(p.name for p in pods.iterdir()) if pods.is_dir() else []
+        return [uuid for uuid in entries if _UUID.fullmatch(uuid) and uuid not in known]
+
+    done: list[str] = []
+    if not unnamed():  # the usual case: no lock taken (nor its file made)
+        return done
+    with pod_files_lock(config.root, exclusive=True):
+        for uuid in unnamed():  # again, now that no prepare is between clone and row
+            images.destroy_pod_clones(uuid)
+            done.append(f"removed leftover files of pod {uuid}")
     return done
 
 

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from jetpack.config import Config
 from jetpack.errors import ConflictError, UsageError, ValidationError
+from jetpack.killpoint import killpoint
 from jetpack.stage1.base import Limits, PodVolume
 from jetpack.state import StateDB
 from jetpack.store.addresses import allocate_address, host_ipv4_addresses
@@ -29,6 +30,7 @@ from jetpack.store.pods import (
     PodStore,
     PortBinding,
     new_uuid,
+    pod_files_lock,
     validate_pod_name,
 )
 
@@ -455,9 +457,20 @@ def prepare_pod(
         apps=[AppRecord(name, image.id, spec=spec)
               for name, image, spec in zip(names, resolved, specs, strict=True)],
     )
+    with pod_files_lock(config.root):
+        _make_pod(config, state, images, pod, resolved=resolved, ports=ports)
+    return pod
+
+
+def _make_pod(config: Config, state: StateDB, images: ImageSource, pod: PodRecord, *,
+              resolved: list[ResolvedImage], ports: list[dict[str, Any]]) -> None:
+    """The pod's clones, then its row; a failure removes the clones again (a kill leaves
+    them to gc, which finds no row naming them)."""
+    store, uuid = PodStore(state), pod.uuid
     try:
         for record, image in zip(pod.apps, resolved, strict=True):
             record.rootfs = images.clone_for_app(image.id, uuid, record.name)
+        killpoint("prepare.cloned")
         network = config["jail.network"]
         host = host_ipv4_addresses()
         with state.transaction() as tx:
@@ -469,10 +482,10 @@ def prepare_pod(
                     raise ConflictError(f"host port {port['host_port']} is already forwarded "
                                         f"to pod {holder}")
             store.insert(tx, pod)
+        killpoint("prepare.recorded")
     except BaseException:
         images.destroy_pod_clones(uuid)
         raise
-    return pod
 
 
 # Fields of a pod manifest's app that replace the image's (exec, user, group,
