@@ -20,7 +20,8 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -160,12 +161,31 @@ class LinuxDriver(MonitoredApps):
                                  netns_path=Path(handle.data["namespaces"]["net"]))
 
     async def destroy_sandbox(self, handle: SandboxHandle) -> None:
-        if self.network is not None:
-            await self.network.detach(self._attachment(handle))
-        await self._thread(self._kill_leftovers, handle)
-        await self._thread(self._remove_namespaces, handle)
+        """The network goes while (in one worker thread) what is left of the pod is killed,
+        its namespaces unmounted and its cgroup removed: a veth whose namespace went first is
+        gone already, which detach takes as done."""
+        failures: list[Exception] = []
+
+        async def step(work: Callable[[], Awaitable[object]]) -> None:
+            try:
+                await work()
+            except Exception as exc:  # noqa: BLE001  # raised below, as itself (no group)
+                failures.append(exc)
+
+        network = self.network
+        async with trio.open_nursery() as nursery:
+            if network is not None:
+                nursery.start_soon(step, partial(network.detach, self._attachment(handle)))
+            nursery.start_soon(step, partial(self._thread, self._remove_pod, handle))
+        if failures:
+            raise failures[0]
+
+    @classmethod
+    def _remove_pod(cls, handle: SandboxHandle) -> None:
+        cls._kill_leftovers(handle)
+        cls._remove_namespaces(handle)
         if handle.data.get("cgroup_dirs"):
-            await self._thread(lambda: PodCgroup.for_pod(handle.pod_uuid).remove())
+            PodCgroup.for_pod(handle.pod_uuid).remove()
 
     @staticmethod
     def _kill_leftovers(handle: SandboxHandle) -> None:

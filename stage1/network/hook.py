@@ -66,8 +66,14 @@ class LinuxNetwork(_Hook):
     async def detach(self, attachment: NetworkAttachment) -> None:
         from jetpack.stage1.network import linux
 
+        # Its port forwards are looked up (a listing of the portmap chain) only when its plan
+        # had some: a pod without any removes its rules with one nft transaction.
+        plan = attachment.plan
+        forwards = plan is None or bool(plan.forwards)
+
         def detach() -> None:
-            linux.detach_pod(linux.veth_name(attachment.pod_uuid), pod_uuid=attachment.pod_uuid)
+            linux.detach_pod(linux.veth_name(attachment.pod_uuid),
+                             pod_uuid=attachment.pod_uuid if forwards else None)
 
         await trio.to_thread.run_sync(detach, limiter=self.limiter)
 
