@@ -1,9 +1,10 @@
 """The Linux isolation driver: pod-level uts/ipc/net namespaces, one mount+pid namespace per app.
 
 The pod's namespaces are pinned by bind mounts under ``pod_dir/run/ns`` (no holder process to
-die or be mistaken for another); each app is built and run by the linux_init helper, whose pid-1
-monitor writes the app's status file. Sandbox and app helpers are forked by the driver's fork
-server (forkserver.py: no interpreter start each); ``enter`` starts its helper itself, in the
+die or be mistaken for another), made by a short-lived thread of the driver's own (unshare(2)
+of these is per thread); each app is built and run by the linux_init helper, whose pid-1
+monitor writes the app's status file. App helpers are forked by the driver's fork server
+(forkserver.py: no interpreter start each); ``enter`` starts its helper itself, in the
 caller's process group. The driver keeps no pod state between calls.
 
 Linux policy lives here: the pod's cgroup (limits and device policy, stage1.cgroups), made by
@@ -19,6 +20,7 @@ import shutil
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
@@ -108,12 +110,7 @@ class LinuxDriver(MonitoredApps):
         }
         handle = SandboxHandle(self.name, spec.pod_uuid, data)
         try:
-            if spec.limits is not None:
-                await self._thread(_create_cgroup, spec.pod_uuid, spec.limits, data)
-            code, output = await self._run_helper("sandbox", str(run_dir), spec.hostname)
-            if code != 0:
-                raise IsolationError(f"pod {spec.pod_uuid}: cannot create its namespaces: "
-                                     f"{output.decode(errors='replace').strip()}")
+            await self._thread(_make_sandbox, spec, run_dir, data)
             if self.network is not None and spec.network is not None:
                 await self.network.attach(self._attachment(handle))
         except BaseException:
@@ -121,27 +118,6 @@ class LinuxDriver(MonitoredApps):
                 await self.destroy_sandbox(handle)
             raise
         return handle
-
-    async def _run_helper(self, *argv: str) -> tuple[int, bytes]:
-        """A forked helper's exit code and output (stdout and stderr), stdin /dev/null."""
-        output_r, output_w = os.pipe()
-        null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            helper = await self.forks.spawn(argv, stdin=null, stdout=output_w, stderr=output_w)
-        except BaseException:
-            os.close(output_r)
-            raise
-        finally:
-            os.close(output_w)
-            os.close(null)
-        try:
-            chunks = []
-            async with trio.lowlevel.FdStream(output_r) as stream:
-                while data := await stream.receive_some():
-                    chunks.append(data)
-            return await helper.wait(), b"".join(chunks)
-        finally:
-            helper.close()
 
     @staticmethod
     def _prepare_dirs(spec: SandboxSpec, run_dir: Path, volumes_dir: Path) -> None:
@@ -422,6 +398,34 @@ class LinuxDriver(MonitoredApps):
                 if fd >= 0:
                     os.close(fd)
         return code
+
+
+def _make_sandbox(spec: SandboxSpec, run_dir: Path, data: dict[str, Any]) -> None:
+    """The pod's cgroup (with limits), then its namespaces, made by a thread of our own (no
+    helper process): unshare(2) of uts/ipc/net and the bind mounts that pin them apply to the
+    calling thread only, and this one ends with the work, so no thread of ours (trio's
+    workers are reused) ever runs in a pod's namespaces."""
+    if spec.limits is not None:
+        _create_cgroup(spec.pod_uuid, spec.limits, data)
+    from jetpack.stage1.linux_init import create_sandbox
+
+    failure: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            create_sandbox(run_dir, spec.hostname)
+        except BaseException as exc:  # noqa: BLE001  # re-raised in the caller's thread below
+            failure.append(exc)
+
+    thread = threading.Thread(target=body, name=f"jetpack sandbox {spec.pod_uuid}")
+    thread.start()
+    thread.join()
+    if failure:
+        exc = failure[0]
+        if isinstance(exc, (OSError, IsolationError)):
+            raise IsolationError(f"pod {spec.pod_uuid}: cannot create its namespaces: "
+                                 f"{exc}") from None
+        raise exc
 
 
 def _create_cgroup(pod_uuid: str, limits: Limits, data: dict[str, Any]) -> None:
