@@ -84,6 +84,7 @@ class LinuxDriver(MonitoredApps):
         self.python = python
         self.limiter = limiter or trio.CapacityLimiter(4)
         self.forks = ForkServer(python)
+        self._attaching: dict[str, _Attaching] = {}  # pods whose network is being attached
 
     @staticmethod
     def check_limits(limits: Limits) -> None:
@@ -112,12 +113,39 @@ class LinuxDriver(MonitoredApps):
         try:
             await self._thread(_make_sandbox, spec, run_dir, data)
             if self.network is not None and spec.network is not None:
-                await self.network.attach(self._attachment(handle))
+                self._attach_soon(handle)
         except BaseException:
             with trio.CancelScope(shield=True):
                 await self.destroy_sandbox(handle)
             raise
         return handle
+
+    def _attach_soon(self, handle: SandboxHandle) -> None:
+        """Attach the pod's network while its first app is being built: that app runs only
+        once it is done (``_network_ready``, before the app's go), and the sandbox's teardown
+        waits for it. A failure fails that app's start (so the pod's)."""
+        pending = _Attaching()
+        self._attaching[handle.pod_uuid] = pending
+
+        async def attach() -> None:
+            try:
+                assert self.network is not None
+                await self.network.attach(self._attachment(handle))
+            except Exception as exc:  # noqa: BLE001  # a system task: raised by _network_ready
+                pending.error = exc
+            finally:
+                pending.done.set()
+
+        trio.lowlevel.spawn_system_task(attach, name=f"attach {handle.pod_uuid}")
+
+    async def _network_ready(self, pod_uuid: str) -> None:
+        pending = self._attaching.get(pod_uuid)
+        if pending is None:
+            return
+        await pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+        self._attaching.pop(pod_uuid, None)
 
     @staticmethod
     def _prepare_dirs(spec: SandboxSpec, run_dir: Path, volumes_dir: Path) -> None:
@@ -140,6 +168,9 @@ class LinuxDriver(MonitoredApps):
         """The network goes while (in one worker thread) what is left of the pod is killed,
         its namespaces unmounted and its cgroup removed: a veth whose namespace went first is
         gone already, which detach takes as done."""
+        pending = self._attaching.pop(handle.pod_uuid, None)
+        if pending is not None:
+            await pending.done.wait()  # then detach finds what it made
         failures: list[Exception] = []
 
         async def step(work: Callable[[], Awaitable[object]]) -> None:
@@ -304,6 +335,9 @@ class LinuxDriver(MonitoredApps):
                 # child of ours nor of the server's (adoption after a supervisor's kill -9)
             finally:
                 helper.close()
+            # the app runs with its network: the monitor waits for go (and gives up if the
+            # pipe closes without it, as when this raises)
+            await self._network_ready(handle.pod_uuid)
             # identify() and the pidfd read /proc: never on the loop thread
             process: AppProcess = await self._thread(
                 self.started, app, lines, Path(launch["status_path"]), stdio, log_path)
@@ -398,6 +432,14 @@ class LinuxDriver(MonitoredApps):
                 if fd >= 0:
                     os.close(fd)
         return code
+
+
+class _Attaching:
+    """A pod's network attach in flight (LinuxDriver._attach_soon)."""
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.error: Exception | None = None
 
 
 def _make_sandbox(spec: SandboxSpec, run_dir: Path, data: dict[str, Any]) -> None:
