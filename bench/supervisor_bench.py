@@ -123,9 +123,23 @@ class Host:
                 self.daemon.wait()
             self.daemon = None
 
+    def live_pods(self) -> list[str]:
+        """Pods recorded as still running (a supervisor that ran out of time left them)."""
+        pods = json.loads(self.jp("list", "--json", check=False).stdout or "[]")
+        return [p["uuid"] for p in pods if p["state"] in ("starting", "running", "stopping")]
+
     def teardown(self) -> None:
         self.stop()
         if (self.root / "jetpack.db").exists():
+            # Pods a stop left running are adopted by a new supervisor and stopped again
+            # (destroy refuses a running pod without a supervisor): nothing stays behind.
+            for _ in range(2):
+                if not self.live_pods():
+                    break
+                print("teardown: pods left running; stopping them again", file=sys.stderr)
+                self.socket.unlink(missing_ok=True)  # a killed daemon's; ours is stopped
+                self.start()
+                self.stop()
             pods = json.loads(self.jp("list", "--json", check=False).stdout or "[]")
             if pods:
                 self.jp("destroy", *[p["uuid"] for p in pods], check=False)

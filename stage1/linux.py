@@ -1,9 +1,10 @@
 """The Linux isolation driver: pod-level uts/ipc/net namespaces, one mount+pid namespace per app.
 
 The pod's namespaces are pinned by bind mounts under ``pod_dir/run/ns`` (no holder process to
-die or be mistaken for another); each app is built and run by the linux_init helper, whose pid-1
-monitor writes the app's status file. Sandbox and app helpers are forked by the driver's fork
-server (forkserver.py: no interpreter start each); ``enter`` starts its helper itself, in the
+die or be mistaken for another), made by a short-lived thread of the driver's own (unshare(2)
+of these is per thread); each app is built and run by the linux_init helper, whose pid-1
+monitor writes the app's status file. App helpers are forked by the driver's fork server
+(forkserver.py: no interpreter start each); ``enter`` starts its helper itself, in the
 caller's process group. The driver keeps no pod state between calls.
 
 Linux policy lives here: the pod's cgroup (limits and device policy, stage1.cgroups), made by
@@ -19,8 +20,10 @@ import shutil
 import signal
 import socket
 import sys
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +85,7 @@ class LinuxDriver(MonitoredApps):
         self.python = python
         self.limiter = limiter or trio.CapacityLimiter(4)
         self.forks = ForkServer(python)
+        self._attaching: dict[str, _Attaching] = {}  # pods whose network is being attached
 
     @staticmethod
     def check_limits(limits: Limits) -> None:
@@ -117,43 +121,42 @@ class LinuxDriver(MonitoredApps):
         await self._thread(self._prepare_dirs, spec, run_dir, volumes_dir)
         killpoint("start.sandbox-dirs")
         try:
-            if spec.limits is not None:
-                await self._thread(_create_cgroup, spec.pod_uuid, spec.limits, data)
-                killpoint("start.cgroup")
-            code, output = await self._run_helper("sandbox", str(run_dir), spec.hostname)
-            if code != 0:
-                raise IsolationError(f"pod {spec.pod_uuid}: cannot create its namespaces: "
-                                     f"{output.decode(errors='replace').strip()}")
-            killpoint("start.namespaces")
+            await self._thread(_make_sandbox, spec, run_dir, data)
             if self.network is not None and spec.network is not None:
-                await self.network.attach(self._attachment(handle))
-                killpoint("start.network")
+                self._attach_soon(handle)
         except BaseException:
             with trio.CancelScope(shield=True):
                 await self.destroy_sandbox(handle)
             raise
         return handle
 
-    async def _run_helper(self, *argv: str) -> tuple[int, bytes]:
-        """A forked helper's exit code and output (stdout and stderr), stdin /dev/null."""
-        output_r, output_w = os.pipe()
-        null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            helper = await self.forks.spawn(argv, stdin=null, stdout=output_w, stderr=output_w)
-        except BaseException:
-            os.close(output_r)
-            raise
-        finally:
-            os.close(output_w)
-            os.close(null)
-        try:
-            chunks = []
-            async with trio.lowlevel.FdStream(output_r) as stream:
-                while data := await stream.receive_some():
-                    chunks.append(data)
-            return await helper.wait(), b"".join(chunks)
-        finally:
-            helper.close()
+    def _attach_soon(self, handle: SandboxHandle) -> None:
+        """Attach the pod's network while its first app is being built: that app runs only
+        once it is done (``_network_ready``, before the app's go), and the sandbox's teardown
+        waits for it. A failure fails that app's start (so the pod's)."""
+        pending = _Attaching()
+        self._attaching[handle.pod_uuid] = pending
+
+        async def attach() -> None:
+            try:
+                assert self.network is not None
+                await self.network.attach(self._attachment(handle))
+                killpoint("start.network")
+            except Exception as exc:  # noqa: BLE001  # a system task: raised by _network_ready
+                pending.error = exc
+            finally:
+                pending.done.set()
+
+        trio.lowlevel.spawn_system_task(attach, name=f"attach {handle.pod_uuid}")
+
+    async def _network_ready(self, pod_uuid: str) -> None:
+        pending = self._attaching.get(pod_uuid)
+        if pending is None:
+            return
+        await pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+        self._attaching.pop(pod_uuid, None)
 
     @staticmethod
     def _prepare_dirs(spec: SandboxSpec, run_dir: Path, volumes_dir: Path) -> None:
@@ -173,15 +176,40 @@ class LinuxDriver(MonitoredApps):
                                  netns_path=Path(handle.data["namespaces"]["net"]))
 
     async def destroy_sandbox(self, handle: SandboxHandle) -> None:
-        if self.network is not None:
-            await self.network.detach(self._attachment(handle))
-            killpoint("stop.network-detached")
-        await self._thread(self._kill_leftovers, handle)
+        """The network goes while (in one worker thread) what is left of the pod is killed,
+        its namespaces unmounted and its cgroup removed: a veth whose namespace went first is
+        gone already, which detach takes as done."""
+        pending = self._attaching.pop(handle.pod_uuid, None)
+        if pending is not None:
+            await pending.done.wait()  # then detach finds what it made
+        failures: list[Exception] = []
+
+        async def step(work: Callable[[], Awaitable[object]]) -> None:
+            try:
+                await work()
+            except Exception as exc:  # noqa: BLE001  # raised below, as itself (no group)
+                failures.append(exc)
+
+        network = self.network
+        async with trio.open_nursery() as nursery:
+            if network is not None:
+                nursery.start_soon(step, partial(self._detach, network, handle))
+            nursery.start_soon(step, partial(self._thread, self._remove_pod, handle))
+        if failures:
+            raise failures[0]
+
+    async def _detach(self, network: NetworkHook, handle: SandboxHandle) -> None:
+        await network.detach(self._attachment(handle))
+        killpoint("stop.network-detached")
+
+    @classmethod
+    def _remove_pod(cls, handle: SandboxHandle) -> None:
+        cls._kill_leftovers(handle)
         killpoint("stop.processes-killed")
-        await self._thread(self._remove_namespaces, handle)
+        cls._remove_namespaces(handle)
         killpoint("stop.namespaces-removed")
         if handle.data.get("cgroup_dirs"):
-            await self._thread(lambda: PodCgroup.for_pod(handle.pod_uuid).remove())
+            PodCgroup.for_pod(handle.pod_uuid).remove()
 
     @staticmethod
     def _kill_leftovers(handle: SandboxHandle) -> None:
@@ -325,6 +353,9 @@ class LinuxDriver(MonitoredApps):
                 # child of ours nor of the server's (adoption after a supervisor's kill -9)
             finally:
                 helper.close()
+            # the app runs with its network: the monitor waits for go (and gives up if the
+            # pipe closes without it, as when this raises)
+            await self._network_ready(handle.pod_uuid)
             # identify() and the pidfd read /proc: never on the loop thread
             process: AppProcess = await self._thread(
                 self.started, app, lines, Path(launch["status_path"]), stdio, log_path)
@@ -419,6 +450,44 @@ class LinuxDriver(MonitoredApps):
                 if fd >= 0:
                     os.close(fd)
         return code
+
+
+class _Attaching:
+    """A pod's network attach in flight (LinuxDriver._attach_soon)."""
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.error: Exception | None = None
+
+
+def _make_sandbox(spec: SandboxSpec, run_dir: Path, data: dict[str, Any]) -> None:
+    """The pod's cgroup (with limits), then its namespaces, made by a thread of our own (no
+    helper process): unshare(2) of uts/ipc/net and the bind mounts that pin them apply to the
+    calling thread only, and this one ends with the work, so no thread of ours (trio's
+    workers are reused) ever runs in a pod's namespaces."""
+    if spec.limits is not None:
+        _create_cgroup(spec.pod_uuid, spec.limits, data)
+        killpoint("start.cgroup")
+    from jetpack.stage1.linux_init import create_sandbox
+
+    failure: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            create_sandbox(run_dir, spec.hostname)
+        except BaseException as exc:  # noqa: BLE001  # re-raised in the caller's thread below
+            failure.append(exc)
+
+    thread = threading.Thread(target=body, name=f"jetpack sandbox {spec.pod_uuid}")
+    thread.start()
+    thread.join()
+    if failure:
+        exc = failure[0]
+        if isinstance(exc, (OSError, IsolationError)):
+            raise IsolationError(f"pod {spec.pod_uuid}: cannot create its namespaces: "
+                                 f"{exc}") from None
+        raise exc
+    killpoint("start.namespaces")
 
 
 def _create_cgroup(pod_uuid: str, limits: Limits, data: dict[str, Any]) -> None:

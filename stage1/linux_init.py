@@ -69,7 +69,10 @@ def loopback_up() -> None:
 
 
 def create_sandbox(run_dir: Path, hostname: str) -> None:
-    """Unshare the pod namespaces and pin each with a bind mount, so no process must hold them."""
+    """Unshare the pod namespaces and pin each with a bind mount, so no process must hold them.
+
+    Run by a thread of the supervisor that ends with it (LinuxDriver): the namespaces are the
+    calling thread's, hence /proc/thread-self."""
     ns_dir = run_dir / "ns"
     ns_dir.mkdir(parents=True, exist_ok=True)
     sysc.unshare(sysc.CLONE_NEWUTS | sysc.CLONE_NEWIPC | sysc.CLONE_NEWNET)
@@ -78,7 +81,7 @@ def create_sandbox(run_dir: Path, hostname: str) -> None:
     for kind in POD_NAMESPACES:
         holder = ns_dir / kind
         holder.touch()
-        sysc.mount(f"/proc/self/ns/{kind}", str(holder), None, sysc.MS_BIND)
+        sysc.mount(f"/proc/thread-self/ns/{kind}", str(holder), None, sysc.MS_BIND)
 
 
 # --- app -----------------------------------------------------------------------------------------

@@ -121,11 +121,32 @@ class PodManager:
 
     async def stop_all(self, grace: float | None = None) -> None:
         """Stop every running pod, in reverse boot order: highest priority number first, the
-        pods of one priority in parallel."""
+        pods of one priority in parallel. A group's ``pod.stopping`` transitions are one
+        transaction (500 pods: one commit, not 500 one after another before any signal)."""
         for priority in sorted({t.pod.priority for t in self.tasks.values()}, reverse=True):
+            group = [t for t in self.tasks.values() if t.pod.priority == priority]
+            fresh = [t for t in group if not t.stopping]
+            for task in fresh:
+                task.stopping = True
+
+            def record(tx: Transaction, tasks: list[PodTask] = fresh) -> None:
+                for task in tasks:
+                    if task.pod.state in ("starting", "running"):
+                        self.store.transition(tx, task.pod, "stopping")
+
+            if fresh:
+                await self._record(record)
             async with trio.open_nursery() as nursery:
-                for task in [t for t in self.tasks.values() if t.pod.priority == priority]:
-                    nursery.start_soon(self._stop_task, task, grace)
+                for task in group:
+                    if task in fresh:
+                        nursery.start_soon(self._halt_task, task, grace)
+                    else:  # already stopping: wait for it as stop does
+                        nursery.start_soon(self._stop_task, task, grace)
+
+    async def _halt_task(self, task: PodTask, grace: float | None) -> None:
+        """``_stop_task`` for a pod whose stop stop_all has already recorded."""
+        await self._stop_processes(task, grace)
+        await task.done.wait()
 
     async def start_boot_pods(self) -> None:
         """Start the pods marked with ``enable``: by ascending priority; the pods of one
@@ -313,6 +334,12 @@ class PodManager:
         if task.pod.state in ("starting", "running") and not resumed:
             await self._record(lambda tx: self.store.transition(tx, task.pod, "stopping"))
             killpoint("stop.stopping-recorded")
+        await self._stop_processes(task, grace)
+
+    async def _stop_processes(self, task: PodTask, grace: float | None) -> None:
+        """The signalling half of ``_stop_apps`` (its pod is marked stopping)."""
+        if grace is None:
+            grace = self.config.duration("pod.stop-timeout")
         for scope in task.restart_waits:
             scope.cancel()
         with trio.CancelScope(shield=True):

@@ -408,3 +408,33 @@ async def test_boot_pods_start_by_priority_and_stop_in_reverse(
     assert sorted(stops[1:]) == ["a10", "b10"]
     seq = {e.pod_name: e.seq for e in sup.db.events_since(0) if e.type == "pod.started"}
     assert max(seq["a10"], seq["b10"]) < seq["c20"]
+
+
+async def test_stop_all_records_a_priority_groups_stopping_in_one_transaction(
+    clock: trio.testing.MockClock, sup: Supervisor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """500 pods' stop must not wait for 500 commits in a row before the last is signalled:
+    a group's pod.stopping transitions are one transaction, then each pod records its app's
+    exit and its end (two each)."""
+    pods = []
+    for name in ("one", "two", "three"):
+        sup.runtime.script[f"{name}-app"] = [Behaviour(runs_for=3600.0)]
+        pods.append(prepare(sup.db, name, [f"{name}-app"]))
+    manager = await sup.manager()
+    for pod in pods:
+        await manager.start(pod.name)
+    commits: list[int] = []
+    transaction = sup.db.transaction
+
+    def counted() -> object:
+        commits.append(1)
+        return transaction()
+
+    monkeypatch.setattr(sup.db, "transaction", counted)
+    await manager.stop_all(grace=1.0)
+    assert len(commits) == 1 + 2 * len(pods)
+    for pod in pods:
+        assert [t for t, _, _ in events(sup.db, pod)][-3:] == \
+            ["pod.stopping", "app.exited", "pod.exited"]
+        assert PodStore(sup.db).get(pod.uuid).state == "exited"
+    assert sup.runtime.running() == []

@@ -180,9 +180,24 @@ class DirStorage:
         return rootfs
 
     def unmount_pod(self, pod_uuid: str) -> None:
+        """Each app's rootfs by its own path: umount(2) refuses (EBUSY) a mount with anything
+        mounted below it, so one that succeeds left nothing; only then is the mount table
+        (thousands of lines on a busy host, read twice) not searched."""
         apps = self.root / "pods" / pod_uuid / "apps"
-        if apps.exists():
-            unmount_all(apps)
+        if not apps.exists():
+            return
+        if self.use_overlay and platform_kind() == "linux":
+            from jetpack.stage1 import linux_sys  # Linux only, as overlayfs is
+
+            try:
+                for app in apps.iterdir():
+                    rootfs = app / "rootfs"
+                    while is_mountpoint(rootfs):
+                        linux_sys.umount2(str(rootfs))
+                return
+            except OSError:
+                pass  # busy, or something below it: the thorough way
+        unmount_all(apps)
 
     def destroy_pod(self, pod_uuid: str) -> None:
         pod_dir = self.root / "pods" / pod_uuid

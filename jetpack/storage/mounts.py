@@ -41,7 +41,10 @@ def mounts_under(path: Path) -> list[Path]:
 
 def unmount_all(path: Path) -> None:
     """Unmount everything at or below ``path``; raise if anything stays mounted."""
-    for target in mounts_under(path):
+    targets = mounts_under(path)
+    if not targets:
+        return  # the mount table was read once: nothing to unmount, nothing to look for again
+    for target in targets:
         if platform_kind() == "linux":
             _unmount_linux(target)
             continue

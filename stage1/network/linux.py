@@ -19,13 +19,17 @@ nftables layout (``table ip jetpack``)::
                                        (only with jail.nat = on)
     chain guard       (filter, raw)    iifname != "lo" ip daddr 127.0.0.0/8 drop
 
-Anti-spoofing (``table bridge jetpack``, chain ``antispoof``, bridge prerouting): a pod's
-packets enter the bridge through the host side of its veth; frames from that port must carry the
-pod's own MAC, IPv4 packets its own address, ARP its own sender address and MAC, and nothing
-else (no IPv6, no other ether type) passes. So CAP_NET_RAW, which stays in the default set for
-ping, cannot forge another pod's or the host's address (ARP poisoning, spoofed sources). The
-rules are added before the veth joins the bridge, each with a counter and the comment
-``veth <name>``, and go with the veth (``detach_pod``).
+Anti-spoofing (``table bridge jetpack``): a pod's packets enter the bridge through the host
+side of its veth; frames from that port must carry the pod's own MAC, IPv4 packets its own
+address, ARP its own sender address and MAC, and nothing else (no IPv6, no other ether type)
+passes. So CAP_NET_RAW, which stays in the default set for ping, cannot forge another pod's or
+the host's address (ARP poisoning, spoofed sources). Each veth has a chain of its own,
+``port_<veth>`` (its rules, each with a counter and the comment ``veth <name>``), reached from
+the base chain ``ports`` (bridge prerouting) through the verdict map ``ports`` (iifname ->
+jump). The chain and its map element are added before the veth joins the bridge and go with it
+(``detach_pod``) in one nft transaction each way that names them, so removing a pod lists no
+rules: its cost does not grow with the number of pods. (An older supervisor's per-rule chain
+``antispoof`` is left as it is; ``gc --network`` removes it with the table.)
 
 Loopback forwards (``curl 127.0.0.1:PORT``, as with docker): the output chain rewrites the
 destination of the host's own packets; the source stays 127.0.0.1, which the kernel refuses to
@@ -385,8 +389,7 @@ def detach_pod(veth_name: str, *, pod_uuid: str | None = None,
 
 
 def _detach_pod(veth: str, pod_uuid: str | None) -> bool:
-    script = "".join(f"delete rule bridge {TABLE} antispoof handle {rule['handle']}\n"
-                     for rule in _antispoof_rules_of(veth))
+    script = _antispoof_deletes(veth)
     if pod_uuid is not None:
         script += _portmap_deletes(pod_uuid)
     if script:
@@ -487,24 +490,53 @@ def ensure_firewall(
 
 
 def _antispoof_rules(veth_name: str, pod_ip: str, pod_mac: str) -> str:
+    """The veth's chain (made empty, then filled) and its map element, with the base chain
+    and the map (safe to apply again: the base chain is flushed and gets its one rule back)."""
     t = f"bridge {TABLE}"
-    on = f'add rule {t} antispoof iifname "{veth_name}"'
+    chain = _port_chain(veth_name)
+    on = f"add rule {t} {chain}"
     tail = f'counter drop comment "veth {veth_name}"'
     return "\n".join([
         f"add table {t}",
-        f"add chain {t} antispoof {{ type filter hook prerouting priority -200; "
-        "policy accept; }",
+        f"add chain {t} ports {{ type filter hook prerouting priority -200; policy accept; }}",
+        f"add map {t} ports {{ type ifname : verdict; }}",
+        f"flush chain {t} ports",
+        f"add rule {t} ports iifname vmap @ports",
+        f"add chain {t} {chain}",
+        f"flush chain {t} {chain}",
         f"{on} ether saddr != {pod_mac} {tail}",
         f"{on} ether type != {{ ip, arp }} {tail}",
         f"{on} ether type ip ip saddr != {pod_ip} {tail}",
         f"{on} ether type arp arp saddr ip != {pod_ip} {tail}",
         f"{on} ether type arp arp saddr ether != {pod_mac} {tail}",
+        f'add element {t} ports {{ "{veth_name}" : jump {chain} }}',
+        "",
+    ])
+
+
+def _port_chain(veth_name: str) -> str:
+    return f"port_{veth_name}"
+
+
+def _antispoof_deletes(veth_name: str) -> str:
+    """The nft commands that remove the veth's chain and map element; idempotent in one
+    transaction (each is added first, a no-op when there, so the deletes always find it)."""
+    t = f"bridge {TABLE}"
+    chain = _port_chain(veth_name)
+    return "\n".join([
+        f"add table {t}",
+        f"add map {t} ports {{ type ifname : verdict; }}",
+        f"add chain {t} {chain}",
+        f'add element {t} ports {{ "{veth_name}" : jump {chain} }}',
+        f'delete element {t} ports {{ "{veth_name}" }}',
+        f"flush chain {t} {chain}",
+        f"delete chain {t} {chain}",
         "",
     ])
 
 
 def _antispoof_rules_of(veth_name: str) -> list[dict[str, Any]]:
-    return [rule for rule in _chain_rules("bridge", "antispoof")
+    return [rule for rule in _chain_rules("bridge", _port_chain(veth_name))
             if rule.get("comment") == f"veth {veth_name}"]
 
 
@@ -516,11 +548,9 @@ def antispoof_rules(veth_name: str, *, host_netns: str | None = None) -> list[di
 def remove_antispoof(veth_name: str, *, host_netns: str | None = None) -> int:
     """Delete the anti-spoofing rules of one veth; idempotent. Returns how many went."""
     def remove() -> int:
-        handles = [rule["handle"] for rule in _antispoof_rules_of(veth_name)]
-        if handles:
-            _nft("".join(f"delete rule bridge {TABLE} antispoof handle {h}\n" for h in handles),
-                 f"removing the rules of veth {veth_name}")
-        return len(handles)
+        count = len(_antispoof_rules_of(veth_name))
+        _nft(_antispoof_deletes(veth_name), f"removing the rules of veth {veth_name}")
+        return count
 
     return _in_netns(_host_path(host_netns), remove)
 
