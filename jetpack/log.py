@@ -66,6 +66,10 @@ def _route_stdlib_logging(shared: list[structlog.typing.Processor],
     # follow ``debug``.
     root.setLevel(logging.WARNING)
     logging.getLogger("jetpack").setLevel(level)
+    # python-gnupg logs gpg's own failures (and a broken pipe whenever gpg stops reading a
+    # signature it has already refused) with tracebacks; jetpack turns each failure into one
+    # plain error of its own (jetpack/trust.py), so its log is for `-o debug` only.
+    logging.getLogger("gnupg").setLevel(level if level <= logging.DEBUG else logging.CRITICAL)
 
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]  # of a TextIO
