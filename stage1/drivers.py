@@ -3,7 +3,9 @@
 made) its process listing.
 
 Both driver modules import on every platform; only the chosen one is ever constructed. Callers
-ask the driver's ``capabilities`` (or the backend) rather than comparing platform names. The
+ask the driver's ``capabilities`` (or the backend) rather than comparing platform names. What
+prepare asks (``driver_capabilities``, ``check_limits``) comes from stage1.driver_info, so that
+the CLI never imports a driver, trio or a network backend to prepare a pod. The
 storage driver's default is the configuration's per-platform default (``storage.driver``).
 """
 
@@ -15,18 +17,24 @@ from typing import TYPE_CHECKING, Any
 from jetpack.config import Config
 from jetpack.errors import ConfigError
 from jetpack.stage1.base import IsolationCapabilities, IsolationDriver, Limits, SandboxHandle
-from jetpack.stage1.network.hook import FreeBSDNetwork, LinuxNetwork
+from jetpack.stage1.driver_info import (
+    JAIL_CAPABILITIES,
+    LINUX_CAPABILITIES,
+    check_jail_limits,
+    check_linux_limits,
+)
 from jetpack.stage1.usage import PodUsage, cgroup_usage, jail_usage
 
 if TYPE_CHECKING:
-    from jetpack.stage1.jail import JailDriver
-    from jetpack.stage1.linux import LinuxDriver
+    from jetpack.stage1.network.hook import FreeBSDNetwork, LinuxNetwork
 
 DRIVERS = ("linux", "jail")
 
 
 def network_backend(config: Config) -> LinuxNetwork | FreeBSDNetwork:
     """The pod network backend of the configured isolation driver (bridge+nftables, lo1+pf)."""
+    from jetpack.stage1.network.hook import FreeBSDNetwork, LinuxNetwork  # trio: not for prepare
+
     return FreeBSDNetwork(config) if _driver_name(config) == "jail" else LinuxNetwork(config)
 
 
@@ -53,20 +61,14 @@ def isolation_driver(config: Config, *, setup_host: bool = False) -> IsolationDr
 
 def driver_capabilities(config: Config) -> IsolationCapabilities:
     """What the configured isolation driver can do, without making one (prepare asks it)."""
-    return _driver_class(config).capabilities
+    return JAIL_CAPABILITIES if _driver_name(config) == "jail" else LINUX_CAPABILITIES
 
 
 def check_limits(config: Config, limits: Limits) -> None:
     """The configured driver refuses ``limits`` this host cannot enforce (jail: racct off),
     so that prepare refuses a pod before anything is made; create_sandbox checks again."""
-    _driver_class(config).check_limits(limits)
-
-
-def _driver_class(config: Config) -> type[LinuxDriver] | type[JailDriver]:
-    from jetpack.stage1.jail import JailDriver
-    from jetpack.stage1.linux import LinuxDriver
-
-    return JailDriver if _driver_name(config) == "jail" else LinuxDriver
+    check = check_jail_limits if _driver_name(config) == "jail" else check_linux_limits
+    check(limits)
 
 
 def _driver_name(config: Config) -> str:

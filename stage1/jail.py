@@ -29,7 +29,6 @@ from jetpack.stage1.base import (
     AppProcess,
     AppSpec,
     ExitStatus,
-    IsolationCapabilities,
     Limits,
     NetworkAttachment,
     NetworkHook,
@@ -38,6 +37,7 @@ from jetpack.stage1.base import (
     SandboxSpec,
     Stdio,
 )
+from jetpack.stage1.driver_info import JAIL_CAPABILITIES, check_jail_limits
 from jetpack.stage1.jail_attach import BOOTSTRAP as ATTACH_BOOTSTRAP
 from jetpack.stage1.jail_attach import check_attach, default_attach
 from jetpack.stage1.monitor import KILL_CONFIRM_TIMEOUT, MonitoredApps, read_report
@@ -78,10 +78,7 @@ class JailDriver(MonitoredApps):
     """Isolation with FreeBSD jails, driven through jail(8), jls(8), mount(8) and nullfs."""
 
     name = "jail"
-    capabilities = IsolationCapabilities(
-        name="jail", pid_namespace_per_app=False, enter=True, recover=True,
-        network_namespace=False, limits=True, block_io_limits=True,  # rctl(8) on the pod jail
-    )
+    capabilities = JAIL_CAPABILITIES
 
     def __init__(self, *, name_prefix: str = "jetpack/", params: Mapping[str, str] | None = None,
                  network: NetworkHook | None = None, python: str = sys.executable,
@@ -102,8 +99,9 @@ class JailDriver(MonitoredApps):
 
     @staticmethod
     def check_limits(limits: Limits) -> None:
-        """Refuse ``limits`` when this host's kernel cannot enforce them (racct off)."""
-        rctl.check_racct(limits)
+        """Refuse ``limits`` when this host's kernel cannot enforce them (racct off): the
+        check prepare makes too (stage1.driver_info)."""
+        check_jail_limits(limits)
 
     @property
     def helper(self) -> list[str]:

@@ -37,7 +37,6 @@ from jetpack.stage1.base import (
     AppProcess,
     AppSpec,
     ExitStatus,
-    IsolationCapabilities,
     Limits,
     NetworkAttachment,
     NetworkHook,
@@ -46,6 +45,7 @@ from jetpack.stage1.base import (
     Stdio,
 )
 from jetpack.stage1.cgroups import PodCgroup
+from jetpack.stage1.driver_info import LINUX_CAPABILITIES, check_linux_limits
 from jetpack.stage1.forkserver_client import ForkServer
 from jetpack.stage1.identity import pidfd_open, pidfd_send_signal
 from jetpack.stage1.monitor import MonitoredApps, read_report
@@ -74,10 +74,7 @@ class LinuxDriver(MonitoredApps):
     """Isolation with Linux namespaces; see the module docstring for the layout."""
 
     name = "linux"
-    capabilities = IsolationCapabilities(
-        name="linux", pid_namespace_per_app=True, enter=True, recover=True,
-        network_namespace=True, limits=True, socket_activation=True,
-    )
+    capabilities = LINUX_CAPABILITIES
 
     def __init__(self, *, network: NetworkHook | None = None, python: str = sys.executable,
                  limiter: trio.CapacityLimiter | None = None) -> None:
@@ -90,8 +87,8 @@ class LinuxDriver(MonitoredApps):
     @staticmethod
     def check_limits(limits: Limits) -> None:
         """Nothing to ask before prepare: the pod's cgroup refuses a missing controller at
-        create_sandbox, before it makes anything (PodCgroup.create)."""
-        del limits
+        create_sandbox, before it makes anything (stage1.driver_info: prepare asks the same)."""
+        check_linux_limits(limits)
 
     # --- sandbox ---------------------------------------------------------------------------------
 

@@ -8,7 +8,6 @@ asked → apply_seccomp → exec.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno as errno_codes
 import functools
 import os
@@ -137,6 +136,8 @@ def _libseccomp() -> ctypes.CDLL:
     """Loaded once (and before pivot_root by linux_init: the app's rootfs has no libseccomp)."""
     if platform_kind() != "linux":
         raise IsolationError("seccomp exists only on Linux")
+    import ctypes.util  # here: prepare (in the CLI) imports this module, never loads the library
+
     path = ctypes.util.find_library("seccomp") or "libseccomp.so.2"
     try:
         lib = ctypes.CDLL(path, use_errno=True)

@@ -481,6 +481,27 @@ def test_list_and_status_stay_within_their_import_budget(host: Host) -> None:
                 assert "socket" in modules
 
 
+# Never imported by `run` (the CLI prepares the pod, then hands the rest to the supervisor in one
+# request): the isolation drivers, their network backends and trio are the supervisor's; prepare
+# asks stage1.driver_info instead; the ACI reader is import's. A module set, not a timing.
+RUN_NEVER = ("trio", "httpx", "ssl", "hypercorn", "asyncio", "pyroute2", "ctypes.util",
+             "tarfile", "jetpack.store.aci", "jetpack.supervisor", "jetpack.stage1.linux",
+             "jetpack.stage1.jail", "jetpack.stage1.network.hook", "jetpack.stage1.rctl",
+             "jetpack.stage1.forkserver_client")
+
+
+def test_run_stays_within_its_import_budget(host: Host) -> None:
+    host.start()
+    out, modules = loaded_modules(host.jp, "run", "--rm", "example.com/busybox", "--exec",
+                                  "/bin/echo budget-ran")
+    assert out.returncode == 0, out.stderr
+    assert "budget-ran" in out.stdout
+    assert "jetpack.stage1.driver_info" in modules  # prepare asked the configured driver
+    for heavy in RUN_NEVER:
+        assert heavy not in modules, f"jetpack run imports {heavy}"
+    assert json.loads(host.jp("list", "--json").stdout) == []  # --rm: the pod is gone
+
+
 def test_log_times_index_follows_rotation(tmp_path: Path) -> None:
     """The app's monitor marks when bytes were written (NAME.times), rotating it with the log,
     so that --timestamps and --since still hold after a rotation."""

@@ -8,7 +8,6 @@ original jetpack's issue #22).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import ipaddress
 import os
 import socket
@@ -64,7 +63,9 @@ def _family(addr: _SockAddr) -> int:
 
 def host_ipv4_addresses() -> set[ipaddress.IPv4Address]:
     """Every IPv4 address configured on any interface of the host (getifaddrs(3))."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    # The process's own symbols hold libc's: ctypes.util.find_library would run ldconfig(8)
+    # (a process, and the ctypes.util/tempfile imports) on every prepare.
+    libc = ctypes.CDLL(None, use_errno=True)
     head = ctypes.POINTER(_IfAddrs)()
     if libc.getifaddrs(ctypes.byref(head)) != 0:
         errno = ctypes.get_errno()

@@ -38,12 +38,12 @@ from jetpack.state import StateDB
 from jetpack.state.db import now
 from jetpack.storage import open_storage
 from jetpack.storage.base import TMP_PREFIX, StagingTree, StorageDriver
-from jetpack.store.aci import ExtractedACI, ImportLimits, extract_aci, write_aci
 from jetpack.store.prepare import ResolvedImage
 from jetpack.store.refs import format_labels, labels_match, parse_image_ref, parse_tag
 from jetpack.store.render import apply_layer, apply_whitelist
 
 if TYPE_CHECKING:
+    from jetpack.store.aci import ExtractedACI, ImportLimits
     from jetpack.trust import Verified
 
 ACI_FILE = "image.aci"
@@ -227,12 +227,16 @@ class ImageStore:
 
     def limits(self) -> ImportLimits:
         """images.max-size and images.max-entries."""
+        from jetpack.store.aci import ImportLimits  # tarfile & co.: import/export only, not run
+
         return ImportLimits(self.config.size("images.max-size"),
                       self.config.int("images.max-entries"))
 
     def _import(self, stream: BinaryIO, source_name: str, size: int | None, *,
                 sig: Path | None, expect_name: str | None, signed: Verified | None
                 ) -> ImageRecord:
+        from jetpack.store.aci import extract_aci
+
         staging = self.storage.new_staging()
         tree = staging
         progress = Progress("import", size)
@@ -438,6 +442,8 @@ class ImageStore:
                                      hint="export it with --flat")
                 copy_with_progress(original, tmp, Progress("export", original.stat().st_size))
             else:
+                from jetpack.store.aci import write_aci
+
                 write_aci(tree, flat_manifest(record.parsed()), tmp)
             os.replace(tmp, out)
         except OSError as exc:
