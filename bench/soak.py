@@ -21,11 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
-TESTS = Path(__file__).resolve().parent.parent / "tests"
-sys.path.insert(0, str(TESTS))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from soaking import Soak
+
 from conftest import make_busybox_rootfs  # the test helpers (tests/ is on sys.path above)
 from podhost import open_host
-from soaking import Soak
 
 
 def main() -> None:
@@ -50,7 +50,7 @@ def main() -> None:
             follower = soak.run(args.cycles, args.every)
             found = soak.leaks(follower)
         if args.storage == "zfs":
-            os.system(f"zfs destroy -R {storage['root.zfs']}")  # noqa: S605  # fixed name
+            os.system(f"zfs destroy -R {storage['root.zfs']}")
     print(f"events followed: {follower.received} (last seq {follower.last_seq}), "
           f"gaps {len(follower.gaps)}, disconnects {follower.disconnects}")
     print(f"failed cycles: {len(soak.failures)}")

@@ -288,7 +288,11 @@ class PodManager:
             return
         task.stopping = True
         if task.pod.state in ("starting", "running"):
-            await self._record(lambda tx: self.store.transition(tx, task.pod, "stopping"))
+            try:
+                await self._record(lambda tx: self.store.transition(tx, task.pod, "stopping"))
+            except BaseException:
+                task.stopping = False  # not recorded (a full disk), so not begun: stop may retry
+                raise
         for scope in task.restart_waits:
             scope.cancel()
         with trio.CancelScope(shield=True):

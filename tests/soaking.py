@@ -20,9 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import inventory
 import trio
 
-import inventory
 from acis import aci_from_entries, dir_entry, file_entry, manifest, manifest_entry
 from podhost import Host
 
@@ -149,8 +149,9 @@ class Soak:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as answer:
                     assert answer.read() == b"soak page\n"
                 break
-            except OSError:
-                assert time.monotonic() < deadline, "the forwarded port never answered"
+            except OSError as err:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"the forwarded port never answered: {err}") from err
                 time.sleep(0.1)
         out = self.host.jp("exec", pod, "--", "/bin/cat", "/www/index.html")
         assert out.stdout == "soak page\n", out.stdout
