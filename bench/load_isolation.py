@@ -86,6 +86,7 @@ def main() -> None:
                                       "/bin/true").stdout.split()[-1]
             quiet_pods = [prepare() for _ in range(args.n + 1)]
             loaded_pods = [prepare() for _ in range(args.n + 1)]
+            after_pods = [prepare() for _ in range(args.n + 1)]
             quiet = start_latencies(host, quiet_pods)[1:]  # the first warms the loop's paths
             image = IMAGE
             if args.client_cpu:
@@ -113,6 +114,8 @@ def main() -> None:
             batches = sum(host.jp("logs", pod).stdout.count("batch") for pod in hammers)
             for pod in hammers:
                 host.jp("stop", pod)
+            # unloaded again: the machine's own drift between the phases (it is shared)
+            again = start_latencies(host, after_pods)[1:]
     base, under = statistics.median(quiet), statistics.median(loaded)
     ratio = under / base
     print(f"pod start latency (POST start + GET wait, /bin/true), median of {args.n}")
@@ -123,6 +126,8 @@ def main() -> None:
         f" (cpu {args.client_cpu} each)" if args.client_cpu else "")
     print(f"{label:<52} {under * 1000:>9.1f} "
           f"{statistics.quantiles(loaded, n=10)[-1] * 1000:>7.1f}")
+    print(f"{'unloaded again, after the load':<52} {statistics.median(again) * 1000:>9.1f} "
+          f"{statistics.quantiles(again, n=10)[-1] * 1000:>7.1f}")
     print(f"ratio loaded/unloaded: {ratio:.2f} (target <= {TARGET}): "
           f"{'meets' if ratio <= TARGET else 'misses'}")
     print(f"while loaded: {(batches - served0) * BATCH / elapsed:.0f} MDS requests/s answered, "

@@ -27,10 +27,11 @@ from acis import aci_from_entries, dir_entry, file_entry, manifest, manifest_ent
 from podhost import Host
 
 IMAGE = "example.com/busybox"
-# fds the supervisor may hold more at the end than after the first block of cycles (a lazily
-# opened file, a pooled connection), and RSS it may grow by (allocator fragmentation), before the
-# growth counts as a leak
-FD_SLACK = 2
+# fds the supervisor may hold more at the end than after the first block of cycles, and RSS it
+# may grow by, before the growth counts as a leak: the 1000-cycle run saw the fd count move
+# between 23 and 27 from row to row (connections and worker threads' files in flight when it is
+# read) and RSS move both ways by ~6 MiB (allocator); a leak per cycle exceeds both within a block
+FD_SLACK = 5
 RSS_SLACK_KIB = 8 * 1024
 
 
