@@ -4,7 +4,12 @@ isolators, exec, logs) with an events follower connected throughout leave nothin
 
 from __future__ import annotations
 
+import uuid
+
+import inventory
 from soaking import Soak
+
+from jetpack.stage1.cgroups import PodCgroup
 
 from podhost import Host
 
@@ -17,3 +22,48 @@ def test_twenty_mixed_cycles_leave_nothing_behind(host: Host) -> None:
     assert soak.leaks(follower) == []
     # the follower saw the whole run: at least every pod's creation and destruction
     assert follower.received >= 2 * 20
+
+
+def test_destroyed_pods_leave_no_cgroup(host: Host) -> None:
+    """The 1000-cycle soak ended with two destroyed pods' cgroups left in every hierarchy:
+    each suspect cycle (destroy while running, a restart policy firing, run --rm, stop and
+    destroy) a few times over, and no cgroup of a pod that is not running may remain."""
+    host.start()
+    soak = Soak(host, log=lambda line: None)
+    for _ in range(3):
+        for _kind, once in soak.kinds:
+            once()
+    inv = inventory.take(host)
+    assert inventory.problems(inv) == []
+    assert inv.cgroups == frozenset()
+    assert "teardown failed" not in host.log.read_text()
+
+
+def test_gc_removes_cgroups_of_pods_not_running(host: Host) -> None:
+    """A teardown cut short leaves the pod's cgroup behind (what the soak found): ``gc``
+    removes the cgroups of this host's destroyed and exited pods, in every hierarchy, and
+    leaves alone a cgroup of a pod this host never named (another state root's)."""
+    host.start()
+    destroyed = host.jp("prepare", "example.com/busybox", "--exec", "/bin/true"
+                        ).stdout.split()[-1]
+    host.jp("run", destroyed)
+    host.jp("destroy", destroyed)
+    exited = host.jp("prepare", "example.com/busybox", "--exec", "/bin/true").stdout.split()[-1]
+    host.jp("run", exited)
+    stranger = str(uuid.uuid4())
+    made = [PodCgroup.for_pod(u) for u in (destroyed, exited, stranger)]
+    try:
+        for cgroup in made:
+            for directory in cgroup.directories():
+                directory.mkdir(parents=True)
+        assert {destroyed, exited} <= inventory.take(host).cgroups
+        out = host.jp("gc", "--grace", "1h").stdout
+        assert f"removed the leftover cgroup of pod {destroyed}" in out, out
+        assert f"removed the leftover cgroup of pod {exited}" in out, out
+        assert not made[0].exists()
+        assert not made[1].exists()
+        assert all(d.is_dir() for d in made[2].directories())
+        assert host.pod(exited)["state"] == "exited"  # the grace keeps the pod itself
+    finally:
+        for cgroup in made:
+            cgroup.remove()
