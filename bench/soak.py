@@ -22,10 +22,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from soaking import Soak
-
+# conftest before soaking: podhost and conftest import each other, and only conftest first
+# completes both
+# isort: off
 from conftest import make_busybox_rootfs  # the test helpers (tests/ is on sys.path above)
 from podhost import open_host
+from soaking import Soak
+# isort: on
 
 
 def main() -> None:

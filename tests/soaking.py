@@ -145,14 +145,21 @@ class Soak:
         pod = self.prepare("example.com/soak-web", "-p", f"http:{port}")
         self.host.jp("start", pod)
         deadline = time.monotonic() + 30
+        errors: list[str] = []  # the socket errors, each change of error once, in order
         while True:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as answer:
                     assert answer.read() == b"soak page\n"
                 break
             except OSError as err:
+                seen = f"{type(getattr(err, 'reason', err)).__name__}: {err}"
+                if not errors or errors[-1] != seen:
+                    errors.append(seen)
                 if time.monotonic() > deadline:
-                    raise AssertionError(f"the forwarded port never answered: {err}") from err
+                    state = self.host.pod(pod)["state"]
+                    raise AssertionError(
+                        f"the forwarded port {port} never answered (pod {state}): "
+                        f"{' / then '.join(errors)}") from err
                 time.sleep(0.1)
         out = self.host.jp("exec", pod, "--", "/bin/cat", "/www/index.html")
         assert out.stdout == "soak page\n", out.stdout
@@ -207,7 +214,7 @@ class Soak:
                 try:
                     once()
                 except (AssertionError, subprocess.TimeoutExpired) as err:
-                    self.failures.append(f"cycle {cycle} ({kind}): {str(err)[:300]}")
+                    self.failures.append(f"cycle {cycle} ({kind}): {str(err)[:600]}")
                     self.log(f"       failed: {self.failures[-1]}")
                     for pod in json.loads(self.host.jp("list", "--json").stdout):
                         self.host.jp("destroy", pod["uuid"], check=False)
