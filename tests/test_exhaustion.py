@@ -170,7 +170,16 @@ def test_disk_full_under_logs_and_events(host: Host) -> None:
         host.jp("start", quiet)
         host.wait_for("output", lambda: "line 5" in host.jp("logs", chatty).stdout)
         fill(root / "filler")
-        time.sleep(2)  # the chatty app writes into a full disk
+        # the chatty app writes into a full disk: tmpfs refuses a write only once the log's
+        # (or its times index's) last page is full, so the refusal is waited for, not assumed
+        (log,) = (root / "pods" / chatty / "logs").glob("*.log")
+
+        def writes_refused() -> bool:
+            before = log.stat().st_size
+            time.sleep(1)  # the app writes every 10 ms: a second without growth is a refusal
+            return log.stat().st_size == before
+
+        host.wait_for("the app's output refused by the full disk", writes_refused, timeout=60)
         # a state change the database cannot record fails plainly, and changes nothing
         stop = host.jp("stop", quiet, check=False)
         assert stop.returncode == 1
