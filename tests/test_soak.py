@@ -4,6 +4,7 @@ isolators, exec, logs) with an events follower connected throughout leave nothin
 
 from __future__ import annotations
 
+import subprocess
 import uuid
 
 import inventory
@@ -67,3 +68,26 @@ def test_gc_removes_cgroups_of_pods_not_running(host: Host) -> None:
     finally:
         for cgroup in made:
             cgroup.remove()
+
+
+def test_a_failed_teardown_step_still_removes_the_cgroup(host: Host) -> None:
+    """A teardown step that fails (here the pod's run directory cannot be removed: a file in
+    it is immutable) made the supervisor skip the cgroup, and record the pod exited all the
+    same: its cgroup stayed, empty, in every hierarchy (what the soak found twice). The other
+    steps still run; the failure is logged."""
+    host.start()
+    pod = host.jp("prepare", "example.com/busybox", "--exec", "/bin/sleep 600").stdout.split()[-1]
+    host.jp("start", pod)
+    stuck = host.jp.root / "pods" / pod / "run" / "stuck"
+    stuck.write_text("")
+    subprocess.run(["chattr", "+i", str(stuck)], check=True)
+    try:
+        host.jp("stop", pod)
+        assert host.pod(pod)["state"] == "exited"
+        assert "pod teardown failed" in host.log.read_text()  # the step did fail
+        assert pod not in inventory.take(host).cgroups
+        assert not PodCgroup.for_pod(pod).exists()
+    finally:
+        subprocess.run(["chattr", "-i", str(stuck)], check=True)
+        PodCgroup.for_pod(pod).remove()
+    host.jp("destroy", pod)
