@@ -4,15 +4,18 @@ isolators, exec, logs) with an events follower connected throughout leave nothin
 
 from __future__ import annotations
 
+import secrets
 import subprocess
+import urllib.request
 import uuid
+from pathlib import Path
 
 import inventory
 from soaking import Soak
 
 from jetpack.stage1.cgroups import PodCgroup
 
-from podhost import Host
+from podhost import Host, open_host
 
 
 def test_twenty_mixed_cycles_leave_nothing_behind(host: Host) -> None:
@@ -90,4 +93,33 @@ def test_a_failed_teardown_step_still_removes_the_cgroup(host: Host) -> None:
     finally:
         subprocess.run(["chattr", "-i", str(stuck)], check=True)
         PodCgroup.for_pod(pod).remove()
+    host.jp("destroy", pod)
+
+
+def test_another_hosts_network_gc_keeps_this_hosts_forwards(
+        host: Host, busybox_rootfs: Path, tmp_path: Path) -> None:
+    """The soak's forwarded ports that never answered (7 of 250, while other suites ran):
+    nftables' ``jetpack`` table is the machine's, and any other jetpack's ``gc --network``
+    (every test host's teardown) deleted it with this host's forwards in it. Another host's
+    gc with none of its own pods running must leave a running pod's forward answering."""
+    host.start()
+    soak = Soak(host, log=lambda line: None)
+    port = 20000 + secrets.randbelow(20000)
+    pod = soak.prepare("example.com/soak-web", "-p", f"http:{port}")
+    host.jp("start", pod)
+
+    def answers() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as answer:
+                return answer.read() == b"soak page\n"
+        except OSError:
+            return False
+
+    host.wait_for("the forwarded port", answers)
+    other_dir = tmp_path / "other"
+    other_dir.mkdir()
+    with open_host(other_dir, busybox_rootfs, {"storage.driver": "dir"}) as other:
+        other.jp("gc", "--network")
+        assert answers()
+    assert answers()  # the other host's own teardown ran gc --network too
     host.jp("destroy", pod)
