@@ -22,6 +22,12 @@ Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
+RATE = 20.0
+"""Requests per second one pod may make on average (the MDS serves occasional lookups)."""
+BURST = 40
+"""Requests one pod may make at once after being quiet."""
+MAX_DELAY = 2.0
+"""Seconds a request over its pod's budget may be held; one due later is refused with 429."""
 MAX_BODY = 64 * 1024  # sign/verify forms; anything larger is refused with 413
 BODY_TIMEOUT = 5.0  # a client trickling its body (slowloris) is cut off after this long
 TEXT = b"text/plain; charset=us-ascii"
@@ -61,14 +67,45 @@ class StaticDirectory:
         return self.by_address.get(address)
 
 
+class PodRateLimit:
+    """A budget per pod (GCRA: ``rate`` requests/s, ``burst`` at once), so that pods hammering
+    the metadata service cannot take the supervisor's loop from the control API and from other
+    pods. Slow-consumer policy: a request over its pod's budget waits for its turn (a sleeping
+    task costs the loop nothing); one whose turn is more than ``max_delay`` away is refused at
+    once (429), so held requests stay bounded by the pod's connections."""
+
+    def __init__(self, rate: float = RATE, burst: int = BURST, max_delay: float = MAX_DELAY
+                 ) -> None:
+        self.interval = 1.0 / rate
+        self.tolerance = (burst - 1) * self.interval
+        self.max_delay = max_delay
+        self._due: dict[str, float] = {}  # pod -> theoretical arrival time of its next request
+
+    async def admit(self, pod: str) -> bool:
+        """Wait for ``pod``'s turn; False (at once) if it is more than ``max_delay`` away."""
+        now = trio.current_time()
+        due = max(self._due.get(pod, now), now)
+        wait = due - self.tolerance - now
+        if wait > self.max_delay:
+            return False
+        self._due[pod] = due + self.interval
+        if len(self._due) > 4096:  # forget pods whose budget is whole again (bounded memory)
+            self._due = {k: v for k, v in self._due.items() if v > now}
+        if wait > 0:
+            await trio.sleep(wait)
+        return True
+
+
 class MetadataService:
     """ASGI application for ``/{token}/acMetadata/v1/...``."""
 
-    def __init__(self, directory: PodDirectory, signing_key: bytes) -> None:
+    def __init__(self, directory: PodDirectory, signing_key: bytes,
+                 limit: PodRateLimit | None = None) -> None:
         self.directory = directory
         self.signing_key = signing_key
         self.on_response: Callable[[int], None] | None = None
         """Told every answer's status (``jetpack_mds_requests_total{code}``)."""
+        self.limit = limit if limit is not None else PodRateLimit()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -93,6 +130,8 @@ class MetadataService:
         # ['', token, 'acMetadata', 'v1', ...rest]
         if len(parts) < 5 or not tokens_equal(parts[1], pod.token):
             return _text(403, "forbidden: missing or wrong pod token")
+        if not await self.limit.admit(pod.uuid):
+            return _text(429, "too many requests from this pod: slow down")
         if parts[2:4] != ["acMetadata", "v1"]:
             return _text(404, "not found")
         rest = [p for p in parts[4:] if p]

@@ -313,6 +313,19 @@ class PodCgroup:
                     kill.write_text("1")
                 except OSError:
                     pass  # kernels before 5.14 lack it; the loop below kills one by one
+        self._kill_all(deadline, timeout)
+        # Every hierarchy is tried even when one refuses, so one busy directory does not leave
+        # the pod's cgroup behind in all the others; the first refusal is raised after.
+        failure: IsolationError | None = None
+        for directory in self.directories():
+            try:
+                self._rmdir_tree(directory, deadline, timeout)
+            except IsolationError as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+
+    def _kill_all(self, deadline: float, timeout: float) -> None:
         while pids := self.pids():
             for pid in pids:
                 try:
@@ -324,15 +337,13 @@ class PodCgroup:
                     f"cgroup {self.name} still holds processes {sorted(pids)[:10]} "
                     f"after {timeout:g}s")
             time.sleep(0.01)
-        for directory in self.directories():
-            self._rmdir_tree(directory, deadline)
 
-    def _rmdir_tree(self, directory: Path, deadline: float) -> None:
+    def _rmdir_tree(self, directory: Path, deadline: float, timeout: float) -> None:
         if not directory.is_dir():
             return
         for child in directory.iterdir():
             if child.is_dir():
-                self._rmdir_tree(child, deadline)
+                self._rmdir_tree(child, deadline, timeout)
         while True:
             try:
                 directory.rmdir()
@@ -340,10 +351,12 @@ class PodCgroup:
             except FileNotFoundError:
                 return
             except OSError as exc:
-                # EBUSY while the last killed tasks finish exiting.
+                # EBUSY while the last killed tasks finish exiting, or while a process that
+                # joined after the kill above (an exec's helper, a restarting app) still runs.
                 if exc.errno != errno.EBUSY or time.monotonic() > deadline:
                     raise IsolationError(f"cannot remove cgroup {directory}: {exc.strerror}") \
                         from None
+                self._kill_all(deadline, timeout)
                 time.sleep(0.01)
 
 

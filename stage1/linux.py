@@ -201,12 +201,17 @@ class LinuxDriver(MonitoredApps):
 
     @classmethod
     def _remove_pod(cls, handle: SandboxHandle) -> None:
-        cls._kill_leftovers(handle)
-        killpoint("stop.processes-killed")
-        cls._remove_namespaces(handle)
-        killpoint("stop.namespaces-removed")
-        if handle.data.get("cgroup_dirs"):
-            PodCgroup.for_pod(handle.pod_uuid).remove()
+        """Processes, namespaces, then the cgroup: a step that fails does not keep the next
+        from running (a cgroup skipped because a namespace file would not go was left empty
+        in every hierarchy, with nothing to remove it); the first failure is raised after."""
+        try:
+            cls._kill_leftovers(handle)
+            killpoint("stop.processes-killed")
+            cls._remove_namespaces(handle)
+            killpoint("stop.namespaces-removed")
+        finally:
+            if handle.data.get("cgroup_dirs"):
+                PodCgroup.for_pod(handle.pod_uuid).remove()
 
     @staticmethod
     def _kill_leftovers(handle: SandboxHandle) -> None:

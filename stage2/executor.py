@@ -73,7 +73,11 @@ MARK_INTERVAL = 0.001
 
 class RotatingLog:
     """The app's log file: rotated to ``NAME.1`` past ``max_bytes``, so at most twice that on
-    disk. Opened through a directory fd so rotation works after pivot_root hides the host."""
+    disk. Opened through a directory fd so rotation works after pivot_root hides the host.
+
+    A full disk (or quota) never stops the app or its executor: output that cannot be written
+    is dropped and counted, and the first write that succeeds again is preceded by a line
+    saying how many bytes were lost and why (``dropped`` keeps the running total)."""
 
     def __init__(self, dir_fd: int, name: str, max_bytes: int) -> None:
         self.dir_fd = dir_fd
@@ -83,6 +87,9 @@ class RotatingLog:
         self.size = os.fstat(self.fd).st_size
         self.times_fd = self._open_times(truncate=False)
         self.last_mark = 0.0
+        self.dropped = 0  # bytes lost to a full disk, in total
+        self._unreported = 0  # of those, bytes no line in the log mentions yet
+        self._why = ""
 
     def _open(self, name: str, *, truncate: bool) -> int:
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
@@ -105,25 +112,54 @@ class RotatingLog:
             os.write(self.times_fd, f"{self.size} {now:.6f}\n".encode())
 
     def write(self, data: bytes) -> None:
-        if self.size and self.size + len(data) > self.max_bytes:
-            os.close(self.fd)
-            os.replace(self.name, self.name + ".1", src_dir_fd=self.dir_fd,
-                       dst_dir_fd=self.dir_fd)
-            self.fd = self._open(self.name, truncate=True)
-            self.size = 0
-            if self.times_fd is not None:
-                os.close(self.times_fd)
-                with contextlib.suppress(OSError):
-                    os.replace(self.name + TIMES_SUFFIX, self.name + ".1" + TIMES_SUFFIX,
-                               src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
-            self.times_fd = self._open_times(truncate=True)
-            self.last_mark = 0.0
-        self._mark()
+        if self._unreported:
+            notice = (f"jetpack: {self._unreported} bytes of output lost: {self._why}\n"
+                      ).encode()
+            if self._write(notice):
+                self._drop(len(data))
+                return
+            self._unreported = 0
+        self._drop(self._write(data))
+
+    def _drop(self, count: int) -> None:
+        if not count:
+            return
+        self.dropped += count
+        self._unreported += count
+
+    def _write(self, data: bytes) -> int:
+        """Append ``data``; the number of its bytes a full disk kept out (0: all written)."""
         view = memoryview(data)
-        while view:
-            written = os.write(self.fd, view)
-            view = view[written:]
-        self.size += len(data)
+        try:
+            if self.size and self.size + len(data) > self.max_bytes:
+                os.close(self.fd)
+                self.fd = -1
+                os.replace(self.name, self.name + ".1", src_dir_fd=self.dir_fd,
+                           dst_dir_fd=self.dir_fd)
+                self.fd = self._open(self.name, truncate=True)
+                self.size = 0
+                if self.times_fd is not None:
+                    os.close(self.times_fd)
+                    self.times_fd = None
+                    with contextlib.suppress(OSError):
+                        os.replace(self.name + TIMES_SUFFIX, self.name + ".1" + TIMES_SUFFIX,
+                                   src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+                self.times_fd = self._open_times(truncate=True)
+                self.last_mark = 0.0
+            if self.fd < 0:
+                self.fd = self._open(self.name, truncate=False)
+                self.size = os.fstat(self.fd).st_size
+            self._mark()
+            while view:
+                written = os.write(self.fd, view)
+                view = view[written:]
+                self.size += written
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            self._why = os.strerror(exc.errno).lower()
+            return len(view)
+        return 0
 
     def message(self, text: str) -> None:
         self.write(f"jetpack: {text}\n".encode())

@@ -332,7 +332,11 @@ class PodManager:
             return
         task.stopping = True
         if task.pod.state in ("starting", "running") and not resumed:
-            await self._record(lambda tx: self.store.transition(tx, task.pod, "stopping"))
+            try:
+                await self._record(lambda tx: self.store.transition(tx, task.pod, "stopping"))
+            except BaseException:
+                task.stopping = False  # not recorded (a full disk), so not begun: stop may retry
+                raise
             killpoint("stop.stopping-recorded")
         await self._stop_processes(task, grace)
 

@@ -5,7 +5,10 @@ asserts that no mount is left behind."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
+import os
+import re
 import secrets
 import signal
 import socket
@@ -14,6 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -93,6 +97,44 @@ def storage(request: pytest.FixtureRequest) -> dict[str, str]:
     return {"storage.driver": "dir"}
 
 
+RESERVATIONS = Path("/run/jetpack-test-networks")
+
+
+def _free_network() -> tuple[str, str, IO[bytes]]:
+    """A bridge name and a 172.31.X.1/24 that no interface, address or route on the machine
+    uses, reserved (an flock held until the returned file is closed) against every other host
+    opened at the same time, by any checkout: the bridge is made only at the first pod start,
+    so an address check alone lets two hosts pick the same /24 and their routes collide."""
+    RESERVATIONS.mkdir(exist_ok=True)
+    for _ in range(512):
+        tag = secrets.token_hex(3)
+        third = secrets.randbelow(250)  # 250..255 stay free for tests that name their own
+        bridge, net = f"jpt{tag}", f"172.31.{third}"
+        lock = (RESERVATIONS / f"{third}.lock").open("ab")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            continue
+        if _in_use(net, bridge):
+            lock.close()
+            continue
+        os.set_inheritable(lock.fileno(), False)
+        return bridge, f"{net}.1/24", lock
+    raise AssertionError("no free 172.31.X.0/24 for a test host")
+
+
+def _in_use(net: str, bridge: str) -> bool:
+    """Whether an address, route or interface on the machine already uses ``net``.0/24 or
+    ``bridge`` (hosts of older checkouts reserve nothing: their bridge says it)."""
+    seen = subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True,
+                          check=True).stdout
+    seen += subprocess.run(["ip", "route", "show", "table", "all"], capture_output=True,
+                           text=True, check=True).stdout
+    return bool(re.search(rf"(^|[\s:]){re.escape(net)}\.\d+(/|\s)", seen, re.M)
+                or re.search(rf"(^|\s){re.escape(bridge)}(:|\s|$)", seen, re.M))
+
+
 @pytest.fixture
 def host(root: None, busybox_rootfs: Path, tmp_path: Path, storage: dict[str, str]
          ) -> Iterator[Host]:
@@ -104,9 +146,7 @@ def host(root: None, busybox_rootfs: Path, tmp_path: Path, storage: dict[str, st
 def open_host(tmp_path: Path, busybox_rootfs: Path, storage: dict[str, str],
               command: tuple[str, ...] = (), cwd: Path | None = None) -> Iterator[Host]:
     """A host driven by the checkout's jetpack, or by ``command`` (an installed jetpack)."""
-    tag = secrets.token_hex(3)
-    bridge = f"jpt{tag}"
-    network = f"172.31.{int(tag[:2], 16)}.1/24"
+    bridge, network, reservation = _free_network()
     conf = write_conf(tmp_path / "jetpack.conf", **{
         "root.path": str(tmp_path / "root"), "supervisor.socket": str(tmp_path / "jp.sock"),
         "jail.interface": bridge, "jail.network": network, "pod.stop-timeout": "3s",
@@ -133,6 +173,7 @@ def open_host(tmp_path: Path, busybox_rootfs: Path, storage: dict[str, str],
             left = [line for line in mountinfo if str(tmp_path) in line
                     and not (" fuse.zfs " in line and "/pods/" not in line)]
             assert left == [], f"mounts left behind: {left}"
+        reservation.close()  # the bridge is gone: another host may take the /24
 
 
 def run_sh(host: Host, script: str, *extra: str, check: bool = True

@@ -19,6 +19,7 @@ from jetpack.mds.service import (
     AppMetadata,
     MetadataService,
     PodMetadata,
+    PodRateLimit,
     StaticDirectory,
     serve,
 )
@@ -181,3 +182,71 @@ async def test_slowloris_does_not_stall_others(mds: Running) -> None:
         data = await slow.receive_some(4096)
         assert data == b"" or b"413" in data
     await slow.aclose()
+
+
+async def test_rate_limit_spaces_a_pods_requests_under_a_virtual_clock(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A burst is admitted at once, then one request per interval; a request whose turn is
+    more than max_delay away is refused at once; another pod has its own budget."""
+    limit = PodRateLimit(rate=10, burst=3, max_delay=0.5)
+    admitted: list[float] = []
+    refused: list[float] = []
+
+    async def ask(pod: str) -> None:
+        (admitted if await limit.admit(pod) else refused).append(trio.current_time())
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(12):
+            nursery.start_soon(ask, "a")
+    assert admitted == pytest.approx([0, 0, 0, 0.1, 0.2, 0.3, 0.4, 0.5])
+    assert refused == [0, 0, 0, 0]
+    start = trio.current_time()
+    await ask("b")
+    assert admitted[-1] == start  # b's budget is whole
+    await trio.sleep(10)
+    now = trio.current_time()
+    for _ in range(3):
+        await ask("a")  # a's budget filled up again while it was quiet
+    assert admitted[-3:] == [now, now, now]
+
+
+async def test_attack_a_pod_flooding_the_mds_does_not_starve_another(
+    nursery: trio.Nursery,
+) -> None:
+    directory = StaticDirectory()
+    a, b = make_pod("alpha"), make_pod("beta")
+    directory.by_address.update({"127.0.0.1": a, "127.0.0.2": b})
+    shutdown = trio.Event()
+    service = MetadataService(directory, SIGNING_KEY, PodRateLimit(rate=10, burst=5,
+                                                                   max_delay=1.0))
+    bound = await nursery.start(
+        lambda task_status: serve(service, ["0.0.0.0:0"], shutdown=shutdown,
+                                  task_status=task_status))
+    running = Running(f"http://127.0.0.1:{bound[0].rsplit(':', 1)[1]}", a, b)
+    statuses: list[int] = []
+    try:
+        async with client("127.0.0.1") as flood, client("127.0.0.2") as other:
+
+            async def hammer() -> None:
+                for _ in range(10):
+                    answer = await flood.get(running.url(a, "pod/uuid"))
+                    statuses.append(answer.status_code)
+
+            flood_began = trio.current_time()
+            async with trio.open_nursery() as attackers:
+                for _ in range(20):
+                    attackers.start_soon(hammer)
+                await trio.sleep(0.5)  # the flood is on
+                began = trio.current_time()
+                answer = await other.get(running.url(b, "pod/uuid"))
+                assert answer.status_code == 200
+                assert answer.text == b.uuid
+                assert trio.current_time() - began < 1.0  # b is not queued behind a
+            flood_took = trio.current_time() - flood_began
+    finally:
+        shutdown.set()
+    # the flooding pod was slowed and refused, never served beyond its budget
+    assert statuses.count(429) > 0
+    assert set(statuses) == {200, 429}
+    assert statuses.count(200) <= 5 + 10 * flood_took + 1  # its burst, then its rate

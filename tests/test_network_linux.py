@@ -280,6 +280,10 @@ async def test_port_forward_reaches_the_pod_on_every_host_address(
             linux.add_port_forwards(str(uuid.uuid4()), "172.23.0.3",
                                     [("tcp", 18080, 80, None)], host_netns=host)
 
+        # gc --network of another jetpack (another state root) on the machine keeps the
+        # table while a pod's forward is in it
+        assert linux.remove_table(host_netns=host) is False
+        assert len(linux.port_forwards(host_netns=host)[pod_uuid]) == 1
         assert linux.remove_port_forwards(pod_uuid, host_netns=host) == 1
         assert linux.remove_port_forwards(pod_uuid, host_netns=host) == 0
         assert linux.port_forwards(host_netns=host) == {}

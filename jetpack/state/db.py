@@ -198,6 +198,7 @@ class StateDB:
         writers tell the hub in-process)."""
         self.path = path
         self.wake_hub = wake_hub
+        self._unlogged_failures: dict[str, Any] = {}  # writes a full disk refused, not yet logged
         if not create and not path.exists():
             raise StateError(
                 f"no state database at {path}", hint="run 'jetpack init' to create the state root"
@@ -256,7 +257,11 @@ class StateDB:
 
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
-        """A ``BEGIN IMMEDIATE`` transaction: committed on success, rolled back on error."""
+        """A ``BEGIN IMMEDIATE`` transaction: committed on success, rolled back on error.
+
+        A write the disk has no room for (SQLITE_FULL) is rolled back whole and raised as a
+        StateError; what it would have logged is remembered, and the next transaction that
+        commits on this connection records it as a ``state.write-failed`` event."""
         try:
             self.conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
@@ -264,16 +269,46 @@ class StateDB:
         tx = Transaction(self.conn)
         try:
             yield tx
+            if self._unlogged_failures:
+                tx.event("state.write-failed", **self._unlogged_failures)
+        except sqlite3.Error as exc:
+            self._rollback()
+            if not _disk_full(exc):
+                raise
+            self._remember_failure(tx, exc)
+            raise StateError(f"{self.path}: write failed: {exc}",
+                             hint="free space on the state root's filesystem") from None
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            self._rollback()
             raise
         try:
             self.conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            self.conn.execute("ROLLBACK")
-            raise StateError(f"{self.path}: commit failed: {exc}") from None
+            self._rollback()
+            if _disk_full(exc):
+                self._remember_failure(tx, exc)
+            raise StateError(f"{self.path}: commit failed: {exc}",
+                             hint="free space on the state root's filesystem"
+                             if _disk_full(exc) else None) from None
+        self._unlogged_failures = {}
         if tx.events and self.wake_hub:
             self._wake_event_hub()
+
+    def _rollback(self) -> None:
+        """Roll back what is still open (SQLite may have rolled back already: a full disk)."""
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
+
+    def _remember_failure(self, tx: Transaction, exc: sqlite3.Error) -> None:
+        """Count a write the disk refused, with the events it lost (bounded: the first 100)."""
+        failed = self._unlogged_failures
+        lost = [e.type if e.pod is None else f"{e.type} {e.pod}" for e in tx.events
+                if e.type != "state.write-failed"]
+        failed["failures"] = int(failed.get("failures", 0)) + 1
+        failed.setdefault("first", rfc3339_now())
+        failed["error"] = str(exc)
+        failed["lost_events"] = (list(failed.get("lost_events", [])) + lost)[:100]
+        failed["lost_event_count"] = int(failed.get("lost_event_count", 0)) + len(lost)
 
     def _wake_event_hub(self) -> None:
         """Tell a running supervisor that new events are committed; never blocks, never
@@ -307,6 +342,11 @@ class StateDB:
     def last_seq(self) -> int:
         row = self.query("SELECT MAX(seq) FROM events")[0]
         return int(row[0] or 0)
+
+
+def _disk_full(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code == sqlite3.SQLITE_FULL or "disk is full" in str(exc)
 
 
 def wake_socket_path(db_path: Path) -> Path:

@@ -55,7 +55,7 @@ def gc_pods(config: Config, state: StateDB, images: ImageStore, grace: float) ->
             destroy_pod(config, state, images, pod)
             killpoint("gc.pod-removed")
             done.append(f"removed pod {pod.uuid} ({pod.name})")
-    return done + gc_pod_leftovers(config, state, images)
+    return done + gc_pod_leftovers(config, state, images) + gc_pod_cgroups(state)
 
 
 def gc_pod_leftovers(config: Config, state: StateDB, images: ImageStore) -> list[str]:
@@ -74,6 +74,39 @@ def gc_pod_leftovers(config: Config, state: StateDB, images: ImageStore) -> list
         for uuid in unnamed():  # again, now that no prepare is between clone and row
             images.destroy_pod_clones(uuid)
             done.append(f"removed leftover files of pod {uuid}")
+    return done
+
+
+def gc_pod_cgroups(state: StateDB) -> list[str]:
+    """Remove the cgroups of this host's pods that are not running: pods whose row says so,
+    and pods the event log names that no row does (destroyed). A teardown that failed midway
+    leaves the cgroup behind, and nothing else removes it. Cgroups of pods this state root
+    never named are left alone: another jetpack (another state root) on the machine may own
+    them, and the cgroup tree is shared."""
+    from jetpack.errors import IsolationError
+    from jetpack.stage1.cgroups import PodCgroup, leftover_cgroups
+
+    try:
+        present = {p.name for p in leftover_cgroups()}
+    except IsolationError:  # no cgroup hierarchy (no /proc/self/mountinfo: FreeBSD)
+        return []
+    if not present:
+        return []
+    rows = {pod.uuid: pod.state for pod in PodStore(state).all()}
+    named = {str(row["pod"]) for row in state.query(
+        "SELECT DISTINCT pod FROM events WHERE pod IS NOT NULL")}
+    done = []
+    for uuid in sorted(present):
+        # not "prepared": a start may make its cgroup right now (it is "starting" only then)
+        if rows.get(uuid, "destroyed") not in ("exited", "failed", "destroyed") \
+                or (uuid not in rows and uuid not in named):
+            continue
+        try:
+            PodCgroup.for_pod(uuid).remove()
+        except IsolationError as exc:
+            done.append(f"cgroup of pod {uuid} kept: {exc}")
+            continue
+        done.append(f"removed the leftover cgroup of pod {uuid}")
     return done
 
 

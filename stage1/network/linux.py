@@ -669,8 +669,27 @@ def remove_port_forwards(pod_uuid: str, *, host_netns: str | None = None) -> int
 
 def remove_table(*, host_netns: str | None = None) -> bool:
     """Delete jetpack's nftables tables, ``ip`` and ``bridge`` (``gc --network``); False when
-    neither was there."""
+    neither was there, or when a pod's forwards or veth rules are still in them.
+
+    The tables are the machine's, not one state root's: ``gc --network`` runs when none of its
+    own pods runs, so rules left in them are another jetpack's (another state root, e.g. a
+    test host beside a benchmark), and deleting the tables cut that jetpack's running pods
+    off their forwarded ports (the soak's ports that never answered)."""
+    def in_use() -> bool:
+        if _chain_rules("ip", "portmap"):
+            return True
+        try:
+            out = _nft(f"list map bridge {TABLE} ports", "listing bridge ports", listing=True)
+        except NetworkError as exc:
+            if "No such file or directory" in str(exc):
+                return False
+            raise
+        items = json.loads(out).get("nftables", []) if out.strip() else []
+        return any(item.get("map", {}).get("elem") for item in items)
+
     def remove() -> bool:
+        if in_use():
+            return False
         removed = False
         for family in ("ip", "bridge"):
             try:
