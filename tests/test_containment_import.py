@@ -16,7 +16,6 @@ import ipaddress
 import json
 import lzma
 import os
-import resource
 import secrets
 import stat
 import struct
@@ -24,7 +23,6 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 import zlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -93,29 +91,44 @@ def bomb_aci(path: Path, kind: str, size: int = BOMB_SIZE) -> Path:
     return path
 
 
+# Linux folds the old address space's high-water mark into the new program's at execve, and
+# subprocess's vfork makes that the caller's: a CLI started from a pytest process of 300 MiB
+# would report 300 MiB. A small Python forks the CLI instead and tells its peak on a pipe.
+_MEASURE = """
+import os, resource, sys
+report = int(os.environ.pop("JETPACK_TEST_REPORT_FD"))
+os.set_inheritable(report, False)
+resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.executable, [sys.executable, "-m", "jetpack.cli.main", *sys.argv[1:]])
+_, status, usage = os.wait4(pid, 0)
+os.write(report, b"%d %d" % (os.waitstatus_to_exitcode(status), usage.ru_maxrss))
+"""
+
+
 def run_measured(jp: Jetpack, *args: str) -> tuple[int, str, int]:
     """Run the CLI; (exit status, stderr, peak RSS in bytes of that one process). A 2 GiB
     address-space limit keeps a runaway importer from hurting the machine."""
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    report_r, report_w = os.pipe()
+    env = dict(os.environ, PYTHONPATH=str(REPO), JETPACK_TEST_REPORT_FD=str(report_w))
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "jetpack.cli.main", "-c", str(jp.conf), *args],
-            stdout=out, stderr=err, env=env)
-        resource.prlimit(proc.pid, resource.RLIMIT_AS, (2 << 30, 2 << 30))
-        deadline = time.monotonic() + IMPORT_DEADLINE
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() > deadline:
-                proc.kill()
-                os.wait4(proc.pid, 0)
-                proc.returncode = -9
-                pytest.fail(f"jetpack {' '.join(args)} still ran after {IMPORT_DEADLINE}s")
-            time.sleep(0.05)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+            [sys.executable, "-c", _MEASURE, "-c", str(jp.conf), *args],
+            stdout=out, stderr=err, env=env, pass_fds=(report_w,), start_new_session=True)
+        os.close(report_w)
+        try:
+            proc.wait(timeout=IMPORT_DEADLINE)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+            pytest.fail(f"jetpack {' '.join(args)} still ran after {IMPORT_DEADLINE}s")
+        finally:
+            with os.fdopen(report_r, "rb") as report:
+                told = report.read().split()
         err.seek(0)
-        return proc.returncode, err.read().decode(errors="replace"), usage.ru_maxrss * 1024
+        assert len(told) == 2, f"the measuring process said {told!r}: {err.read()!r}"
+        return int(told[0]), err.read().decode(errors="replace"), int(told[1]) * 1024
 
 
 def store_listing(root: Path) -> set[str]:
