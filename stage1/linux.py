@@ -20,7 +20,6 @@ import shutil
 import signal
 import socket
 import sys
-import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
@@ -50,6 +49,7 @@ from jetpack.stage1.forkserver_client import ForkServer
 from jetpack.stage1.identity import pidfd_open, pidfd_send_signal
 from jetpack.stage1.monitor import MonitoredApps, read_report
 from jetpack.stage1.network.etc import write_etc_files
+from jetpack.stage1.own_thread import in_own_thread
 from jetpack.stage1.stdio_relay import PipeRelay, relay_terminal
 from jetpack.stage1.volumes import check_host_volume, prepare_empty_volume
 from jetpack.stage2.plan import ExecPlan, plan_app
@@ -472,23 +472,12 @@ def _make_sandbox(spec: SandboxSpec, run_dir: Path, data: dict[str, Any]) -> Non
         killpoint("start.cgroup")
     from jetpack.stage1.linux_init import create_sandbox
 
-    failure: list[BaseException] = []
-
-    def body() -> None:
-        try:
-            create_sandbox(run_dir, spec.hostname)
-        except BaseException as exc:  # noqa: BLE001  # re-raised in the caller's thread below
-            failure.append(exc)
-
-    thread = threading.Thread(target=body, name=f"jetpack sandbox {spec.pod_uuid}")
-    thread.start()
-    thread.join()
-    if failure:
-        exc = failure[0]
-        if isinstance(exc, (OSError, IsolationError)):
-            raise IsolationError(f"pod {spec.pod_uuid}: cannot create its namespaces: "
-                                 f"{exc}") from None
-        raise exc
+    try:
+        in_own_thread(lambda: create_sandbox(run_dir, spec.hostname),
+                      f"jetpack sandbox {spec.pod_uuid}")
+    except (OSError, IsolationError) as exc:
+        raise IsolationError(f"pod {spec.pod_uuid}: cannot create its namespaces: "
+                             f"{exc}") from None
     killpoint("start.namespaces")
 
 

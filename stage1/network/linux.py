@@ -54,7 +54,6 @@ import json
 import os
 import socket
 import subprocess
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -64,6 +63,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from jetpack.errors import ConflictError, NetworkError
 from jetpack.stage1.network.ports import PortForward, as_forwards
+from jetpack.stage1.own_thread import in_own_thread
 from jetpack.tools import missing_tool
 
 T = TypeVar("T")
@@ -116,22 +116,12 @@ def _in_netns(path: str | None, work: Callable[[], T]) -> T:
     """
     if path is None:
         return work()
-    outcome: list[T] = []
-    failure: list[BaseException] = []
 
-    def body() -> None:
-        try:
-            _enter(path)
-            outcome.append(work())
-        except BaseException as exc:  # noqa: BLE001  # re-raised in the caller's thread below
-            failure.append(exc)
+    def entered() -> T:
+        _enter(path)
+        return work()
 
-    thread = threading.Thread(target=body, name=f"jetpack netns {path}")
-    thread.start()
-    thread.join()
-    if failure:
-        raise failure[0]
-    return outcome[0]
+    return in_own_thread(entered, f"jetpack netns {path}")
 
 
 def _host_path(host_netns: str | None) -> str | None:
