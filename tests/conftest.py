@@ -12,11 +12,18 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    import trio
+
+    from jetpack.config import Config
+    from jetpack.supervisor.daemon import Daemon
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 REPO = Path(__file__).resolve().parent.parent
@@ -179,6 +186,34 @@ def standins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("PATH", f"{bin_dir}:/usr/sbin:/usr/bin:/sbin:/bin")
     monkeypatch.setenv("JETPACK_STANDIN_STATE", str(state))
     return state
+
+
+# A supervisor over the fake runtime on a fresh state root (test_daemon.py, test_openapi.py);
+# a module with a ``config`` fixture of its own keeps it.
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    from jetpack.config import load_config
+    from jetpack.keys import ensure_keys
+    from jetpack.state import StateDB
+
+    root = tmp_path / "root"
+    root.mkdir()
+    StateDB.for_root(root, create=True).close()
+    config = load_config(None, [f"root.path={root}", f"supervisor.socket={tmp_path}/s/j.sock",
+                                "pod.stop-timeout=2s"], environ={})
+    ensure_keys(config)
+    return config
+
+
+@pytest.fixture
+async def running(config: Config, nursery: trio.Nursery) -> AsyncIterator[Daemon]:
+    from jetpack.supervisor.daemon import Daemon
+    from jetpack.testing.fake_runtime import FakeRuntime
+
+    daemon = Daemon(config, FakeRuntime(), mds_bind=["127.0.0.1:0"])
+    await nursery.start(daemon.run)
+    yield daemon
+    daemon.request_stop()
 
 
 # The real-host fixtures (``host``, ``storage``) live in podhost.py, which needs the names above.

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import IO
 
 import pytest
 
-from acis import aci_from_dir, manifest
+from acis import aci_from_dir, aci_from_entries, dir_entry, file_entry, manifest, manifest_entry
 from conftest import Jetpack, write_conf
 
 
@@ -180,3 +181,30 @@ def run_sh(host: Host, script: str, *extra: str, check: bool = True
            ) -> subprocess.CompletedProcess[str]:
     return host.jp("run", "--rm", "example.com/busybox", "--exec", f"/bin/sh -c '{script}'",
                    *extra, check=check)
+
+
+def import_web_image(host: Host) -> None:
+    """``example.com/web``: busybox httpd on port 8080 (the port named ``http``) serving
+    "hello from the pod"."""
+    page = aci_from_entries(host.tmp / "web.aci", [
+        manifest_entry(manifest("example.com/web", dependencies=[
+            {"imageName": "example.com/busybox"}], app={
+                "exec": ["/usr/sbin/httpd", "-f", "-p", "8080", "-h", "/www"],
+                "user": "0", "group": "0",
+                "ports": [{"name": "http", "protocol": "tcp", "port": 8080}]})),
+        dir_entry("rootfs"), dir_entry("rootfs/www"),
+        file_entry("rootfs/www/index.html", b"hello from the pod\n")])
+    host.jp("import", str(page))
+
+
+def http_get(url: str, timeout: float = 30) -> bytes:
+    """The body at ``url``, asked again until something answers or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                body: bytes = response.read()
+            return body
+        except OSError:
+            assert time.monotonic() < deadline, f"nothing answers at {url}"
+            time.sleep(0.1)

@@ -10,7 +10,6 @@ import json
 import re
 import secrets
 import subprocess
-import time
 import urllib.request
 import uuid
 from pathlib import Path
@@ -20,7 +19,7 @@ import pytest
 
 from acis import aci_from_entries, dir_entry, file_entry, link_entry, manifest, manifest_entry
 from conftest import Jetpack
-from podhost import Host
+from podhost import Host, http_get
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -426,18 +425,6 @@ def test_host_volumes_recursive_by_default_and_symlinked_sources_refused(
         subprocess.run(["umount", str(source / "sub")], check=True)
 
 
-def _fetch(url: str, timeout: float = 20) -> bytes:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                body: bytes = response.read()
-            return body
-        except OSError:
-            assert time.monotonic() < deadline, f"nothing answers at {url}"
-            time.sleep(0.1)
-
-
 def test_pod_level_port_with_host_ip_and_pod_port(host: Host, tmp_path: Path) -> None:
     """pods.md ``ports``: a pod-level port whose ``podPort`` names a port no image declares is
     forwarded from ``hostPort``, on the ``hostIP`` given only (not on the host's other
@@ -460,7 +447,7 @@ def test_pod_level_port_with_host_ip_and_pod_port(host: Host, tmp_path: Path) ->
     host.start()
     pod = host.jp("prepare", "-f", str(path)).stdout.split()[-1]
     host.jp("start", pod)
-    assert _fetch(f"http://127.0.0.1:{port}/") == b"pod port\n"
+    assert http_get(f"http://127.0.0.1:{port}/") == b"pod port\n"
     gateway = host.network.split("/")[0]  # another address of this host
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://{gateway}:{port}/", timeout=3)

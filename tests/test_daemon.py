@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import stat
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -15,9 +14,9 @@ import pytest
 import trio
 
 from jetpack.cli.client import ControlClient
-from jetpack.config import Config, load_config
+from jetpack.config import Config
 from jetpack.errors import ConflictError, NotFoundError, PodStartError, SupervisorError
-from jetpack.keys import ensure_keys, load_key
+from jetpack.keys import load_key
 from jetpack.mds.tokens import pod_token
 from jetpack.state import StateDB
 from jetpack.store.pods import AppRecord, PodOptions, PodRecord, PodStore, new_uuid
@@ -25,17 +24,6 @@ from jetpack.supervisor.daemon import Daemon
 from jetpack.testing.fake_runtime import Behaviour, FakeRuntime
 
 pytestmark = pytest.mark.usefixtures("api_matches_openapi")
-
-
-@pytest.fixture
-def config(tmp_path: Path) -> Config:
-    root = tmp_path / "root"
-    root.mkdir()
-    StateDB.for_root(root, create=True).close()
-    config = load_config(None, [f"root.path={root}", f"supervisor.socket={tmp_path}/s/j.sock",
-                                "pod.stop-timeout=2s"], environ={})
-    ensure_keys(config)
-    return config
 
 
 def prepare(config: Config, name: str, restart: str = "never", ip: str | None = None
@@ -51,14 +39,6 @@ def prepare(config: Config, name: str, restart: str = "never", ip: str | None = 
         PodStore(db).insert(tx, pod)
     db.close()
     return pod
-
-
-@pytest.fixture
-async def running(config: Config, nursery: trio.Nursery) -> AsyncIterator[Daemon]:
-    daemon = Daemon(config, FakeRuntime(), mds_bind=["127.0.0.1:0"])
-    await nursery.start(daemon.run)
-    yield daemon
-    daemon.request_stop()
 
 
 def client(config: Config) -> ControlClient:

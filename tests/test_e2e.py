@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from acis import aci_from_entries, dir_entry, file_entry, manifest, manifest_entry
+from acis import aci_from_entries, dir_entry, manifest, manifest_entry
 from conftest import REPO
-from podhost import Host, run_sh
+from podhost import Host, import_web_image, run_sh
 
 
 def test_run_prints_output_and_returns_status(host: Host) -> None:
@@ -93,15 +93,7 @@ def test_pods_reach_each_other_and_the_host(host: Host) -> None:
 
 
 def test_port_forward_and_removal(host: Host) -> None:
-    page = aci_from_entries(host.tmp / "web.aci", [
-        manifest_entry(manifest("example.com/web", dependencies=[
-            {"imageName": "example.com/busybox"}], app={
-                "exec": ["/usr/sbin/httpd", "-f", "-p", "8080", "-h", "/www"],
-                "user": "0", "group": "0",
-                "ports": [{"name": "http", "protocol": "tcp", "port": 8080}]})),
-        dir_entry("rootfs"), dir_entry("rootfs/www"),
-        file_entry("rootfs/www/index.html", b"hello from the pod\n")])
-    host.jp("import", str(page))
+    import_web_image(host)
     host.start()
     port = 20000 + secrets.randbelow(20000)
     pod = host.jp("prepare", "example.com/web", "-p", f"http:{port}").stdout.split()[-1]

@@ -5,45 +5,21 @@ every answer the API tests see (tests/openapi_check.py, used by this module too)
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
-import trio
 from openapi_spec_validator import validate
 
-from jetpack.config import Config, load_config
-from jetpack.keys import ensure_keys
-from jetpack.state import StateDB
+from jetpack.config import Config
 from jetpack.supervisor.daemon import Daemon
 from jetpack.supervisor.openapi import DOCUMENT
-from jetpack.testing.fake_runtime import FakeRuntime
 
 from openapi_check import Mismatch, check
 
 pytestmark = pytest.mark.usefixtures("api_matches_openapi")
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def config(tmp_path: Path) -> Config:
-    root = tmp_path / "root"
-    root.mkdir()
-    StateDB.for_root(root, create=True).close()
-    config = load_config(None, [f"root.path={root}", f"supervisor.socket={tmp_path}/s/j.sock",
-                                "pod.stop-timeout=2s"], environ={})
-    ensure_keys(config)
-    return config
-
-
-@pytest.fixture
-async def running(config: Config, nursery: trio.Nursery) -> AsyncIterator[Daemon]:
-    daemon = Daemon(config, FakeRuntime(), mds_bind=["127.0.0.1:0"])
-    await nursery.start(daemon.run)
-    yield daemon
-    daemon.request_stop()
 
 
 def http(config: Config) -> httpx.AsyncClient:

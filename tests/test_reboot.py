@@ -13,7 +13,6 @@ import secrets
 import signal
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import inventory
@@ -21,35 +20,10 @@ import inventory
 from jetpack.stage1.cgroups import PodCgroup
 from jetpack.stage1.network.linux import TABLE, veth_name
 
-from acis import aci_from_entries, dir_entry, file_entry, manifest, manifest_entry
-from podhost import Host
+from podhost import Host, http_get, import_web_image
 
 # name -> boot priority (None: not enabled); "idle" is enabled but was not running
 PODS = {"second": 30, "web": 20, "first": 10, "manual": None, "idle": 5}
-
-
-def _web_image(host: Host) -> None:
-    page = aci_from_entries(host.tmp / "web.aci", [
-        manifest_entry(manifest("example.com/web", dependencies=[
-            {"imageName": "example.com/busybox"}], app={
-                "exec": ["/usr/sbin/httpd", "-f", "-p", "8080", "-h", "/www"],
-                "user": "0", "group": "0",
-                "ports": [{"name": "http", "protocol": "tcp", "port": 8080}]})),
-        dir_entry("rootfs"), dir_entry("rootfs/www"),
-        file_entry("rootfs/www/index.html", b"hello from the pod\n")])
-    host.jp("import", str(page))
-
-
-def _get(url: str, timeout: float = 30) -> bytes:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                body: bytes = response.read()
-                return body
-        except OSError:
-            assert time.monotonic() < deadline, f"{url} did not answer"
-            time.sleep(0.2)
 
 
 def _simulate_reboot(host: Host, uuids: list[str]) -> None:
@@ -104,7 +78,7 @@ def _delete_rules(uuids: list[str]) -> None:
 
 
 def test_reboot_marks_lost_pods_and_starts_boot_pods_by_priority(host: Host) -> None:
-    _web_image(host)
+    import_web_image(host)
     host.start()
     port = 20000 + secrets.randbelow(20000)
     uuids = {}
@@ -119,7 +93,7 @@ def test_reboot_marks_lost_pods_and_starts_boot_pods_by_priority(host: Host) -> 
             host.jp("enable", name, "--priority", str(priority))
         if name != "idle":
             host.jp("start", name)
-    assert _get(f"http://127.0.0.1:{port}/") == b"hello from the pod\n"
+    assert http_get(f"http://127.0.0.1:{port}/") == b"hello from the pod\n"
     before = max(int(str(e["seq"])) for e in host.events())
 
     _simulate_reboot(host, list(uuids.values()))
@@ -139,7 +113,7 @@ def test_reboot_marks_lost_pods_and_starts_boot_pods_by_priority(host: Host) -> 
     first_start = min(int(str(e["seq"])) for e in after if e["type"] == "pod.started")
     assert all(int(str(e["seq"])) < first_start for e in lost)
     # the port forward and the volume are back
-    assert _get(f"http://127.0.0.1:{port}/") == b"hello from the pod\n"
+    assert http_get(f"http://127.0.0.1:{port}/") == b"hello from the pod\n"
     inv = inventory.take(host)
     assert inventory.problems(inv) == []
     assert len(inv.links) == len(boot)
