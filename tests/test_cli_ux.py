@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, Jetpack
+from conftest import REPO, Jetpack, require
 from podhost import Host
 
 RFC3339 = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z"
@@ -308,8 +308,9 @@ def test_bash_completion_from_the_command_table(jetpack_dir: Jetpack, tmp_path: 
     assert zsh.startswith("#compdef jetpack\n")
     for name in COMMANDS:
         assert f"'{name}:" in zsh
-    if shutil.which("zsh"):
-        assert subprocess.run(["zsh", "-n"], input=zsh, text=True).returncode == 0
+    require(shutil.which("zsh") is not None, "zsh (to parse the zsh completion script)")
+    checked = subprocess.run(["zsh", "-n"], input=zsh, text=True, capture_output=True)
+    assert checked.returncode == 0, checked.stderr
 
 
 MAN_PAGE = REPO / "man" / "jetpack.8"
