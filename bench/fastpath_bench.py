@@ -20,8 +20,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -29,13 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import events_bench  # the sibling benchmarks (bench/ is on sys.path above)
 import import_bench
 import mds_bench
-from runtime_bench import bench_floor, bench_runc
+from runtime_bench import floor_once, runc_once
 from supervisor_bench import (
     IMAGE,
     REPO,
     Host,
     bench_api_start,
-    bench_cli_run,
     bench_real_memory,
     make_aci,
     make_rootfs,
@@ -82,6 +83,19 @@ def compare(name: str, value: float, unit: str, baseline: str, base: float, *,
         return Row(name, value, unit, baseline, ratio, f">= {at_least:g}x",
                    "meets" if ratio >= at_least else "misses")
     return Row(name, value, unit, baseline, ratio)
+
+
+def interleaved(runs: int, ours: Callable[[], Any], peer: Callable[[], Any]
+                ) -> tuple[list[float], list[float]]:
+    """(our times, the peer's): one run of each in turn, after one warm-up run of both."""
+    times: tuple[list[float], list[float]] = ([], [])
+    for i in range(runs + 1):
+        for side, once in enumerate((ours, peer)):
+            began = time.perf_counter()
+            once()
+            if i:
+                times[side].append(time.perf_counter() - began)
+    return times
 
 
 def median_ms(times: list[float]) -> float:
@@ -194,8 +208,7 @@ def measure(args: argparse.Namespace, work: Path, host: Host) -> list[Row | str]
     n = args.runs
     rootfs = make_rootfs(work / "rootfs")
     aci = make_aci(work, rootfs)
-    floor = median_ms(bench_floor(rootfs, n))
-    runc = median_ms(bench_runc(rootfs, work / "bundle", n))
+    runc_run = runc_once(rootfs, work / "bundle")
     # the keep rows first, with no supervisor running
     pipeline, cli_import = bench_import(args.import_mib)
     mds = bench_mds(args.mds_seconds)
@@ -203,8 +216,15 @@ def measure(args: argparse.Namespace, work: Path, host: Host) -> list[Row | str]
     host.jp("init")
     host.jp("import", str(aci))
     host.start()
-    response, to_started, to_exited = bench_api_start(host, n)
-    run, listing = bench_cli_run(host, n)
+    # runc and the floor run interleaved with our starts (and runc with run --rm): a ratio
+    # divides two figures taken under the same load of the moment
+    response, to_started, to_exited, peers = bench_api_start(
+        host, n, {"runc": runc_run, "floor": floor_once(rootfs)})
+    runc, floor = median_ms(peers["runc"]), median_ms(peers["floor"])
+    run, runc_beside_run = interleaved(
+        n, lambda: host.jp("run", "--rm", IMAGE, "--exec", "/bin/true"), runc_run)
+    runc_b = median_ms(runc_beside_run)
+    listing = timed(n, lambda: host.jp("list"))
     status = timed(n, lambda: host.jp("status"))
     python = timed(n, lambda: subprocess.run([sys.executable, "-c", "import sqlite3, json"],
                                              env=ENV, check=True))
@@ -221,7 +241,8 @@ def measure(args: argparse.Namespace, work: Path, host: Host) -> list[Row | str]
     stop_seconds = time.perf_counter() - stopping
     left_running = len(host.live_pods())
 
-    rows.append(f"pod start, /bin/true, network included, median of {n}")
+    rows.append(f"pod start, /bin/true, network included, median of {n} "
+                "(runc and the floor interleaved with our runs)")
     rows.append(compare("runc run", runc, "ms", "runc run", runc))
     rows.append(compare("unshare+chroot (floor)", floor, "ms", "runc run", runc))
     rows.append(compare("API start+wait: request->exited", median_ms(to_exited), "ms",
@@ -230,8 +251,9 @@ def measure(args: argparse.Namespace, work: Path, host: Host) -> list[Row | str]
                         "runc run", runc))
     rows.append(compare("API start: request->response", median_ms(response), "ms",
                         "runc run", runc))
+    rows.append(compare("runc run, interleaved with run --rm", runc_b, "ms", "runc run", runc_b))
     rows.append(compare("jetpack run --rm IMAGE --exec /bin/true", median_ms(run), "ms",
-                        "runc run", runc, at_most=4.0))
+                        "runc run", runc_b, at_most=4.0))
     rows.append(f"CLI overhead, median of {n}")
     py = median_ms(python)
     rows.append(compare("python -c 'import sqlite3, json'", py, "ms", "python", py))

@@ -45,13 +45,23 @@ def timed(runs: int, once: Callable[[], object]) -> list[float]:
     return results
 
 
-def bench_floor(rootfs: Path, runs: int) -> list[float]:
+def floor_once(rootfs: Path) -> Callable[[], None]:
+    """One run of the floor: /bin/true in fresh namespaces by unshare(1) + chroot(1)."""
     argv = ["unshare", "--fork", "--pid", "--mount", "--uts", "--ipc", "--net",
             "chroot", str(rootfs), "/bin/true"]
-    return timed(runs, lambda: subprocess.run(argv, check=True))
+
+    def once() -> None:
+        subprocess.run(argv, check=True)
+
+    return once
 
 
-def bench_runc(rootfs: Path, bundle: Path, runs: int) -> list[float]:
+def bench_floor(rootfs: Path, runs: int) -> list[float]:
+    return timed(runs, floor_once(rootfs))
+
+
+def runc_once(rootfs: Path, bundle: Path) -> Callable[[], None]:
+    """One ``runc run`` of /bin/true on ``rootfs`` (its bundle made in ``bundle``)."""
     bundle.mkdir()
     subprocess.run(["runc", "spec", "--bundle", str(bundle)], check=True)
     config = json.loads((bundle / "config.json").read_text())
@@ -65,7 +75,11 @@ def bench_runc(rootfs: Path, bundle: Path, runs: int) -> list[float]:
         subprocess.run(["runc", "run", "--bundle", str(bundle), name], check=True,
                        stdin=subprocess.DEVNULL)
 
-    return timed(runs, once)
+    return once
+
+
+def bench_runc(rootfs: Path, bundle: Path, runs: int) -> list[float]:
+    return timed(runs, runc_once(rootfs, bundle))
 
 
 def bench_jetpack(rootfs: Path, pod_dir: Path, runs: int) -> tuple[list[float], list[float]]:

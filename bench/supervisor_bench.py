@@ -164,19 +164,28 @@ def median_ms(values: list[float]) -> float:
     return statistics.median(values) * 1000
 
 
-def bench_api_start(host: Host, runs: int) -> tuple[list[float], list[float], list[float]]:
+def bench_api_start(host: Host, runs: int, peers: dict[str, Callable[[], None]] | None = None
+                    ) -> tuple[list[float], list[float], list[float], dict[str, list[float]]]:
     """(request -> response of POST start, request -> app.started event time, request -> the
-    app exited: POST start then GET wait)."""
+    app exited: POST start then GET wait, and each of ``peers``' times). Each of our runs
+    follows one run of every peer (runc, the floor), so that the machine's load of the
+    moment weighs on both sides of a ratio alike; one warm-up run of each is dropped."""
     import httpx
 
+    peers = peers or {}
     pods = host.prepare(runs + 1, "/bin/true")
     sent: dict[str, float] = {}
     responses = []
     exited = []
+    peer_times: dict[str, list[float]] = {name: [] for name in peers}
     transport = httpx.HTTPTransport(uds=str(host.socket))
     with httpx.Client(transport=transport, base_url="http://jetpack", timeout=60) as http:
         http.get("/v1/ping")
         for pod in pods:
+            for name, once in peers.items():
+                began = time.perf_counter()
+                once()
+                peer_times[name].append(time.perf_counter() - began)
             sent[pod] = time.time()
             start = time.perf_counter()
             answer = http.post(f"/v1/pods/{pod}/start")
@@ -190,7 +199,8 @@ def bench_api_start(host: Host, runs: int) -> tuple[list[float], list[float], li
                for e in events if e["type"] == "app.started"}
     to_exec = [started[pod] - sent[pod] for pod in pods]
     host.destroy(pods)
-    return responses[1:], to_exec[1:], exited[1:]
+    return (responses[1:], to_exec[1:], exited[1:],
+            {name: times[1:] for name, times in peer_times.items()})
 
 
 def timed(runs: int, once: Callable[[], Any]) -> list[float]:
@@ -321,7 +331,7 @@ def main() -> None:
         host.jp("init")
         host.jp("import", str(aci))
         host.start()
-        response, to_exec, exited = bench_api_start(host, args.runs)
+        response, to_exec, exited, _ = bench_api_start(host, args.runs)
         results["API start: request->response"] = response
         results["API start: request->app.started"] = to_exec
         results["API start+wait: request->exited"] = exited
