@@ -33,6 +33,7 @@ KILLPOINTS = (
     # stop (supervisor): the transition, each app, the teardown, the record
     "stop.stopping-recorded",
     "stop.app-stopped",
+    "stop.final-recorded",
     "stop.network-detached",
     "stop.processes-killed",
     "stop.namespaces-removed",

@@ -152,6 +152,8 @@ def add_pod_routes(
         from jetpack.store.images import ImageStore
         from jetpack.store.lifecycle import destroy_pod
 
+        await manager.torn_down(uuid)
+
         def remove() -> None:
             pod = manager.store.get(uuid)
             destroy_pod(manager.config, manager.db, ImageStore(manager.config, manager.db), pod)

@@ -57,7 +57,8 @@ class PodTask:
     failure: str | None = None
     start_failed: bool = False  # the pod never ran: its sandbox or an app could not start
     stop_timeout: float | None = None
-    done: trio.Event = field(default_factory=trio.Event)
+    ended: trio.Event = field(default_factory=trio.Event)  # its final state is recorded
+    done: trio.Event = field(default_factory=trio.Event)  # and its sandbox is gone
     restart_waits: set[trio.CancelScope] = field(default_factory=set)
 
 
@@ -177,6 +178,11 @@ class PodManager:
         A pod that cannot start raises ``PodStartError`` with the reason once it is torn
         down and recorded failed."""
         pod = await self.resolve(ref)
+        ending = self.tasks.get(pod.uuid)
+        if ending is not None and ending.ended.is_set():
+            # it has exited and its sandbox is being torn down: start once that is done
+            await ending.done.wait()
+            pod = await self.resolve(pod.uuid)
         if pod.uuid in self.tasks:
             raise ConflictError(f"pod {pod.name} is already {pod.state}")
         if pod.state in LIVE_STATES:
@@ -197,17 +203,25 @@ class PodManager:
         return await self.in_db_thread(lambda: self.store.get(pod.uuid))
 
     async def wait(self, ref: str) -> PodRecord:
-        """Wait until the pod is no longer running (returns at once if it is not)."""
+        """Wait until the pod is no longer running (returns at once if it is not): once its
+        final state is recorded, while its sandbox may still be being torn down (``stop``,
+        ``start`` and ``torn_down`` wait for that)."""
         pod = await self.resolve(ref)
         task = self.tasks.get(pod.uuid)
         if task is not None:
-            await task.done.wait()
+            await task.ended.wait()
         return await self.in_db_thread(lambda: self.store.get(pod.uuid))
+
+    async def torn_down(self, pod_uuid: str) -> None:
+        """Return once the pod's sandbox is gone (at once when no task of ours has it)."""
+        task = self.tasks.get(pod_uuid)
+        if task is not None:
+            await task.done.wait()
 
     async def kill(self, ref: str, signum: int) -> PodRecord:
         pod = await self.resolve(ref)
         task = self.tasks.get(pod.uuid)
-        if task is None:
+        if task is None or task.ended.is_set():
             raise ConflictError(f"pod {pod.name} is not running ({pod.state})")
         for process in list(task.processes.values()):
             await self.runtime.signal_app(task.pod, task.sandbox, process, signum)
@@ -279,6 +293,7 @@ class PodManager:
             if not reported:
                 task_status.started(task)
             self.tasks.pop(pod.uuid, None)
+            task.ended.set()
             task.done.set()
 
     async def _contain(self, task: PodTask, exc: Exception) -> None:
@@ -299,23 +314,42 @@ class PodManager:
                 _log_failure(bound, "recording the failed pod failed", again)
 
     async def _finish(self, task: PodTask) -> None:
-        """Tear the sandbox down (shielded) and record the pod's final state."""
+        """Record the pod's final state, then tear its sandbox down and forget it (shielded).
+
+        The state comes first: once every app has ended the pod no longer runs, and ``wait``
+        answers then, without the teardown's kernel work (a veth, nftables, namespaces,
+        cgroups: milliseconds of RCU waits). The sandbox stays recorded (``pod.runtime``)
+        until it is gone, so a supervisor killed between the two finds it and finishes the
+        teardown (``adopt_all``); the pod's task stays in ``tasks`` meanwhile, and ``start``,
+        ``stop`` and ``run --rm``'s destroy wait for its end."""
         pod = task.pod
         with trio.CancelScope(shield=True):
-            if task.sandbox:
-                try:
-                    await self.runtime.destroy_sandbox(pod, task.sandbox)
-                except Exception as exc:  # noqa: BLE001  # the pod is recorded all the same
-                    _log_failure(log.bind(pod=pod.uuid), "pod teardown failed", exc)
-            killpoint("stop.sandbox-destroyed")
             final = "failed" if task.failed else "exited"
             extra = {"reason": task.failure} if task.failure else {}
+            sandbox = task.sandbox
 
             def record(tx: Transaction) -> None:
-                self.store.set_runtime(tx, pod.uuid, {})
+                if not sandbox:
+                    self.store.set_runtime(tx, pod.uuid, {})
                 self.store.transition(tx, pod, final, **extra)
 
             await self._record(record)
+            task.ended.set()
+            killpoint("stop.final-recorded")
+            if sandbox:
+                await self._tear_down(pod, sandbox)
+
+    async def _tear_down(self, pod: PodRecord, sandbox: dict[str, Any]) -> None:
+        """Destroy the sandbox of a pod whose final state is recorded, then forget it (the
+        runtime handle goes only once the sandbox has: a failure leaves it for the next
+        supervisor, or ``gc``, to try again)."""
+        try:
+            await self.runtime.destroy_sandbox(pod, sandbox)
+        except Exception as exc:  # noqa: BLE001  # the pod is recorded all the same
+            _log_failure(log.bind(pod=pod.uuid), "pod teardown failed", exc)
+            return
+        killpoint("stop.sandbox-destroyed")
+        await self._record(lambda tx: self.store.set_runtime(tx, pod.uuid, {}))
 
     async def _stop_task(self, task: PodTask, grace: float | None) -> None:
         """Stop the pod's apps and wait until the pod task has recorded its end."""
@@ -513,6 +547,9 @@ class PodManager:
         pods = await self.in_db_thread(self.store.all)
         for pod in pods:
             if pod.state not in LIVE_STATES:
+                if pod.runtime:  # ended, its teardown cut short by the last supervisor's end
+                    with trio.CancelScope(shield=True):
+                        await self._tear_down(pod, pod.runtime)
                 continue
             try:
                 processes = await self.runtime.recover(pod, pod.runtime)

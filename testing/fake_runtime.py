@@ -57,7 +57,7 @@ class FakeRuntime:
     """``script[app name]`` lists behaviours for successive runs; the last one repeats.
 
     ``fail_sandbox``: True makes ``create_sandbox`` raise ``IsolationError``; an exception
-    makes it raise that one.
+    makes it raise that one. ``teardown_for``: how long ``destroy_sandbox`` takes.
     """
 
     def __init__(self, script: dict[str, list[Behaviour]] | None = None) -> None:
@@ -68,6 +68,7 @@ class FakeRuntime:
         self.log: list[tuple[float, str, str]] = []  # (time, what, app or pod)
         self._pids = itertools.count(1000)
         self.fail_sandbox: bool | Exception = False
+        self.teardown_for = 0.0  # seconds destroy_sandbox takes
 
     def _behaviour(self, app: str) -> Behaviour:
         plan = self.script.get(app, [Behaviour()])
@@ -140,7 +141,7 @@ class FakeRuntime:
             fake.end(ExitStatus(signal=signum))
 
     async def destroy_sandbox(self, pod: PodRecord, sandbox: Sandbox) -> None:
-        await trio.lowlevel.checkpoint()
+        await trio.sleep(self.teardown_for)
         if self.running(pod.uuid):
             raise IsolationError("fake sandbox destroyed with apps running")
         self.sandboxes.discard(pod.uuid)

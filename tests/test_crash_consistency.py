@@ -46,6 +46,7 @@ SUPERVISOR_POINTS = {
     "start.running-recorded": "running",
     "stop.stopping-recorded": "exited",
     "stop.app-stopped": "exited",
+    "stop.final-recorded": "exited",
     "stop.network-detached": "exited",
     "stop.processes-killed": "exited",
     "stop.namespaces-removed": "exited",

@@ -290,6 +290,54 @@ async def test_exited_pod_starts_again(
     assert (await manager.wait("again")).apps[0].exit_status == 0
 
 
+async def test_wait_answers_once_the_pod_ended_while_start_and_stop_wait_for_its_teardown(
+    clock: trio.testing.MockClock, sup: Supervisor
+) -> None:
+    """The pod no longer runs once its apps have ended: ``wait`` answers then, with the
+    sandbox still recorded; a start (or stop) meanwhile waits until the sandbox is gone."""
+    sup.runtime.script["app"] = [Behaviour(runs_for=1.0)]
+    sup.runtime.teardown_for = 5.0
+    pod = prepare(sup.db, "slow", ["app"])
+    manager = await sup.manager()
+    began = trio.current_time()
+    await manager.start("slow")
+    ended = await manager.wait("slow")
+    assert ended.state == "exited"
+    assert trio.current_time() - began < 2  # not after the 5 s teardown
+    assert PodStore(sup.db).get(pod.uuid).runtime == {"fake": pod.uuid}  # not yet gone
+    with pytest.raises(ConflictError, match="not running"):
+        await manager.kill("slow", signal.SIGTERM)
+    await manager.start("slow")  # waits for the teardown, then starts
+    assert trio.current_time() - began >= 6
+    whats = [what for _, what, _ in sup.runtime.log if what in ("sandbox", "destroy")]
+    assert whats == ["sandbox", "destroy", "sandbox"]
+    await manager.wait("slow")
+    stopping = trio.current_time()
+    await manager.stop("slow")  # ended already: stop returns once the sandbox is gone
+    assert trio.current_time() - stopping >= 4
+    final = PodStore(sup.db).get(pod.uuid)
+    assert (final.state, final.runtime) == ("exited", {})
+    assert [t for t, _, _ in events(sup.db, pod)].count("pod.exited") == 2
+
+
+async def test_a_teardown_cut_by_the_supervisors_end_is_finished_by_the_next(
+    clock: trio.testing.MockClock, sup: Supervisor
+) -> None:
+    """Killed between the final record and the sandbox's teardown, a supervisor leaves the
+    sandbox recorded with the ended pod: the next one removes it at start, with no event."""
+    pod = prepare(sup.db, "cut", ["app"])
+    with sup.db.transaction() as tx:
+        PodStore(sup.db).set_runtime(tx, pod.uuid, {"fake": pod.uuid})
+        tx.execute("UPDATE pods SET state = 'exited' WHERE uuid = ?", (pod.uuid,))
+    sup.runtime.sandboxes.add(pod.uuid)
+    before = events(sup.db, pod)
+    await sup.manager()
+    assert pod.uuid not in sup.runtime.sandboxes
+    final = PodStore(sup.db).get(pod.uuid)
+    assert (final.state, final.runtime) == ("exited", {})
+    assert events(sup.db, pod) == before
+
+
 async def test_adoption_after_detach_keeps_apps_and_applies_policy(
     clock: trio.testing.MockClock, sup: Supervisor
 ) -> None:
@@ -415,7 +463,7 @@ async def test_stop_all_records_a_priority_groups_stopping_in_one_transaction(
 ) -> None:
     """500 pods' stop must not wait for 500 commits in a row before the last is signalled:
     a group's pod.stopping transitions are one transaction, then each pod records its app's
-    exit and its end (two each)."""
+    exit, its end, and (once its sandbox is gone) that it holds none (three each)."""
     pods = []
     for name in ("one", "two", "three"):
         sup.runtime.script[f"{name}-app"] = [Behaviour(runs_for=3600.0)]
@@ -432,7 +480,7 @@ async def test_stop_all_records_a_priority_groups_stopping_in_one_transaction(
 
     monkeypatch.setattr(sup.db, "transaction", counted)
     await manager.stop_all(grace=1.0)
-    assert len(commits) == 1 + 2 * len(pods)
+    assert len(commits) == 1 + 3 * len(pods)
     for pod in pods:
         assert [t for t, _, _ in events(sup.db, pod)][-3:] == \
             ["pod.stopping", "app.exited", "pod.exited"]

@@ -27,14 +27,17 @@ def destroy_pod(config: Config, state: StateDB, images: ImageStore, pod: PodReco
     """Stop the pod (``stop``: through the supervisor) when it runs, then remove its clones,
     files and row (which releases its address and forwards)."""
     store = PodStore(state)
-    if pod.state in LIVE:
+    # An ended pod whose sandbox is still recorded is being torn down by the supervisor (or
+    # was, when it died): its stop returns once that is done.
+    if pod.state in LIVE or (pod.runtime and stop is not None):
         if stop is None:
             raise ConflictError(f"pod {pod.name} is {pod.state}", hint="stop it first")
         try:
             stop(pod)
         except SupervisorError as exc:
+            doing = pod.state if pod.state in LIVE else "ended, its sandbox not torn down,"
             raise ConflictError(
-                f"pod {pod.name} is {pod.state} and the supervisor cannot stop it: {exc}",
+                f"pod {pod.name} is {doing} and the supervisor cannot stop it: {exc}",
                 hint="start the supervisor ('jetpack daemon'): it reconciles pods left behind",
             ) from None
         pod = store.get(pod.uuid)
@@ -51,7 +54,9 @@ def gc_pods(config: Config, state: StateDB, images: ImageStore, grace: float) ->
     done = []
     cutoff = time.time() - grace
     for pod in PodStore(state).all():
-        if pod.state in ("exited", "failed") and (pod.exited or pod.created) < cutoff:
+        # (a pod whose sandbox is still recorded is the supervisor's to tear down first)
+        if pod.state in ("exited", "failed") and not pod.runtime \
+                and (pod.exited or pod.created) < cutoff:
             destroy_pod(config, state, images, pod)
             killpoint("gc.pod-removed")
             done.append(f"removed pod {pod.uuid} ({pod.name})")
