@@ -14,6 +14,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import inventory
 import pytest
 
 from acis import aci_from_entries, dir_entry, manifest, manifest_entry
@@ -391,3 +392,16 @@ def _envtest(host: Host, tmp_path: Path) -> None:
     assert (logs / "order").read_text().split() == ["pre", "app", "post"]
     assert host.pod(pod)["apps"][0]["exit_status"] == 3  # type: ignore[index]
     host.jp("destroy", pod)
+
+
+def test_a_pod_destroyed_as_soon_as_it_ended_leaves_nothing(host: Host) -> None:
+    """``run`` answers once the pod has ended, while the supervisor may still be tearing its
+    sandbox down: ``destroy`` and ``start`` right after wait for that (the CLI's destroy goes
+    through the supervisor while the sandbox is recorded), and nothing is left."""
+    host.start()
+    for _ in range(3):
+        uuid = host.jp("prepare", "example.com/busybox", "--exec", "/bin/true").stdout.split()[-1]
+        host.jp("run", uuid)
+        host.jp("run", uuid)  # again, at once: its start waits for the first one's teardown
+        host.jp("destroy", uuid)
+    assert inventory.problems(inventory.take(host)) == []
