@@ -363,7 +363,7 @@ def test_prune_removes_the_rules_of_veths_that_are_gone_only(
     linux.ensure_bridge("jetpack0", HOST_CIDR, host_netns=host)
     linux.ensure_firewall(HOST_CIDR, host_netns=host)
     _, running = attach(host, make_netns("p"), "172.23.0.2")
-    stopped_uuid, stopped = attach(host, make_netns("p"), "172.23.0.3")
+    _, stopped = attach(host, make_netns("p"), "172.23.0.3")
     linux.detach_pod(stopped, host_netns=host)
     assert linux.prune_pod_rules(host_netns=host) == [stopped]
     assert linux.antispoof_rules(stopped, host_netns=host) == []
@@ -375,7 +375,10 @@ def test_prune_removes_the_rules_of_veths_that_are_gone_only(
     for veth in (running, stopped):
         linux.detach_pod(veth, host_netns=host)
     assert linux.remove_table(host_netns=host) is True  # pruned first, then the tables
-    del stopped_uuid
+    # a destroy then makes no table (a map without the base chain's rule would filter nothing)
+    linux.remove_pod_rules(stopped, "172.23.0.3", host_netns=host)
+    linux.remove_pod_rules(stopped, host_netns=host)
+    assert "jetpack" not in tables(host)
 
 
 def test_attach_makes_a_missing_table_and_replaces_an_older_chain(

@@ -658,23 +658,26 @@ def remove_pod_rules(veth_name: str, pod_ip: str | None = None, *,
                      host_netns: str | None = None) -> None:
     """Delete the anti-spoofing chain and map element of one veth: when its pod is destroyed
     (a stopped pod keeps them, see ``_ensure_antispoof``); idempotent. With the pod's address,
-    one transaction (the chain's name is known; each part is added first, a no-op when there,
-    so the deletes always find it); without, or when the element names another chain, one
-    listing first."""
+    one transaction (the chain's name is known; the chain and element are added first, a no-op
+    when there, so the deletes always find them); without, or when the element names another
+    chain, one listing first.
+
+    Never makes the table or the map: a map without the base chain's rule that reads it would
+    let a later attach take its additions-only path and filter nothing."""
     _check_ifname(veth_name)
 
     def remove() -> None:
         if pod_ip is not None:
             chain = _port_chain(veth_name, pod_ip)
             _forget({veth_name: chain})
-            t = f"bridge {TABLE}"
             try:
-                _nft(f"add table {t}\nadd map {t} ports {{ type ifname : verdict; }}\n"
-                     f"add chain {t} {chain}\n" + _element(veth_name, chain)
+                _nft(f"add chain bridge {TABLE} {chain}\n" + _element(veth_name, chain)
                      + _pod_rules_deletes({veth_name: chain}),
                      f"removing the rules of veth {veth_name}")
                 return
             except NetworkError as exc:
+                if _nft_refused(exc) == "missing":  # no table or no map: nothing to remove
+                    return
                 if _nft_refused(exc) != "exists":
                     raise
         found = {veth: chain for veth, chain in _port_elements().items() if veth == veth_name}
