@@ -7,8 +7,8 @@ and what an interrupted import or build can leave: image trees and the store's t
 The event log's sequence numbers are read too (a gap is a problem).
 ``problems(inventory)`` lists each resource that the database does not account for (a pod that
 is not running holds nothing but its directory, its dataset and its veth's anti-spoofing rules;
-a pod the database does not know holds nothing at all) and each pod stuck in a transitional state. The crash-consistency tests,
-the reboot simulation and the soak benchmark share it.
+a pod the database does not know holds nothing at all) and each pod stuck in a transitional
+state. The crash-consistency tests, the reboot simulation and the soak benchmark share it.
 """
 
 from __future__ import annotations
