@@ -331,8 +331,24 @@ def test_a_restarted_pod_keeps_its_chain_and_its_start_deletes_nothing(
         # one transaction, and it deleted nothing (re-adding the element changes nothing)
         assert [line for line in changes if line.startswith("# new generation")] != []
         assert len([line for line in changes if line.startswith("#")]) == 1, changes
-        assert not [line for line in changes if line.split()[0] not in ("add", "#")], changes
+        assert not [line for line in changes if line.split()[0] not in ("add", "create", "#")], changes
         assert bridge_handles(host) == before
+    # pruned by another process (another jetpack's supervisor start) while this one still
+    # remembers the chain: its element is refused (no such chain), the chain is made again,
+    # additions only still
+    linux.detach_pod(veth, pod_uuid=pod_uuid, host_netns=host)
+    chain = f"port_{veth}_172.23.0.2"
+    subprocess.run(["ip", "netns", "exec", host, "nft", "-f", "-"], check=True, text=True,
+                   input=f'delete element bridge jetpack ports {{ "{veth}" }}\n'
+                         f"flush chain bridge jetpack {chain}\n"
+                         f"delete chain bridge jetpack {chain}\n")
+    assert ("net:[" + str(os.stat(f"/run/netns/{host}").st_ino) + "]", chain) \
+        in linux._known_chains
+    with Monitor(host) as monitor:
+        pod = start()
+        changes = monitor.changes()
+    assert not [line for line in changes if line.split()[0] not in ("add", "create", "#")], changes
+    assert len(linux.antispoof_rules(veth, host_netns=host)) == 5
     ping = in_ns(pod, "busybox", "ping", "-c", "1", "-W", "3", "172.23.0.1", check=False)
     assert ping.returncode == 0, ping.stdout + ping.stderr  # the legitimate use
     # spoofing from the restarted pod (root in its namespace): another source address, then

@@ -544,7 +544,18 @@ def _port_chain_script(veth_name: str, pod_ip: str, *, create: bool) -> str:
 # Chains this process made or found, by (network namespace, chain): a start of the same pod
 # then sends its map element alone. Only a guess: a chain gone meanwhile fails that element
 # (ENOENT), and a chain of that name is the right one whoever made it (``_port_chain``).
+# Pods destroyed by another process (the CLI) are never discarded here: bounded by starting
+# over.
 _known_chains: set[tuple[str, str]] = set()
+_KNOWN_CHAINS_MAX = 4096
+
+
+def _known(host: str, chain: str) -> None:
+    if len(_known_chains) >= _KNOWN_CHAINS_MAX:
+        _known_chains.clear()
+    _known_chains.add((host, chain))
+
+
 _LOCK_PATH = "/run/jetpack-nftables.lock"
 
 
@@ -585,27 +596,28 @@ def _ensure_antispoof(veth_name: str, pod_ip: str) -> None:
     chain = _port_chain(veth_name, pod_ip)
     what = f"the rules of veth {veth_name}"
     host = _netns_key()
+    scripts = {"create": _port_chain_script(veth_name, pod_ip, create=True),
+               "element": _element(veth_name, chain)}
+    # the chain refused as there: its element; the element refused for a missing chain: the
+    # chain (gone since this process saw it); anything else: the slow path
+    follow = {("create", "exists"): "element", ("element", "missing"): "create"}
     with _rules_lock(exclusive=False):
-        known = (host, chain) in _known_chains
-        if not known:
+        tried: list[str] = []
+        step: str | None = "element" if (host, chain) in _known_chains else "create"
+        while step is not None and step not in tried:
+            tried.append(step)
             try:
-                _nft(_port_chain_script(veth_name, pod_ip, create=True), what)
-                _known_chains.add((host, chain))
-                return
+                _nft(scripts[step], what)
             except NetworkError as exc:
-                if _nft_refused(exc) is None:
+                why = _nft_refused(exc)
+                if why is None:
                     raise
-                known = _nft_refused(exc) == "exists"  # kept from a start before: the element
-        if known:
-            try:
-                _nft(_element(veth_name, chain), what)
-                _known_chains.add((host, chain))
-                return
-            except NetworkError as exc:
-                if _nft_refused(exc) is None:
-                    raise
+                step = follow.get((step, why))
+                continue
+            _known(host, chain)
+            return
         _replace_antispoof(veth_name, pod_ip)
-        _known_chains.add((host, chain))
+        _known(host, chain)
 
 
 def _replace_antispoof(veth_name: str, pod_ip: str) -> None:
