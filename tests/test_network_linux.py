@@ -292,6 +292,11 @@ class Monitor:
             in_ns(self.ns, "nft", "delete", "table", "inet", name, check=False)
 
 
+def removals(changes: list[str]) -> list[str]:
+    """What ``nft monitor`` printed that was not an addition (a delete, a flush's deletes)."""
+    return [line for line in changes if line.split()[0] not in ("add", "create", "#")]
+
+
 def test_a_restarted_pod_keeps_its_chain_and_its_start_deletes_nothing(
         host: str, make_netns: Callable[..., str]) -> None:
     """A pod stopped (detach) and started again (attach into a new namespace): its eth0 has the
@@ -331,7 +336,7 @@ def test_a_restarted_pod_keeps_its_chain_and_its_start_deletes_nothing(
         # one transaction, and it deleted nothing (re-adding the element changes nothing)
         assert [line for line in changes if line.startswith("# new generation")] != []
         assert len([line for line in changes if line.startswith("#")]) == 1, changes
-        assert not [line for line in changes if line.split()[0] not in ("add", "create", "#")], changes
+        assert not removals(changes), changes
         assert bridge_handles(host) == before
     # pruned by another process (another jetpack's supervisor start) while this one still
     # remembers the chain: its element is refused (no such chain), the chain is made again,
@@ -347,7 +352,7 @@ def test_a_restarted_pod_keeps_its_chain_and_its_start_deletes_nothing(
     with Monitor(host) as monitor:
         pod = start()
         changes = monitor.changes()
-    assert not [line for line in changes if line.split()[0] not in ("add", "create", "#")], changes
+    assert not removals(changes), changes
     assert len(linux.antispoof_rules(veth, host_netns=host)) == 5
     ping = in_ns(pod, "busybox", "ping", "-c", "1", "-W", "3", "172.23.0.1", check=False)
     assert ping.returncode == 0, ping.stdout + ping.stderr  # the legitimate use
