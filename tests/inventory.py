@@ -6,9 +6,9 @@ nftables rules, its cgroups and its processes, plus the supervisor's open descri
 and what an interrupted import or build can leave: image trees and the store's tmp area.
 The event log's sequence numbers are read too (a gap is a problem).
 ``problems(inventory)`` lists each resource that the database does not account for (a pod that
-is not running holds nothing but its directory and dataset; a pod the database does not know
-holds nothing at all) and each pod stuck in a transitional state. The crash-consistency tests,
-the reboot simulation and the soak benchmark share it.
+is not running holds nothing but its directory, its dataset and its veth's anti-spoofing rules;
+a pod the database does not know holds nothing at all) and each pod stuck in a transitional
+state. The crash-consistency tests, the reboot simulation and the soak benchmark share it.
 """
 
 from __future__ import annotations
@@ -89,8 +89,13 @@ def problems(inv: Inventory) -> list[str]:
     live_veths = {veth_name(u) for u in running}
     found += [f"link {name} of a pod that is not running" for name in inv.links
               if name not in live_veths]
+    # a port forward lives while its pod runs; a veth's anti-spoofing rules while its pod
+    # exists (a stopped pod keeps them for its next start)
+    existing = {veth_name(u) for u in inv.pods}
     found += [f"nftables rule '{c}' of a pod that is not running" for c in inv.rules
-              if not any(u in c or veth_name(u) in c for u in running)]
+              if not c.startswith("veth ") and not any(u in c for u in running)]
+    found += [f"nftables rule '{c}' of a pod that does not exist" for c in inv.rules
+              if c.startswith("veth ") and c.removeprefix("veth ") not in existing]
     found += [f"cgroup of pod {u}, which is not running" for u in inv.cgroups - running]
     found += [f"process {pid} of pod {u}, which is not running"
               for pid, u in inv.processes.items() if u not in running]

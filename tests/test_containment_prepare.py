@@ -316,6 +316,22 @@ def test_attack_pod_poisons_the_host_arp_cache_with_net_raw(host: Host) -> None:
     """With the default CAP_NET_RAW a pod sends ARP requests claiming another pod's address:
     the host's neighbour entry for the victim must keep the victim's MAC, and the bridge's
     anti-spoofing rule counts the forged frames (they poisoned the cache)."""
+    poison_the_host_arp_cache(host, restarted=False)
+
+
+def test_attack_pod_stopped_and_started_again_poisons_the_host_arp_cache(host: Host) -> None:
+    """The same attack from a pod stopped and started again: its anti-spoofing chain, kept
+    while it was stopped, is the one of its first start (same rule handles: the start deleted
+    and flushed nothing) and still drops the forged frames; destroyed, nothing of it stays."""
+    poison_the_host_arp_cache(host, restarted=True)
+
+
+def bridge_chains() -> str:
+    return subprocess.run(["nft", "list", "chains", "bridge"], capture_output=True,
+                          text=True).stdout
+
+
+def poison_the_host_arp_cache(host: Host, *, restarted: bool) -> None:
     host.jp("import", str(arpspoof_image(host)))
     host.start()
     gateway = host.network.split("/")[0]
@@ -329,6 +345,16 @@ def test_attack_pod_poisons_the_host_arp_cache_with_net_raw(host: Host) -> None:
         f"/bin/arpspoof eth0 {victim_ip} {gateway}; "
         f"ping -c1 -W5 {gateway} >/dev/null && echo ping ok; sleep 300'",
         "-v", f"trigger,kind=host,source={trigger}")
+    veth = linux.veth_name(attacker)
+    if restarted:
+        handles = [rule["handle"] for rule in linux.antispoof_rules(veth)]
+        assert len(handles) == 5
+        host.jp("stop", attacker)
+        assert [rule["handle"] for rule in linux.antispoof_rules(veth)] == handles
+        host.jp("start", attacker)
+        host.wait_for(f"pod {attacker} running",
+                      lambda: host.pod(attacker)["state"] == "running")
+        assert [rule["handle"] for rule in linux.antispoof_rules(veth)] == handles
     # the host learns the victim's MAC once every veth is on the bridge (a port joining the
     # bridge may change its address, which flushes the host's neighbour table)
     subprocess.run(["busybox", "ping", "-c1", "-W5", victim_ip], check=True,
@@ -341,7 +367,6 @@ def test_attack_pod_poisons_the_host_arp_cache_with_net_raw(host: Host) -> None:
                                                                       "arpspoof"))
     assert "sent 3" in app_log(host, attacker, "arpspoof")  # the raw socket sent them
     assert neighbour_mac(host, victim_ip) == victim_mac
-    veth = linux.veth_name(attacker)
     counters = {json.dumps(r["expr"]): next(e["counter"]["packets"] for e in r["expr"]
                                             if "counter" in e)
                 for r in linux.antispoof_rules(veth)}
@@ -352,3 +377,4 @@ def test_attack_pod_poisons_the_host_arp_cache_with_net_raw(host: Host) -> None:
     host.jp("stop", attacker)
     host.jp("destroy", attacker)
     assert linux.antispoof_rules(veth) == []  # removed with the pod
+    assert veth not in bridge_chains()

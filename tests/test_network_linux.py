@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import secrets
 import shutil
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -181,9 +184,9 @@ async def test_two_pods_ping_each_other_and_the_host(host: str,
 
 def test_forwards_go_with_the_attach_and_the_detach(host: str,
                                                    make_netns: Callable[..., str]) -> None:
-    """attach_pod with the pod's forwards (one nft transaction with its anti-spoofing rules),
-    detach_pod with its UUID: nothing of the pod stays, and the caller's thread never left its
-    own namespace."""
+    """attach_pod with the pod's forwards, detach_pod with its UUID: only its anti-spoofing
+    chain stays (until remove_pod_rules, at destroy), and the caller's thread never left its own
+    namespace."""
     own = os.readlink("/proc/thread-self/ns/net")
     linux.ensure_bridge("jetpack0", HOST_CIDR, host_netns=host)
     linux.ensure_firewall(HOST_CIDR, host_netns=host)
@@ -209,10 +212,220 @@ def test_forwards_go_with_the_attach_and_the_detach(host: str,
 
     assert linux.detach_pod(veth_a, pod_uuid=uuid_a, host_netns=host) is True
     assert linux.port_forwards(host_netns=host) == {}
-    assert linux.antispoof_rules(veth_a, host_netns=host) == []
+    assert len(linux.antispoof_rules(veth_a, host_netns=host)) == 5  # kept for its next start
     assert not [name for name in links(host) if name.startswith("jp")]
     assert linux.detach_pod(veth_a, pod_uuid=uuid_a, host_netns=host) is False
+    linux.remove_pod_rules(veth_a, "172.23.0.2", host_netns=host)
+    assert linux.antispoof_rules(veth_a, host_netns=host) == []
+    linux.remove_pod_rules(veth_a, "172.23.0.2", host_netns=host)  # idempotent
+    linux.remove_pod_rules(veth_a, host_netns=host)
     assert os.readlink("/proc/thread-self/ns/net") == own
+
+
+def bridge_handles(host: str) -> dict[str, int]:
+    """Every chain and rule of jetpack's bridge table by its handle: a chain deleted and made
+    again, or a chain flushed and refilled, shows as new handles."""
+    out = json.loads(in_ns(host, "nft", "-j", "-a", "list", "table", "bridge", "jetpack").stdout)
+    found = {}
+    for item in out["nftables"]:
+        if "chain" in item:
+            found[f"chain {item['chain']['name']}"] = item["chain"]["handle"]
+        elif "rule" in item:
+            rule = item["rule"]
+            matches = [e for e in rule["expr"] if "counter" not in e]  # not what it counted
+            found[f"rule {rule['chain']} {json.dumps(matches)}"] = rule["handle"]
+    return found
+
+
+class Monitor:
+    """``nft monitor`` in ``ns``: the ruleset changes it printed between entering and
+    ``changes()``, each end found by a marker table added until the monitor printed it (it
+    subscribes some time after it started)."""
+
+    def __init__(self, ns: str) -> None:
+        self.ns = ns
+        self.markers: list[str] = []
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.proc = subprocess.Popen(["ip", "netns", "exec", ns, "nft", "monitor"],
+                                     stdout=subprocess.PIPE, text=True)
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line.strip())
+
+    def _mark(self) -> list[str]:
+        """The lines the monitor printed before one of the marker tables made now."""
+        seen: list[str] = []
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            name = f"jpmark{len(self.markers)}"
+            self.markers.append(name)
+            in_ns(self.ns, "nft", "add", "table", "inet", name)
+            until = time.monotonic() + 0.5
+            while (left := until - time.monotonic()) > 0:
+                try:
+                    line = self.lines.get(timeout=left)
+                except queue.Empty:
+                    break
+                if line.startswith("add table inet jpmark"):
+                    return seen
+                seen.append(line)
+        raise AssertionError("nft monitor printed none of its markers")
+
+    def __enter__(self) -> Monitor:
+        self._mark()
+        return self
+
+    def changes(self) -> list[str]:
+        return [line for line in self._mark() if line]
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        self.reader.join(timeout=10)  # it reads to the end of the pipe, then the pipe closes
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+        for name in self.markers:
+            in_ns(self.ns, "nft", "delete", "table", "inet", name, check=False)
+
+
+def removals(changes: list[str]) -> list[str]:
+    """What ``nft monitor`` printed that was not an addition (a delete, a flush's deletes)."""
+    return [line for line in changes if line.split()[0] not in ("add", "create", "#")]
+
+
+def test_a_restarted_pod_keeps_its_chain_and_its_start_deletes_nothing(
+        host: str, make_netns: Callable[..., str]) -> None:
+    """A pod stopped (detach) and started again (attach into a new namespace): its eth0 has the
+    MAC its address gives, its chain and the base chain are the very ones of its first start
+    (same handles: nothing deleted, flushed or refilled), the attach sent additions only (nft
+    monitor), and the pod still cannot send from another address or MAC."""
+    linux.ensure_bridge("jetpack0", HOST_CIDR, host_netns=host)
+    linux.ensure_firewall(HOST_CIDR, host_netns=host)
+    pod_uuid = str(uuid.uuid4())
+    veth = linux.veth_name(pod_uuid)
+
+    def start() -> str:
+        pod = make_netns("p")
+        linux.attach_pod(f"/run/netns/{pod}", "172.23.0.2", 16, "172.23.0.1",
+                         bridge="jetpack0", veth_name=veth, pod_uuid=pod_uuid, host_netns=host)
+        return pod
+
+    first = start()
+    eth0 = json.loads(sh("ip", "-n", first, "-j", "link", "show", "eth0").stdout)[0]
+    assert eth0["address"] == linux.pod_mac("172.23.0.2") == "02:4a:ac:17:00:02"
+    before = bridge_handles(host)
+    assert len(linux.antispoof_rules(veth, host_netns=host)) == 5
+    assert linux.detach_pod(veth, pod_uuid=pod_uuid, host_netns=host) is True
+    assert veth not in links(host)
+    assert bridge_handles(host) == before  # the stop removed nothing
+    delete_netns(first)
+
+    # started again by this process, then by another supervisor (which knows no chain: its
+    # create is refused, EEXIST, and only the element follows)
+    for fresh in (False, True):
+        if fresh:
+            linux.detach_pod(veth, pod_uuid=pod_uuid, host_netns=host)
+            linux._known_chains.clear()
+        with Monitor(host) as monitor:
+            pod = start()
+            changes = monitor.changes()
+        # one transaction, and it deleted nothing (re-adding the element changes nothing)
+        assert [line for line in changes if line.startswith("# new generation")] != []
+        assert len([line for line in changes if line.startswith("#")]) == 1, changes
+        assert not removals(changes), changes
+        assert bridge_handles(host) == before
+    # pruned by another process (another jetpack's supervisor start) while this one still
+    # remembers the chain: its element is refused (no such chain), the chain is made again,
+    # additions only still
+    linux.detach_pod(veth, pod_uuid=pod_uuid, host_netns=host)
+    chain = f"port_{veth}_172.23.0.2"
+    subprocess.run(["ip", "netns", "exec", host, "nft", "-f", "-"], check=True, text=True,
+                   input=f'delete element bridge jetpack ports {{ "{veth}" }}\n'
+                         f"flush chain bridge jetpack {chain}\n"
+                         f"delete chain bridge jetpack {chain}\n")
+    assert ("net:[" + str(os.stat(f"/run/netns/{host}").st_ino) + "]", chain) \
+        in linux._known_chains
+    with Monitor(host) as monitor:
+        pod = start()
+        changes = monitor.changes()
+    assert not removals(changes), changes
+    assert len(linux.antispoof_rules(veth, host_netns=host)) == 5
+    ping = in_ns(pod, "busybox", "ping", "-c", "1", "-W", "3", "172.23.0.1", check=False)
+    assert ping.returncode == 0, ping.stdout + ping.stderr  # the legitimate use
+    # spoofing from the restarted pod (root in its namespace): another source address, then
+    # another MAC; the bridge drops both
+    in_ns(pod, "ip", "addr", "add", "172.23.0.77/16", "dev", "eth0")
+    ping = in_ns(pod, "busybox", "ping", "-c", "1", "-W", "1", "-I", "172.23.0.77",
+                 "172.23.0.1", check=False)
+    assert ping.returncode != 0
+    in_ns(pod, "ip", "addr", "del", "172.23.0.77/16", "dev", "eth0")
+    in_ns(pod, "ip", "link", "set", "eth0", "address", "02:4a:ac:17:00:63")
+    in_ns(pod, "ip", "neigh", "flush", "all")
+    ping = in_ns(pod, "busybox", "ping", "-c", "1", "-W", "1", "172.23.0.1", check=False)
+    assert ping.returncode != 0
+    counts = [next(e["counter"]["packets"] for e in rule["expr"] if "counter" in e)
+              for rule in linux.antispoof_rules(veth, host_netns=host)]
+    assert sum(counts) > 0, counts
+
+    linux.detach_pod(veth, pod_uuid=pod_uuid, host_netns=host)
+    linux.remove_pod_rules(veth, "172.23.0.2", host_netns=host)  # the pod destroyed
+    assert linux.antispoof_rules(veth, host_netns=host) == []
+    assert not [name for name in bridge_handles(host) if veth in name]
+
+
+def test_prune_removes_the_rules_of_veths_that_are_gone_only(
+        host: str, make_netns: Callable[..., str]) -> None:
+    """Supervisor start and gc --network: the chains of stopped or destroyed pods go, a
+    running pod's stays; a pruned pod's next start makes its chain again."""
+    linux.ensure_bridge("jetpack0", HOST_CIDR, host_netns=host)
+    linux.ensure_firewall(HOST_CIDR, host_netns=host)
+    _, running = attach(host, make_netns("p"), "172.23.0.2")
+    _, stopped = attach(host, make_netns("p"), "172.23.0.3")
+    linux.detach_pod(stopped, host_netns=host)
+    assert linux.prune_pod_rules(host_netns=host) == [stopped]
+    assert linux.antispoof_rules(stopped, host_netns=host) == []
+    assert len(linux.antispoof_rules(running, host_netns=host)) == 5
+    assert linux.remove_table(host_netns=host) is False  # the running pod's rules are in it
+    linux.attach_pod(f"/run/netns/{make_netns('p')}", "172.23.0.3", 16, "172.23.0.1",
+                     bridge="jetpack0", veth_name=stopped, host_netns=host)
+    assert len(linux.antispoof_rules(stopped, host_netns=host)) == 5
+    for veth in (running, stopped):
+        linux.detach_pod(veth, host_netns=host)
+    assert linux.remove_table(host_netns=host) is True  # pruned first, then the tables
+    # a destroy then makes no table (a map without the base chain's rule would filter nothing)
+    linux.remove_pod_rules(stopped, "172.23.0.3", host_netns=host)
+    linux.remove_pod_rules(stopped, host_netns=host)
+    assert "jetpack" not in tables(host)
+
+
+def test_attach_makes_a_missing_table_and_replaces_an_older_chain(
+        host: str, make_netns: Callable[..., str]) -> None:
+    """Without the table (gc --network of another jetpack removed it) an attach makes it whole;
+    an older jetpack's element for the veth (chain ``port_<veth>``, a MAC of the kernel's
+    choosing) is replaced and its chain removed."""
+    linux.ensure_bridge("jetpack0", HOST_CIDR, host_netns=host)
+    pod_uuid, veth = attach(host, make_netns("p"), "172.23.0.2")  # no ensure_firewall
+    assert len(linux.antispoof_rules(veth, host_netns=host)) == 5
+    ports = in_ns(host, "nft", "list", "chain", "bridge", "jetpack", "ports").stdout
+    assert "iifname vmap @ports" in ports
+    linux.detach_pod(veth, host_netns=host)
+    linux.remove_pod_rules(veth, host_netns=host)
+    old = f"port_{veth}"
+    subprocess.run(["ip", "netns", "exec", host, "nft", "-f", "-"], check=True, text=True,
+                   input=f"add chain bridge jetpack {old}\n"
+                         f"add rule bridge jetpack {old} ether saddr != 02:00:00:00:00:01 drop\n"
+                         f'add element bridge jetpack ports {{ "{veth}" : jump {old} }}\n')
+    linux.attach_pod(f"/run/netns/{make_netns('p')}", "172.23.0.2", 16, "172.23.0.1",
+                     bridge="jetpack0", veth_name=veth, pod_uuid=pod_uuid, host_netns=host)
+    assert len(linux.antispoof_rules(veth, host_netns=host)) == 5
+    assert f"chain {old}" not in bridge_handles(host)
+    linux.detach_pod(veth, host_netns=host)
+    linux.remove_pod_rules(veth, "172.23.0.2", host_netns=host)
+    assert not [name for name in bridge_handles(host) if veth in name]
 
 
 def test_a_failed_attach_leaves_no_veth(host: str, make_netns: Callable[..., str]) -> None:

@@ -47,6 +47,21 @@ def destroy_pod(config: Config, state: StateDB, images: ImageStore, pod: PodReco
         store.delete(tx, pod)
     killpoint("destroy.deleted")
     images.destroy_pod_clones(pod.uuid)
+    if pod.ip is not None:
+        forget_network(config, pod)
+
+
+def forget_network(config: Config, pod: PodRecord) -> None:
+    """What the network keeps of a stopped pod for its next start (its anti-spoofing chain):
+    gone with the pod. A failure leaves only that inert chain, which the next supervisor start
+    or ``gc --network`` removes (``prune_pod_rules``): the pod is destroyed all the same."""
+    from jetpack.errors import NetworkError
+    from jetpack.stage1.drivers import network_backend
+
+    try:
+        network_backend(config).forget(pod.uuid, pod.ip)
+    except NetworkError:
+        pass
 
 
 def gc_pods(config: Config, state: StateDB, images: ImageStore, grace: float) -> list[str]:

@@ -26,11 +26,12 @@ class _Hook:
 class LinuxNetwork(_Hook):
     """A veth into the ``jail.interface`` bridge, the pod's address, a default route via the
     host; port forwards in jetpack's own nftables table. Netlink in-process, and one ``nft -f -``
-    transaction for the pod's rules each way.
+    transaction of additions only for the pod's anti-spoofing rules at attach; none at detach
+    for a pod without forwards: its chain stays while the pod exists (``forget`` at destroy).
 
     Pods attach and detach four at a time: each nft script is one kernel transaction whatever
-    runs beside it (the ``ports`` chain an attach flushes and refills is whole in each), and
-    veths have names of their own; one at a time, 500 pods' nft processes ran in a row."""
+    runs beside it, and veths have names of their own; one at a time, 500 pods' nft processes
+    ran in a row."""
 
     def __init__(self, config: Config) -> None:
         super().__init__(config)
@@ -41,9 +42,13 @@ class LinuxNetwork(_Hook):
 
         linux.ensure_bridge(self.interface, str(self.network))
         linux.ensure_firewall(str(self.network), nat=self.nat)
+        # what a destroy cut short left (and stopped pods' chains, made again at their start)
+        linux.prune_pod_rules()
 
     def teardown_host(self) -> list[str]:
-        """Remove jetpack's nftables table and the bridge (``gc``, no pod running)."""
+        """Remove jetpack's nftables table and the bridge (``gc``, no pod running); the rules
+        of veths that are gone (stopped or destroyed pods) go first, the table only when no
+        other jetpack's pod still uses it."""
         from jetpack.stage1.network import linux
 
         done = []
@@ -75,7 +80,8 @@ class LinuxNetwork(_Hook):
         from jetpack.stage1.network import linux
 
         # Its port forwards are looked up (a listing of the portmap chain) only when its plan
-        # had some: a pod without any removes its rules with one nft transaction.
+        # had some: a pod without any runs no nft at all (its anti-spoofing chain stays, inert
+        # while no interface has its veth's name, until ``forget``).
         plan = attachment.plan
         forwards = plan is None or bool(plan.forwards)
 
@@ -84,6 +90,14 @@ class LinuxNetwork(_Hook):
                              pod_uuid=attachment.pod_uuid if forwards else None)
 
         await trio.to_thread.run_sync(detach, limiter=self.limiter)
+
+    def forget(self, pod_uuid: str, ip4: str | None = None) -> None:
+        """Remove what the network keeps of a pod between its starts (its anti-spoofing chain
+        and map element): call once the pod is destroyed, never while it runs. Synchronous
+        (one nft transaction; with ``ip4``, the pod's address, no listing first); idempotent."""
+        from jetpack.stage1.network import linux
+
+        linux.remove_pod_rules(linux.veth_name(pod_uuid), ip4)
 
 
 class FreeBSDNetwork(_Hook):
@@ -98,6 +112,9 @@ class FreeBSDNetwork(_Hook):
     def teardown_host(self) -> list[str]:
         """Nothing: lo1 stays (rc.conf's), and each pod's pf anchor goes with its sandbox."""
         return []
+
+    def forget(self, pod_uuid: str, ip4: str | None = None) -> None:
+        """Nothing: a pod's pf anchor is flushed at each detach, its alias removed with it."""
 
     async def attach(self, attachment: NetworkAttachment) -> None:
         from jetpack.stage1.network import freebsd

@@ -23,13 +23,20 @@ Anti-spoofing (``table bridge jetpack``): a pod's packets enter the bridge throu
 side of its veth; frames from that port must carry the pod's own MAC, IPv4 packets its own
 address, ARP its own sender address and MAC, and nothing else (no IPv6, no other ether type)
 passes. So CAP_NET_RAW, which stays in the default set for ping, cannot forge another pod's or
-the host's address (ARP poisoning, spoofed sources). Each veth has a chain of its own,
-``port_<veth>`` (its rules, each with a counter and the comment ``veth <name>``), reached from
-the base chain ``ports`` (bridge prerouting) through the verdict map ``ports`` (iifname ->
-jump). The chain and its map element are added before the veth joins the bridge and go with it
-(``detach_pod``) in one nft transaction each way that names them, so removing a pod lists no
-rules: its cost does not grow with the number of pods. (An older supervisor's per-rule chain
-``antispoof`` is left as it is; ``gc --network`` removes it with the table.)
+the host's address (ARP poisoning, spoofed sources). The pod's eth0 gets a MAC derived from its
+address (``pod_mac``), fixed from prepare to destroy like the address. Each veth has a chain of
+its own, ``port_<veth>_<address>`` (its rules, each with a counter and the comment
+``veth <name>``), reached from the base chain ``ports`` (bridge prerouting) through the verdict
+map ``ports`` (iifname -> jump); the base chain, its one rule and the map are made together at
+supervisor start (``ensure_firewall``). The chain and its map element go in before the veth
+joins the bridge, in one transaction of additions only, and stay when the pod stops (inert: no
+interface has that name until the pod starts again, and the next start finds them as they
+are); they go when the pod is destroyed (``remove_pod_rules``) or, for veths that are gone,
+at supervisor start and ``gc --network`` (``prune_pod_rules``). Why: an nftables transaction
+that deletes or flushes anything waits for an RCU grace period (12-20 ms here) where one that
+only adds costs ~0.1 ms, so neither a pod's start nor its stop deletes anything. (An older
+supervisor's per-rule chain ``antispoof`` is left as it is; ``gc --network`` removes it with
+the table; its per-veth ``port_<veth>`` chains are replaced at their pod's next start.)
 
 Loopback forwards (``curl 127.0.0.1:PORT``, as with docker): the output chain rewrites the
 destination of the host's own packets; the source stays 127.0.0.1, which the kernel refuses to
@@ -47,6 +54,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import functools
 import hashlib
 import ipaddress
@@ -330,28 +338,27 @@ def attach_pod(
 
 def _attach_pod(netns: str, address: ipaddress.IPv4Interface, gateway: str, *, bridge: str,
                 veth: str, pod_uuid: str, forwards: list[PortForward]) -> None:
+    pod_ip = str(address.ip)
     with _rtnl() as host:
         with _failing(f"creating veth {veth} into pod network namespace {netns}"):
             fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
             try:
                 host.link("add", ifname=veth, kind="veth",
-                          peer={"ifname": "eth0", "net_ns_fd": fd})
+                          peer={"ifname": "eth0", "net_ns_fd": fd, "address": pod_mac(pod_ip)})
             finally:
                 os.close(fd)
         try:
+            # Listed (and a conflict refused) before anything of the pod goes into nftables.
+            forward_script = (_skeleton() + _forward_rules(pod_uuid, pod_ip, forwards)
+                              if forwards else "")
             with _rtnl(netns) as pod:
                 with _failing(f"pod network namespace {netns}: eth0"):
                     eth0 = pod.link("get", ifname="eth0")[0]
-                mac = eth0.get("address")
-                if not isinstance(mac, str) or mac.count(":") != 5:
-                    raise NetworkError(f"pod network namespace {netns}: eth0 has no MAC address")
                 # before the veth joins the bridge: the pod never sends a frame unchecked
-                script = _antispoof_rules(veth, str(address.ip), mac.lower())
-                if forwards:
-                    script = _skeleton() + script + _forward_rules(
-                        pod_uuid, str(address.ip), forwards)
+                _ensure_antispoof(veth, pod_ip)
+                if forward_script:
                     _sysctl("net", "ipv4", "ip_forward")  # see add_port_forwards
-                _nft(script, f"the rules of veth {veth}")
+                    _nft(forward_script, f"the port forwards of pod {pod_uuid}")
                 master = _link(host, bridge)
                 if master is None:
                     raise NetworkError(f"attaching veth {veth}: bridge {bridge} does not exist")
@@ -359,7 +366,7 @@ def _attach_pod(netns: str, address: ipaddress.IPv4Interface, gateway: str, *, b
                     host.link("set", index=host.link_lookup(ifname=veth)[0],
                               master=master["index"], state="up")
                 with _failing(f"pod network namespace {netns}: eth0 {address} via {gateway}"):
-                    pod.addr("add", index=eth0["index"], address=str(address.ip),
+                    pod.addr("add", index=eth0["index"], address=pod_ip,
                              prefixlen=address.network.prefixlen)
                     pod.link("set", index=pod.link_lookup(ifname="lo")[0], state="up")
                     pod.link("set", index=eth0["index"], state="up")
@@ -371,19 +378,18 @@ def _attach_pod(netns: str, address: ipaddress.IPv4Interface, gateway: str, *, b
 
 def detach_pod(veth_name: str, *, pod_uuid: str | None = None,
                host_netns: str | None = None) -> bool:
-    """Delete the pod's veth pair by its host side and its anti-spoofing rules, with
-    ``pod_uuid`` its port forwards too (one nftables transaction); idempotent (False when the
-    veth was already gone)."""
+    """Delete the pod's veth pair by its host side, with ``pod_uuid`` its port forwards too;
+    idempotent (False when the veth was already gone). Its anti-spoofing chain stays (see
+    ``remove_pod_rules``): no nftables transaction at all for a pod without forwards."""
     _check_ifname(veth_name)
     return _in_netns(_host_path(host_netns), lambda: _detach_pod(veth_name, pod_uuid))
 
 
 def _detach_pod(veth: str, pod_uuid: str | None) -> bool:
-    script = _antispoof_deletes(veth)
     if pod_uuid is not None:
-        script += _portmap_deletes(pod_uuid)
-    if script:
-        _nft(script, f"removing the rules of veth {veth}")
+        script = _portmap_deletes(pod_uuid)
+        if script:
+            _nft(script, f"removing the port forwards of pod {pod_uuid}")
     with _rtnl() as ipr:
         link = _link(ipr, veth)
         if link is None:
@@ -467,7 +473,7 @@ def ensure_firewall(
     Call at supervisor start and on config reload; pods' forwards are kept as they are.
     """
     net = ipaddress.IPv4Interface(network).network
-    script = _skeleton() + f"flush chain ip {TABLE} outbound\n"
+    script = _skeleton() + _bridge_skeleton() + f"flush chain ip {TABLE} outbound\n"
     if nat:
         script += (f"add rule ip {TABLE} outbound ip saddr {net} ip daddr != {net} masquerade\n")
 
@@ -479,70 +485,257 @@ def ensure_firewall(
     _in_netns(_host_path(host_netns), apply)
 
 
-def _antispoof_rules(veth_name: str, pod_ip: str, pod_mac: str) -> str:
-    """The veth's chain (made empty, then filled) and its map element, with the base chain
-    and the map (safe to apply again: the base chain is flushed and gets its one rule back)."""
+def _bridge_skeleton() -> str:
+    """The bridge table, its base chain ``ports`` with its one rule and the map the rule reads;
+    safe to apply again (the base chain is flushed and gets its rule back). Made once at
+    supervisor start (``ensure_firewall``) and by an attach that finds it missing, always in
+    one transaction: the map there means the rule that reads it is there too."""
     t = f"bridge {TABLE}"
-    chain = _port_chain(veth_name)
-    on = f"add rule {t} {chain}"
-    tail = f'counter drop comment "veth {veth_name}"'
     return "\n".join([
         f"add table {t}",
         f"add chain {t} ports {{ type filter hook prerouting priority -200; policy accept; }}",
         f"add map {t} ports {{ type ifname : verdict; }}",
         f"flush chain {t} ports",
         f"add rule {t} ports iifname vmap @ports",
-        f"add chain {t} {chain}",
-        f"flush chain {t} {chain}",
-        f"{on} ether saddr != {pod_mac} {tail}",
+        "",
+    ])
+
+
+def pod_mac(pod_ip: str) -> str:
+    """The MAC of a pod's eth0: locally administered unicast ``02:4a:`` + its IPv4 address (as
+    docker's ``02:42:``), so unique on the bridge as addresses are, and the same at every start
+    of the pod (its address is fixed from prepare to destroy)."""
+    packed = ipaddress.IPv4Address(pod_ip).packed
+    return ":".join(f"{b:02x}" for b in (0x02, 0x4A, *packed))
+
+
+def _port_chain(veth_name: str, pod_ip: str) -> str:
+    """The veth's chain, named after everything its rules depend on (the MAC derives from the
+    address): a chain of that name that exists holds exactly the rules ``_port_chain_script``
+    makes, so an attach can take it as it is. (Change the name if the rules ever change.)"""
+    return f"port_{veth_name}_{ipaddress.IPv4Address(pod_ip)}"
+
+
+def _element(veth_name: str, chain: str) -> str:
+    return f'add element bridge {TABLE} ports {{ "{veth_name}" : jump {chain} }}\n'
+
+
+def _port_chain_script(veth_name: str, pod_ip: str, *, create: bool) -> str:
+    """The veth's chain with its rules, then its map element. ``create``: additions only,
+    refused (EEXIST) when the chain is there already; else the chain is made empty first."""
+    t = f"bridge {TABLE}"
+    chain = _port_chain(veth_name, pod_ip)
+    mac = pod_mac(pod_ip)
+    on = f"add rule {t} {chain}"
+    tail = f'counter drop comment "veth {veth_name}"'
+    made = [f"create chain {t} {chain}"] if create else [
+        f"add chain {t} {chain}", f"flush chain {t} {chain}"]
+    return "\n".join([
+        *made,
+        f"{on} ether saddr != {mac} {tail}",
         f"{on} ether type != {{ ip, arp }} {tail}",
         f"{on} ether type ip ip saddr != {pod_ip} {tail}",
         f"{on} ether type arp arp saddr ip != {pod_ip} {tail}",
-        f"{on} ether type arp arp saddr ether != {pod_mac} {tail}",
-        f'add element {t} ports {{ "{veth_name}" : jump {chain} }}',
+        f"{on} ether type arp arp saddr ether != {mac} {tail}",
         "",
-    ])
+    ]) + _element(veth_name, chain)
 
 
-def _port_chain(veth_name: str) -> str:
-    return f"port_{veth_name}"
+# Chains this process made or found, by (network namespace, chain): a start of the same pod
+# then sends its map element alone. Only a guess: a chain gone meanwhile fails that element
+# (ENOENT), and a chain of that name is the right one whoever made it (``_port_chain``).
+# Pods destroyed by another process (the CLI) are never discarded here: bounded by starting
+# over.
+_known_chains: set[tuple[str, str]] = set()
+_KNOWN_CHAINS_MAX = 4096
 
 
-def _antispoof_deletes(veth_name: str) -> str:
-    """The nft commands that remove the veth's chain and map element; idempotent in one
-    transaction (each is added first, a no-op when there, so the deletes always find it)."""
+def _known(host: str, chain: str) -> None:
+    if len(_known_chains) >= _KNOWN_CHAINS_MAX:
+        _known_chains.clear()
+    _known_chains.add((host, chain))
+
+
+_LOCK_PATH = "/run/jetpack-nftables.lock"
+
+
+@contextmanager
+def _rules_lock(*, exclusive: bool) -> Iterator[None]:
+    """Between an attach that takes an existing chain as it is (shared) and a removal of the
+    chains whose veth is gone (exclusive), across every jetpack on the machine (the table is
+    the machine's): a removal that listed a stopped pod's element must not delete it after
+    that pod's start found it there."""
+    fd = os.open(_LOCK_PATH, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _netns_key() -> str:
+    """The calling thread's network namespace (``net:[inode]``)."""
+    return os.readlink("/proc/thread-self/ns/net")
+
+
+def _nft_refused(exc: NetworkError) -> str | None:
+    """Why an nft transaction was refused: "exists", "missing", or None (another failure)."""
+    if "File exists" in str(exc):
+        return "exists"
+    if "No such file or directory" in str(exc):
+        return "missing"
+    return None
+
+
+def _ensure_antispoof(veth_name: str, pod_ip: str) -> None:
+    """The veth's chain and map element in place, with additions only when the table is there:
+    ONE transaction (the chain, its rules and its element, or the element alone for a chain
+    this process knows) costs ~0.1 ms in the kernel where any deletion or flush waits for an
+    RCU grace period (12-20 ms). Only a missing table or map, or an element that names another
+    chain (an older jetpack's ``port_<veth>``), takes ``_replace_antispoof`` (deletions)."""
+    chain = _port_chain(veth_name, pod_ip)
+    what = f"the rules of veth {veth_name}"
+    host = _netns_key()
+    scripts = {"create": _port_chain_script(veth_name, pod_ip, create=True),
+               "element": _element(veth_name, chain)}
+    # the chain refused as there: its element; the element refused for a missing chain: the
+    # chain (gone since this process saw it); anything else: the slow path
+    follow = {("create", "exists"): "element", ("element", "missing"): "create"}
+    with _rules_lock(exclusive=False):
+        tried: list[str] = []
+        step: str | None = "element" if (host, chain) in _known_chains else "create"
+        while step is not None and step not in tried:
+            tried.append(step)
+            try:
+                _nft(scripts[step], what)
+            except NetworkError as exc:
+                why = _nft_refused(exc)
+                if why is None:
+                    raise
+                step = follow.get((step, why))
+                continue
+            _known(host, chain)
+            return
+        _replace_antispoof(veth_name, pod_ip)
+        _known(host, chain)
+
+
+def _replace_antispoof(veth_name: str, pod_ip: str) -> None:
+    """The slow path: the table's skeleton again, the veth's element and another chain it
+    names removed, its own chain made anew; one transaction."""
     t = f"bridge {TABLE}"
-    chain = _port_chain(veth_name)
-    return "\n".join([
-        f"add table {t}",
-        f"add map {t} ports {{ type ifname : verdict; }}",
-        f"add chain {t} {chain}",
-        f'add element {t} ports {{ "{veth_name}" : jump {chain} }}',
-        f'delete element {t} ports {{ "{veth_name}" }}',
-        f"flush chain {t} {chain}",
-        f"delete chain {t} {chain}",
-        "",
-    ])
+    chain = _port_chain(veth_name, pod_ip)
+    script = _bridge_skeleton()
+    other = _port_elements().get(veth_name)
+    if other is not None:
+        script += f'delete element {t} ports {{ "{veth_name}" }}\n'
+        if other != chain:
+            script += f"flush chain {t} {other}\ndelete chain {t} {other}\n"
+    _nft(script + _port_chain_script(veth_name, pod_ip, create=False),
+         f"the rules of veth {veth_name}")
+
+
+def _port_elements() -> dict[str, str]:
+    """The ``ports`` map now: veth -> the chain its element jumps to (empty without it)."""
+    try:
+        out = _nft(f"list map bridge {TABLE} ports", "listing bridge ports", listing=True)
+    except NetworkError as exc:
+        if _nft_refused(exc) == "missing":
+            return {}
+        raise
+    found: dict[str, str] = {}
+    for item in json.loads(out).get("nftables", []) if out.strip() else []:
+        for elem in item.get("map", {}).get("elem", []):
+            if isinstance(elem, list) and len(elem) == 2 and isinstance(elem[0], str):
+                target = elem[1].get("jump", {}).get("target")
+                if isinstance(target, str):
+                    found[elem[0]] = target
+    return found
+
+
+def _pod_rules_deletes(elements: dict[str, str]) -> str:
+    t = f"bridge {TABLE}"
+    return "".join(f'delete element {t} ports {{ "{veth}" }}\n'
+                   f"flush chain {t} {chain}\ndelete chain {t} {chain}\n"
+                   for veth, chain in elements.items())
+
+
+def _forget(elements: dict[str, str]) -> None:
+    host = _netns_key()
+    for chain in elements.values():
+        _known_chains.discard((host, chain))
+
+
+def remove_pod_rules(veth_name: str, pod_ip: str | None = None, *,
+                     host_netns: str | None = None) -> None:
+    """Delete the anti-spoofing chain and map element of one veth: when its pod is destroyed
+    (a stopped pod keeps them, see ``_ensure_antispoof``); idempotent. With the pod's address,
+    one transaction (the chain's name is known; the chain and element are added first, a no-op
+    when there, so the deletes always find them); without, or when the element names another
+    chain, one listing first.
+
+    Never makes the table or the map: a map without the base chain's rule that reads it would
+    let a later attach take its additions-only path and filter nothing."""
+    _check_ifname(veth_name)
+
+    def remove() -> None:
+        if pod_ip is not None:
+            chain = _port_chain(veth_name, pod_ip)
+            _forget({veth_name: chain})
+            try:
+                _nft(f"add chain bridge {TABLE} {chain}\n" + _element(veth_name, chain)
+                     + _pod_rules_deletes({veth_name: chain}),
+                     f"removing the rules of veth {veth_name}")
+                return
+            except NetworkError as exc:
+                if _nft_refused(exc) == "missing":  # no table or no map: nothing to remove
+                    return
+                if _nft_refused(exc) != "exists":
+                    raise
+        found = {veth: chain for veth, chain in _port_elements().items() if veth == veth_name}
+        _forget(found)
+        if found:
+            _nft(_pod_rules_deletes(found), f"removing the rules of veth {veth_name}")
+
+    _in_netns(_host_path(host_netns), remove)
+
+
+def prune_pod_rules(*, host_netns: str | None = None) -> list[str]:
+    """Delete the anti-spoofing chains and elements of every veth that does not exist on the
+    host now (pods stopped, destroyed, or of another jetpack): what a destroy cut short left.
+    A stopped pod's next start makes its chain again, additions only. Returns the veths."""
+    return _in_netns(_host_path(host_netns), _prune_pod_rules)
+
+
+def _prune_pod_rules() -> list[str]:
+    with _rules_lock(exclusive=True):
+        return _prune_locked()
+
+
+def _prune_locked() -> list[str]:
+    elements = _port_elements()
+    if not elements:
+        return []
+    with _rtnl() as ipr, _failing("listing interfaces"):
+        present = {str(link.get("ifname")) for link in ipr.get_links()}
+    gone = {veth: chain for veth, chain in elements.items() if veth not in present}
+    _forget(gone)
+    if gone:
+        _nft(_pod_rules_deletes(gone), "removing the rules of veths that are gone")
+    return sorted(gone)
 
 
 def _antispoof_rules_of(veth_name: str) -> list[dict[str, Any]]:
-    return [rule for rule in _chain_rules("bridge", _port_chain(veth_name))
+    chain = _port_elements().get(veth_name)
+    if chain is None:
+        return []
+    return [rule for rule in _chain_rules("bridge", chain)
             if rule.get("comment") == f"veth {veth_name}"]
 
 
 def antispoof_rules(veth_name: str, *, host_netns: str | None = None) -> list[dict[str, Any]]:
     """The anti-spoofing rules of one pod's veth as nft's JSON objects (with their counters)."""
     return _in_netns(_host_path(host_netns), lambda: _antispoof_rules_of(veth_name))
-
-
-def remove_antispoof(veth_name: str, *, host_netns: str | None = None) -> int:
-    """Delete the anti-spoofing rules of one veth; idempotent. Returns how many went."""
-    def remove() -> int:
-        count = len(_antispoof_rules_of(veth_name))
-        _nft(_antispoof_deletes(veth_name), f"removing the rules of veth {veth_name}")
-        return count
-
-    return _in_netns(_host_path(host_netns), remove)
 
 
 def _comment(pod_uuid: str) -> str:
@@ -659,27 +852,23 @@ def remove_port_forwards(pod_uuid: str, *, host_netns: str | None = None) -> int
 
 def remove_table(*, host_netns: str | None = None) -> bool:
     """Delete jetpack's nftables tables, ``ip`` and ``bridge`` (``gc --network``); False when
-    neither was there, or when a pod's forwards or veth rules are still in them.
+    neither was there, or when a pod's forwards or the rules of an existing veth are still in
+    them. The rules of veths that are gone (stopped pods keep theirs) go first
+    (``prune_pod_rules``), under the same lock: a start in between makes them again.
 
     The tables are the machine's, not one state root's: ``gc --network`` runs when none of its
     own pods runs, so rules left in them are another jetpack's (another state root, e.g. a
     test host beside a benchmark), and deleting the tables cut that jetpack's running pods
     off their forwarded ports (the soak's ports that never answered)."""
     def in_use() -> bool:
-        if _chain_rules("ip", "portmap"):
-            return True
-        try:
-            out = _nft(f"list map bridge {TABLE} ports", "listing bridge ports", listing=True)
-        except NetworkError as exc:
-            if "No such file or directory" in str(exc):
-                return False
-            raise
-        items = json.loads(out).get("nftables", []) if out.strip() else []
-        return any(item.get("map", {}).get("elem") for item in items)
+        return bool(_chain_rules("ip", "portmap")) or bool(_port_elements())
 
     def remove() -> bool:
-        if in_use():
-            return False
+        with _rules_lock(exclusive=True):
+            _prune_locked()
+            return False if in_use() else delete()
+
+    def delete() -> bool:
         removed = False
         for family in ("ip", "bridge"):
             try:
