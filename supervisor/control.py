@@ -19,10 +19,11 @@ from urllib.parse import parse_qs
 
 import trio
 
-from jetpack.errors import JetpackError, PodStartError, UsageError
+from jetpack.errors import JetpackError, PermissionDeniedError, PodStartError, UsageError
 from jetpack.log import get_logger
 from jetpack.store.pods import PodRecord
 from jetpack.supervisor.api import (
+    PEER_UID,
     Request,
     Router,
     StreamResponse,
@@ -162,8 +163,43 @@ def add_pod_routes(
         """Start the pod and stream its apps' output until it exits (``rm``: then destroy it);
         a pod that cannot start answers ``PodStartError`` as ``start`` does (``rm``: destroyed
         first)."""
-        rm = _flag(request, "rm")
         pod = await manager.resolve(request.params["pod"])
+        return await run_pod(pod, _flag(request, "rm"), None)
+
+    async def prepare_and_run(request: Request) -> Any:
+        """``jetpack run IMAGE...``: prepare the pod from the command line's options (JSON, as
+        ``PrepareRequest.from_json`` reads them), then ``run`` it; the stream opens with a
+        ``prepared`` message (its uuid and prepare's warnings). A single word naming a pod runs
+        that pod, as ``run POD``. An image not in the store answers ``NotFoundError`` with
+        nothing made (the CLI fetches it, then prepares the pod itself). Root only: the pod's
+        options (host volumes) are root's to choose, not the socket group's or a token's."""
+        from jetpack.store.images import ImageStore
+        from jetpack.store.prepare import PrepareRequest, prepare_pod
+
+        if PEER_UID.get() != 0:
+            raise PermissionDeniedError("only root may prepare pods through the supervisor",
+                                        hint="prepare the pod with 'jetpack prepare' first")
+        options = PrepareRequest.from_json(request.json())
+        pod: PodRecord | None = None
+        if len(options.apps) == 1:
+            try:
+                pod = await manager.resolve(options.apps[0].image)
+            except JetpackError:
+                pod = None
+        if pod is not None:
+            return await run_pod(pod, _flag(request, "rm"), None)
+
+        def prepare() -> PodRecord:
+            return prepare_pod(manager.config, manager.db,
+                               ImageStore(manager.config, manager.db), options)
+
+        pod = await manager.in_db_thread(prepare)
+        manager.notify()
+        return await run_pod(pod, _flag(request, "rm"), {
+            "type": "prepared", "uuid": pod.uuid, "name": pod.name,
+            "warnings": list(pod.options.isolator_warnings)})
+
+    async def run_pod(pod: PodRecord, rm: bool, opening: dict[str, Any] | None) -> Any:
         follower = LogFollower({app.name: app_log_path(manager.config, pod.uuid, app.name)
                                 for app in pod.apps})
         try:
@@ -176,6 +212,8 @@ def add_pod_routes(
         async def produce(write: Write) -> None:
             finished = False
             try:
+                if opening is not None:
+                    await write(_line(opening))
                 final = await _follow_until_exit(manager, pod, follower, write)
                 finished = True
                 if rm:
@@ -264,6 +302,7 @@ def add_pod_routes(
     router.add("POST", "/v1/pods/{pod}/kill", kill)
     router.add("GET", "/v1/pods/{pod}/wait", wait)
     router.add("POST", "/v1/pods/{pod}/run", run)
+    router.add("POST", "/v1/run", prepare_and_run)
     router.add("POST", "/v1/shutdown", stop_supervisor)
 
 

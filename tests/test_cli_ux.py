@@ -482,13 +482,13 @@ def test_list_and_status_stay_within_their_import_budget(host: Host) -> None:
                 assert "socket" in modules
 
 
-# Never imported by `run` (the CLI prepares the pod, then hands the rest to the supervisor in one
-# request): the isolation drivers, their network backends and trio are the supervisor's; prepare
-# asks stage1.driver_info instead; the ACI reader is import's. A module set, not a timing.
-RUN_NEVER = ("trio", "httpx", "ssl", "hypercorn", "asyncio", "pyroute2", "ctypes.util",
-             "tarfile", "jetpack.store.aci", "jetpack.supervisor", "jetpack.stage1.linux",
-             "jetpack.stage1.jail", "jetpack.stage1.network.hook", "jetpack.stage1.rctl",
-             "jetpack.stage1.forkserver_client")
+# Never imported by `run IMAGE` (one request: the supervisor prepares, starts, streams, waits and
+# destroys): the store, the database, appc's models, the isolation drivers, their network
+# backends and trio are the supervisor's. A module set, not a timing.
+RUN_NEVER = ("trio", "httpx", "ssl", "email", "http.client", "hypercorn", "asyncio", "structlog",
+             "pyroute2", "ctypes.util", "tarfile", "sqlite3", "dataclasses", "typing",
+             "inspect", "jetpack.store", "jetpack.state", "jetpack.appc", "jetpack.stage1",
+             "jetpack.supervisor")
 
 
 def test_run_stays_within_its_import_budget(host: Host) -> None:
@@ -497,10 +497,18 @@ def test_run_stays_within_its_import_budget(host: Host) -> None:
                                   "/bin/echo budget-ran")
     assert out.returncode == 0, out.stderr
     assert "budget-ran" in out.stdout
-    assert "jetpack.stage1.driver_info" in modules  # prepare asked the configured driver
+    assert "jetpack.cli.unixhttp" in modules  # the supervisor was asked
     for heavy in RUN_NEVER:
         assert heavy not in modules, f"jetpack run imports {heavy}"
     assert json.loads(host.jp("list", "--json").stdout) == []  # --rm: the pod is gone
+    # run POD (a prepared pod named like this) takes the same request
+    host.jp("prepare", "example.com/busybox", "--name", "named", "--exec", "/bin/echo by-name")
+    out, modules = loaded_modules(host.jp, "run", "--rm", "named")
+    assert out.returncode == 0, out.stderr
+    assert "by-name" in out.stdout
+    assert "jetpack.store" not in modules
+    assert "sqlite3" not in modules
+    assert json.loads(host.jp("list", "--json").stdout) == []
 
 
 def test_log_times_index_follows_rotation(tmp_path: Path) -> None:
