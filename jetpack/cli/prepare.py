@@ -44,7 +44,8 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
 def run(ctx: Context, name: str, args: argparse.Namespace) -> int:
     if name == "run":
         request, extra = parse_words(args.words)
-        if not extra["tty"] and extra["manifest"] is None and _is_root():
+        # -o KEY=VALUE is this command's configuration, which the supervisor does not have
+        if not extra["tty"] and extra["manifest"] is None and not ctx.overrides and _is_root():
             answer = _run_in_supervisor(ctx, request, rm=extra["rm"])
             if answer is not None:
                 return answer
