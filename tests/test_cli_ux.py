@@ -104,6 +104,45 @@ def test_run_takes_combined_short_flags() -> None:
         parse_command_line(["-iz", "example.com/a"])
 
 
+def test_run_request_carries_the_whole_command_line_as_json() -> None:
+    """What ``run`` sends the supervisor (plain JSON) reads back as the options ``prepare``
+    gets from the same words; a body of another shape is a UsageError (400), not a 500."""
+    from jetpack.cli.prepare import parse_command_line, parse_words
+    from jetpack.store.prepare import PrepareRequest
+
+    words = ["example.com/a", "--app-name", "one", "--exec", "/bin/sh -c 'echo hi'", "--user",
+             "1000", "--group", "100", "-e", "A=1", "-w", "/tmp", "-m", "data:/data",
+             "--name", "pod", "--restart", "on-failure:3", "-p", "http:8080", "-p",
+             "dns:127.0.0.1:53", "-v", "data,kind=empty", "-a", "k=v", "--keep-etc", "--rm",
+             "example.com/b", "--", "x", "--name", "y"]
+    request, extra = parse_words(words)
+    assert extra == {"rm": True, "tty": False, "manifest": None}
+    assert request["apps"][1]["exec"] == ["x", "--name", "y"]  # after --: b's arguments
+    sent = PrepareRequest.from_json(json.loads(json.dumps(request)))
+    assert sent == parse_command_line(words)[0]
+    assert sent.name == "pod"
+    assert sent.restart == "on-failure:3"
+    assert sent.keep_image_etc is True
+    assert [(p.name, p.host_port, p.host_ip) for p in sent.ports] == [
+        ("http", 8080, None), ("dns", 53, "127.0.0.1")]
+    assert sent.volumes[0]["kind"] == "empty"
+    assert sent.annotations == {"k": "v"}
+    one = sent.apps[0]
+    assert (one.image, one.name, one.exec, one.user, one.group, one.working_directory) == (
+        "example.com/a", "one", ["/bin/sh", "-c", "echo hi"], "1000", "100", "/tmp")
+    assert one.environment == {"A": "1"}
+    assert one.mounts == [("data", "/data", False)]
+    from jetpack.errors import UsageError
+
+    for bad in ([], {"apps": "x"}, {"apps": [{"image": 1}]}, {"apps": [{"image": "a",
+                "mounts": [["v"]]}]}, {"apps": [{"image": "a"}], "ports": [
+                    {"name": "p", "host_port": "80"}]}, {"apps": [{"image": "a"}],
+                                                         "restart": "sometimes"},
+                {"apps": [{"image": "a", "environment": {"A": 1}}]}):
+        with pytest.raises(UsageError):
+            PrepareRequest.from_json(bad)
+
+
 # --- no supervisor --------------------------------------------------------------------------
 
 
