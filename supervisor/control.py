@@ -158,6 +158,7 @@ def add_pod_routes(
             destroy_pod(manager.config, manager.db, ImageStore(manager.config, manager.db), pod)
 
         await manager.in_db_thread(remove)
+        manager.notify()  # pod.destroyed reaches subscribers now, not at the hub's next poll
 
     async def run(request: Request) -> Any:
         """Start the pod and stream its apps' output until it exits (``rm``: then destroy it);
