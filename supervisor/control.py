@@ -170,8 +170,8 @@ def add_pod_routes(
     async def prepare_and_run(request: Request) -> Any:
         """``jetpack run IMAGE...``: prepare the pod from the command line's options (JSON, as
         ``PrepareRequest.from_json`` reads them), then ``run`` it; the stream opens with a
-        ``prepared`` message (its uuid and prepare's warnings). A single word naming a pod runs
-        that pod, as ``run POD``. An image not in the store answers ``NotFoundError`` with
+        ``pod`` message (its uuid, name, apps, and prepare's warnings). A single word naming a
+        pod runs that pod, as ``run POD``. An image not in the store answers ``NotFoundError`` with
         nothing made (the CLI fetches it, then prepares the pod itself). Root only: the pod's
         options (host volumes) are root's to choose, not the socket group's or a token's."""
         from jetpack.store.images import ImageStore
@@ -187,18 +187,19 @@ def add_pod_routes(
                 pod = await manager.resolve(options.apps[0].image)
             except JetpackError:
                 pod = None
-        if pod is not None:
-            return await run_pod(pod, _flag(request, "rm"), None)
+        prepared = pod is None
+        if pod is None:
 
-        def prepare() -> PodRecord:
-            return prepare_pod(manager.config, manager.db,
-                               ImageStore(manager.config, manager.db), options)
+            def prepare() -> PodRecord:
+                return prepare_pod(manager.config, manager.db,
+                                   ImageStore(manager.config, manager.db), options)
 
-        pod = await manager.in_db_thread(prepare)
-        manager.notify()
+            pod = await manager.in_db_thread(prepare)
+            manager.notify()
         return await run_pod(pod, _flag(request, "rm"), {
-            "type": "prepared", "uuid": pod.uuid, "name": pod.name,
-            "warnings": list(pod.options.isolator_warnings)})
+            "type": "pod", "uuid": pod.uuid, "name": pod.name,
+            "apps": [app.name for app in pod.apps], "prepared": prepared,
+            "warnings": list(pod.options.isolator_warnings) if prepared else []})
 
     async def run_pod(pod: PodRecord, rm: bool, opening: dict[str, Any] | None) -> Any:
         follower = LogFollower({app.name: app_log_path(manager.config, pod.uuid, app.name)

@@ -95,10 +95,14 @@ _SCHEMAS: dict[str, Any] = {
     "RunMessage": {
         "description": "One line of the stream of POST /v1/pods/{pod}/run and POST /v1/run.",
         "oneOf": [
-            {"type": "object", "required": ["type", "uuid", "name", "warnings"],
-             "description": "POST /v1/run only, first: the pod it prepared.",
-             "properties": {"type": {"const": "prepared"}, "uuid": {"type": "string"},
+            {"type": "object", "required": ["type", "uuid", "name", "apps", "prepared",
+                                            "warnings"],
+             "description": "POST /v1/run only, first: the pod it runs (prepared for it, or "
+                            "the pod the word named) and prepare's warnings.",
+             "properties": {"type": {"const": "pod"}, "uuid": {"type": "string"},
                             "name": {"type": "string"},
+                            "apps": {"type": "array", "items": {"type": "string"}},
+                            "prepared": {"type": "boolean"},
                             "warnings": {"type": "array", "items": {"type": "string"}}}},
             {"type": "object", "required": ["type", "app", "data"],
              "properties": {"type": {"const": "output"}, "app": {"type": "string"},
@@ -261,9 +265,8 @@ def _document() -> dict[str, Any]:
                 "POST /v1/pods/{pod}/run does; one app naming a pod runs that pod. Root's "
                 "only (the control socket's peer credentials): 403 for anyone else. An image "
                 "not in the store answers 404 with nothing made.",
-                {"description": "HTTP/1.1 chunked, one JSON object a line: a prepared "
-                                "message (a new pod), output messages, then one exit (or "
-                                "error) message.",
+                {"description": "HTTP/1.1 chunked, one JSON object a line: a pod message, "
+                                "output messages, then one exit (or error) message.",
                  "content": {"application/x-ndjson": {"schema": _ref("RunMessage")}}},
                 params=[{"name": "rm", "in": "query", "required": False,
                          "description": "Destroy the pod after it exits.", "schema": _FLAG}],

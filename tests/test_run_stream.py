@@ -98,6 +98,22 @@ def test_run_rm_client_gone_still_removes_the_pod(host: Host) -> None:
         time.sleep(0.1)
 
 
+def test_run_prefixes_each_apps_lines_when_the_pod_has_several(host: Host) -> None:
+    """Several apps: every line carries its app's name, whether run prepared the pod from
+    images or was given a prepared pod's name (one word, which names no image)."""
+    host.start()
+    apps = ["example.com/busybox", "--app-name", "one", "--exec", "/bin/echo from-one",
+            "example.com/busybox", "--app-name", "two", "--exec", "/bin/echo from-two"]
+    out = host.jp("run", "--rm", *apps)
+    assert sorted(out.stdout.splitlines()) == ["one| from-one", "two| from-two"]
+    host.jp("prepare", *apps, "--name", "duo")
+    out = host.jp("run", "--rm", "duo")
+    assert sorted(out.stdout.splitlines()) == ["one| from-one", "two| from-two"]
+    assert json.loads(host.jp("list", "--json").stdout) == []
+    alone = host.jp("run", "--rm", "example.com/busybox", "--exec", "/bin/echo single")
+    assert alone.stdout == "single\n"
+
+
 # A raw HTTP/1.1 request on the control socket, reached through the O_PATH descriptor argv[2]
 # (the state root's directories are root's: the socket file's own mode is what is tested),
 # standard library only (run with -I -S by an unprivileged uid): prints the status and body.
@@ -150,6 +166,7 @@ def test_attack_socket_group_member_runs_a_pod_with_the_host_root_mounted(host: 
     assert pods_on_disk(host) == []
     # root, the same request: the pod is prepared, runs and goes
     assert as_root.stdout.startswith("HTTP/1.1 200"), as_root.stdout
-    assert '"type":"prepared"' in as_root.stdout
+    assert '"type":"pod"' in as_root.stdout
+    assert '"prepared":true' in as_root.stdout
     assert base64.b64encode(b"root ran\n").decode() in as_root.stdout
     assert json.loads(host.jp("list", "--json").stdout) == []

@@ -75,8 +75,13 @@ def _run_in_supervisor(ctx: Context, request: dict[str, Any], *, rm: bool) -> in
         # The answer's status, before anything was made: an image to fetch (or the same
         # error again, from here), or a supervisor that cannot tell that this is root.
         return None
-    return _follow_run(messages, len(request["apps"]) > 1,
-                       [] if first is None else [first])
+    if first is None or first.get("type") != "pod":
+        from jetpack.errors import SupervisorError
+
+        raise SupervisorError("the supervisor's run stream did not begin with its pod")
+    for warning in first["warnings"]:
+        print(f"jetpack: warning: {warning}", file=sys.stderr)
+    return _follow_run(messages, len(first["apps"]) > 1)
 
 
 def _run_here(ctx: Context, name: str, args: argparse.Namespace) -> int:
@@ -206,11 +211,9 @@ def _run_foreground(ctx: Context, images: Any, pod_uuid: str, *, rm: bool, tty: 
                        len(pod.apps) > 1)
 
 
-def _follow_run(messages: Iterator[dict[str, Any]], prefix: bool,
-                read: Sequence[dict[str, Any]] = ()) -> int:
-    """Print the output messages of a run stream (``read`` first, then ``messages`` as they
-    come; ``prefix``: each line with its app's name) and warnings; the exit status of its
-    final message."""
+def _follow_run(messages: Iterator[dict[str, Any]], prefix: bool) -> int:
+    """Print the output messages of a run stream as they come (``prefix``: each line with its
+    app's name); the exit status of its final message."""
     import base64
 
     from jetpack.cli.client import error_from
@@ -218,7 +221,7 @@ def _follow_run(messages: Iterator[dict[str, Any]], prefix: bool,
 
     out = sys.stdout.buffer
     final: dict[str, Any] | None = None
-    for message in _chain(read, messages):
+    for message in messages:
         kind = message.get("type")
         if kind == "output":
             data = base64.b64decode(message["data"])
@@ -227,9 +230,6 @@ def _follow_run(messages: Iterator[dict[str, Any]], prefix: bool,
                                 for line in data.splitlines(keepends=True))
             out.write(data)
             out.flush()
-        elif kind == "prepared":
-            for warning in message.get("warnings", []):
-                print(f"jetpack: warning: {warning}", file=sys.stderr)
         elif kind == "exit":
             final = message["pod"]
         elif kind == "error":
@@ -237,12 +237,6 @@ def _follow_run(messages: Iterator[dict[str, Any]], prefix: bool,
     if final is None:
         raise SupervisorError("the supervisor ended the run without the pod's exit")
     return exit_status(final)
-
-
-def _chain(read: Sequence[dict[str, Any]], messages: Iterator[dict[str, Any]]
-           ) -> Iterator[dict[str, Any]]:
-    yield from read
-    yield from messages  # as they arrive: the output streams
 
 
 def _run_terminal(ctx: Context, images: Any, client: Any, store: Any, pod: Any, *,
