@@ -112,3 +112,8 @@ class SupervisorError(JetpackError):
 class PodStartError(JetpackError):
     """A pod could not start (its sandbox, a volume, an app); the message names the pod and
     carries the reason its ``pod.failed`` event records."""
+
+
+class PermissionDeniedError(JetpackError):
+    """The peer may use the control socket but not ask this of it (HTTP 403): preparing a
+    pod through the supervisor is root's."""

@@ -11,6 +11,7 @@ import json
 import os
 import re
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
@@ -178,10 +179,17 @@ class MethodNotAllowed(errors.UsageError):
         super().__init__(f"{path} accepts {', '.join(sorted(set(allowed)))}")
 
 
+PEER_UID: ContextVar[int | None] = ContextVar("PEER_UID", default=None)
+"""The uid of the process at the other end of the connection a request came on (the control
+socket's ``SO_PEERCRED``), set by the server for each connection; None on the HTTP listener."""
+
+
 def status_of(exc: errors.JetpackError) -> int:
     """The HTTP status an error from the hierarchy is answered with."""
     if isinstance(exc, MethodNotAllowed):
         return 405
+    if isinstance(exc, errors.PermissionDeniedError):
+        return 403
     if isinstance(exc, (errors.UsageError, errors.ValidationError, errors.ConfigError)):
         return 400
     if isinstance(exc, errors.NotFoundError):

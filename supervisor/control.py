@@ -19,10 +19,11 @@ from urllib.parse import parse_qs
 
 import trio
 
-from jetpack.errors import JetpackError, PodStartError, UsageError
+from jetpack.errors import JetpackError, PermissionDeniedError, PodStartError, UsageError
 from jetpack.log import get_logger
 from jetpack.store.pods import PodRecord
 from jetpack.supervisor.api import (
+    PEER_UID,
     Request,
     Router,
     StreamResponse,
@@ -159,13 +160,50 @@ def add_pod_routes(
             destroy_pod(manager.config, manager.db, ImageStore(manager.config, manager.db), pod)
 
         await manager.in_db_thread(remove)
+        manager.notify()  # pod.destroyed reaches subscribers now, not at the hub's next poll
 
     async def run(request: Request) -> Any:
         """Start the pod and stream its apps' output until it exits (``rm``: then destroy it);
         a pod that cannot start answers ``PodStartError`` as ``start`` does (``rm``: destroyed
         first)."""
-        rm = _flag(request, "rm")
         pod = await manager.resolve(request.params["pod"])
+        return await run_pod(pod, _flag(request, "rm"), None)
+
+    async def prepare_and_run(request: Request) -> Any:
+        """``jetpack run IMAGE...``: prepare the pod from the command line's options (JSON, as
+        ``PrepareRequest.from_json`` reads them), then ``run`` it; the stream opens with a
+        ``pod`` message (its uuid, name, apps, and prepare's warnings). A single word naming a
+        pod runs that pod, as ``run POD``. An image not in the store answers ``NotFoundError`` with
+        nothing made (the CLI fetches it, then prepares the pod itself). Root only: the pod's
+        options (host volumes) are root's to choose, not the socket group's or a token's."""
+        from jetpack.store.images import ImageStore
+        from jetpack.store.prepare import PrepareRequest, prepare_pod
+
+        if PEER_UID.get() != 0:
+            raise PermissionDeniedError("only root may prepare pods through the supervisor",
+                                        hint="prepare the pod with 'jetpack prepare' first")
+        options = PrepareRequest.from_json(request.json())
+        pod: PodRecord | None = None
+        if len(options.apps) == 1:
+            try:
+                pod = await manager.resolve(options.apps[0].image)
+            except JetpackError:
+                pod = None
+        prepared = pod is None
+        if pod is None:
+
+            def prepare() -> PodRecord:
+                return prepare_pod(manager.config, manager.db,
+                                   ImageStore(manager.config, manager.db), options)
+
+            pod = await manager.in_db_thread(prepare)
+            manager.notify()
+        return await run_pod(pod, _flag(request, "rm"), {
+            "type": "pod", "uuid": pod.uuid, "name": pod.name,
+            "apps": [app.name for app in pod.apps], "prepared": prepared,
+            "warnings": list(pod.options.isolator_warnings) if prepared else []})
+
+    async def run_pod(pod: PodRecord, rm: bool, opening: dict[str, Any] | None) -> Any:
         follower = LogFollower({app.name: app_log_path(manager.config, pod.uuid, app.name)
                                 for app in pod.apps})
         try:
@@ -178,6 +216,8 @@ def add_pod_routes(
         async def produce(write: Write) -> None:
             finished = False
             try:
+                if opening is not None:
+                    await write(_line(opening))
                 final = await _follow_until_exit(manager, pod, follower, write)
                 finished = True
                 if rm:
@@ -266,6 +306,7 @@ def add_pod_routes(
     router.add("POST", "/v1/pods/{pod}/kill", kill)
     router.add("GET", "/v1/pods/{pod}/wait", wait)
     router.add("POST", "/v1/pods/{pod}/run", run)
+    router.add("POST", "/v1/run", prepare_and_run)
     router.add("POST", "/v1/shutdown", stop_supervisor)
 
 

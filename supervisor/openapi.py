@@ -93,8 +93,17 @@ _SCHEMAS: dict[str, Any] = {
         },
     },
     "RunMessage": {
-        "description": "One line of POST /v1/pods/{pod}/run's stream.",
+        "description": "One line of the stream of POST /v1/pods/{pod}/run and POST /v1/run.",
         "oneOf": [
+            {"type": "object", "required": ["type", "uuid", "name", "apps", "prepared",
+                                            "warnings"],
+             "description": "POST /v1/run only, first: the pod it runs (prepared for it, or "
+                            "the pod the word named) and prepare's warnings.",
+             "properties": {"type": {"const": "pod"}, "uuid": {"type": "string"},
+                            "name": {"type": "string"},
+                            "apps": {"type": "array", "items": {"type": "string"}},
+                            "prepared": {"type": "boolean"},
+                            "warnings": {"type": "array", "items": {"type": "string"}}}},
             {"type": "object", "required": ["type", "app", "data"],
              "properties": {"type": {"const": "output"}, "app": {"type": "string"},
                             "data": {"type": "string", "contentEncoding": "base64"}}},
@@ -106,6 +115,37 @@ _SCHEMAS: dict[str, Any] = {
                             "hint": {"type": ["string", "null"]},
                             "kind": {"type": "string"}}},
         ],
+    },
+    "RunRequest": {
+        "description": "The command line of jetpack run as JSON (cli/prepare.py parse_words; "
+                       "store/prepare.py PrepareRequest.from_json).",
+        "type": "object",
+        "required": ["apps"],
+        "properties": {
+            "apps": {"type": "array", "minItems": 1, "items": {
+                "type": "object", "required": ["image"],
+                "properties": {
+                    "image": {"type": "string"}, "name": {"type": "string"},
+                    "exec": {"type": "array", "items": {"type": "string"}},
+                    "user": {"type": "string"}, "group": {"type": "string"},
+                    "working_directory": {"type": "string"},
+                    "environment": {"type": "object",
+                                    "additionalProperties": {"type": "string"}},
+                    "mounts": {"type": "array", "items": {
+                        "type": "array", "minItems": 3, "maxItems": 3,
+                        "description": "[volume, mount point or path or null, read-only]"}},
+                }}},
+            "name": {"type": "string"},
+            "restart": {"type": "string"},
+            "ports": {"type": "array", "items": {
+                "type": "object", "required": ["name", "host_port"],
+                "properties": {"name": {"type": "string"}, "host_port": {"type": "integer"},
+                               "host_ip": {"type": "string"}}}},
+            "volumes": {"type": "array", "items": {"type": "object",
+                                                   "description": "An appc volume."}},
+            "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+            "keep_image_etc": {"type": "boolean"},
+        },
     },
     "Info": {
         "type": "object",
@@ -127,6 +167,8 @@ _RESPONSES: dict[str, Any] = {
     "MethodNotAllowed": _json(_ref("Error"), "The path exists with another method."),
     "Conflict": _json(_ref("Error"), "The pod's state forbids it, or the reference is "
                                      "ambiguous (ConflictError, AmbiguousError)."),
+    "Forbidden": _json(_ref("Error"), "The peer may use the socket but not ask this "
+                                      "(PermissionDeniedError)."),
     "PayloadTooLarge": _json(_ref("Error"), "The request body is over 1 MiB."),
     "ServerError": _json(_ref("Error"), "The pod could not start (PodStartError), the "
                                         "isolation driver or state failed, or a bug."),
@@ -140,6 +182,8 @@ _COMMON = {"400": _error("BadRequest"), "404": _error("NotFound"),
 def _op(summary: str, ok: dict[str, Any], *, params: list[dict[str, Any]] | None = None,
         errors: tuple[str, ...] = (), **extra: Any) -> dict[str, Any]:
     responses = {"200": ok, **_COMMON}
+    if "403" in errors:
+        responses["403"] = _error("Forbidden")
     if "409" in errors:
         responses["409"] = _error("Conflict")
     operation: dict[str, Any] = {"summary": summary, "responses": responses}
@@ -216,6 +260,19 @@ def _document() -> dict[str, Any]:
                                      "description": "Destroy the pod after it exits.",
                                      "schema": _FLAG}],
                 errors=("409",))},
+            "/v1/run": {"post": _op(
+                "jetpack run IMAGE...: prepare a pod (as jetpack prepare), then run it as "
+                "POST /v1/pods/{pod}/run does; one app naming a pod runs that pod. Root's "
+                "only (the control socket's peer credentials): 403 for anyone else. An image "
+                "not in the store answers 404 with nothing made.",
+                {"description": "HTTP/1.1 chunked, one JSON object a line: a pod message, "
+                                "output messages, then one exit (or error) message.",
+                 "content": {"application/x-ndjson": {"schema": _ref("RunMessage")}}},
+                params=[{"name": "rm", "in": "query", "required": False,
+                         "description": "Destroy the pod after it exits.", "schema": _FLAG}],
+                errors=("403", "409"),
+                requestBody={"required": True, "content": {"application/json": {
+                    "schema": _ref("RunRequest")}}})},
             "/v1/pods/{pod}/attach": {"get": {
                 "summary": "The app's terminal (pods run with -t) over a websocket: binary "
                            "frames carry output and input; a text frame {\"type\": \"resize\", "

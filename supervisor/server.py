@@ -21,6 +21,7 @@ import secrets
 import socket
 import ssl
 import stat
+import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -32,7 +33,7 @@ from jetpack.config import Config
 from jetpack.errors import ConfigError, SupervisorError
 from jetpack.events import Retention
 from jetpack.log import get_logger
-from jetpack.supervisor.api import ControlApp, Router, core_router
+from jetpack.supervisor.api import PEER_UID, ControlApp, Router, core_router
 from jetpack.supervisor.dashboard import Dashboard
 from jetpack.supervisor.events import RETENTION_INTERVAL, EventHub, run_retention
 from jetpack.supervisor.hypercorn_adapter import ASGIApp, ConnectionServer
@@ -176,11 +177,25 @@ async def _serve_connection(
     stream: trio.SocketStream,
 ) -> None:
     timed = WriteDeadlineStream(stream, write_timeout)
+    if stream.socket.family == socket.AF_UNIX:
+        # hypercorn's tasks for this connection inherit this context: requests see the peer.
+        PEER_UID.set(_peer_uid(stream.socket))
     if tls is None:
         await server.serve(timed)
     else:
         # hypercorn does the handshake (with its timeout) and reads .transport_stream.socket.
         await server.serve(trio.SSLStream(timed, tls, server_side=True))
+
+
+def _peer_uid(sock: trio.socket.SocketType) -> int | None:
+    """The uid of the process that connected to the unix socket; None where this platform's
+    way is not known here (FreeBSD's LOCAL_PEERCRED is not read: such requests are refused
+    what needs root, and the CLI does that work itself)."""
+    peercred = getattr(socket, "SO_PEERCRED", None)  # Linux
+    if peercred is None:
+        return None
+    creds = sock.getsockopt(socket.SOL_SOCKET, peercred, struct.calcsize("3i"))
+    return int(struct.unpack("3i", creds)[1])  # struct ucred: pid, uid, gid
 
 
 class WriteDeadlineStream(trio.abc.HalfCloseableStream):

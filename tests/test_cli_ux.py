@@ -104,6 +104,45 @@ def test_run_takes_combined_short_flags() -> None:
         parse_command_line(["-iz", "example.com/a"])
 
 
+def test_run_request_carries_the_whole_command_line_as_json() -> None:
+    """What ``run`` sends the supervisor (plain JSON) reads back as the options ``prepare``
+    gets from the same words; a body of another shape is a UsageError (400), not a 500."""
+    from jetpack.cli.prepare import parse_command_line, parse_words
+    from jetpack.store.prepare import PrepareRequest
+
+    words = ["example.com/a", "--app-name", "one", "--exec", "/bin/sh -c 'echo hi'", "--user",
+             "1000", "--group", "100", "-e", "A=1", "-w", "/tmp", "-m", "data:/data",
+             "--name", "pod", "--restart", "on-failure:3", "-p", "http:8080", "-p",
+             "dns:127.0.0.1:53", "-v", "data,kind=empty", "-a", "k=v", "--keep-etc", "--rm",
+             "example.com/b", "--", "x", "--name", "y"]
+    request, extra = parse_words(words)
+    assert extra == {"rm": True, "tty": False, "manifest": None}
+    assert request["apps"][1]["exec"] == ["x", "--name", "y"]  # after --: b's arguments
+    sent = PrepareRequest.from_json(json.loads(json.dumps(request)))
+    assert sent == parse_command_line(words)[0]
+    assert sent.name == "pod"
+    assert sent.restart == "on-failure:3"
+    assert sent.keep_image_etc is True
+    assert [(p.name, p.host_port, p.host_ip) for p in sent.ports] == [
+        ("http", 8080, None), ("dns", 53, "127.0.0.1")]
+    assert sent.volumes[0]["kind"] == "empty"
+    assert sent.annotations == {"k": "v"}
+    one = sent.apps[0]
+    assert (one.image, one.name, one.exec, one.user, one.group, one.working_directory) == (
+        "example.com/a", "one", ["/bin/sh", "-c", "echo hi"], "1000", "100", "/tmp")
+    assert one.environment == {"A": "1"}
+    assert one.mounts == [("data", "/data", False)]
+    from jetpack.errors import UsageError
+
+    for bad in ([], {"apps": "x"}, {"apps": [{"image": 1}]}, {"apps": [{"image": "a",
+                "mounts": [["v"]]}]}, {"apps": [{"image": "a"}], "ports": [
+                    {"name": "p", "host_port": "80"}]}, {"apps": [{"image": "a"}],
+                                                         "restart": "sometimes"},
+                {"apps": [{"image": "a", "environment": {"A": 1}}]}):
+        with pytest.raises(UsageError):
+            PrepareRequest.from_json(bad)
+
+
 # --- no supervisor --------------------------------------------------------------------------
 
 
@@ -482,13 +521,13 @@ def test_list_and_status_stay_within_their_import_budget(host: Host) -> None:
                 assert "socket" in modules
 
 
-# Never imported by `run` (the CLI prepares the pod, then hands the rest to the supervisor in one
-# request): the isolation drivers, their network backends and trio are the supervisor's; prepare
-# asks stage1.driver_info instead; the ACI reader is import's. A module set, not a timing.
-RUN_NEVER = ("trio", "httpx", "ssl", "hypercorn", "asyncio", "pyroute2", "ctypes.util",
-             "tarfile", "jetpack.store.aci", "jetpack.supervisor", "jetpack.stage1.linux",
-             "jetpack.stage1.jail", "jetpack.stage1.network.hook", "jetpack.stage1.rctl",
-             "jetpack.stage1.forkserver_client")
+# Never imported by `run IMAGE` (one request: the supervisor prepares, starts, streams, waits and
+# destroys): the store, the database, appc's models, the isolation drivers, their network
+# backends and trio are the supervisor's. A module set, not a timing.
+RUN_NEVER = ("trio", "httpx", "ssl", "email", "http.client", "hypercorn", "asyncio", "structlog",
+             "pyroute2", "ctypes.util", "tarfile", "sqlite3", "dataclasses", "typing",
+             "inspect", "jetpack.store", "jetpack.state", "jetpack.appc", "jetpack.stage1",
+             "jetpack.supervisor")
 
 
 def test_run_stays_within_its_import_budget(host: Host) -> None:
@@ -497,10 +536,18 @@ def test_run_stays_within_its_import_budget(host: Host) -> None:
                                   "/bin/echo budget-ran")
     assert out.returncode == 0, out.stderr
     assert "budget-ran" in out.stdout
-    assert "jetpack.stage1.driver_info" in modules  # prepare asked the configured driver
+    assert "jetpack.cli.unixhttp" in modules  # the supervisor was asked
     for heavy in RUN_NEVER:
         assert heavy not in modules, f"jetpack run imports {heavy}"
     assert json.loads(host.jp("list", "--json").stdout) == []  # --rm: the pod is gone
+    # run POD (a prepared pod named like this) takes the same request
+    host.jp("prepare", "example.com/busybox", "--name", "named", "--exec", "/bin/echo by-name")
+    out, modules = loaded_modules(host.jp, "run", "--rm", "named")
+    assert out.returncode == 0, out.stderr
+    assert "by-name" in out.stdout
+    assert "jetpack.store" not in modules
+    assert "sqlite3" not in modules
+    assert json.loads(host.jp("list", "--json").stdout) == []
 
 
 def test_log_times_index_follows_rotation(tmp_path: Path) -> None:

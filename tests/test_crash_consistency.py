@@ -187,6 +187,38 @@ def test_supervisor_killed_at(crash_host: Host, point: str) -> None:
         host.stop()
 
 
+# `run --rm IMAGE` prepares and destroys in the supervisor (POST /v1/run): the same kill points
+# cut the supervisor there. True when `jetpack gc` must remove what the cut left.
+RUN_POINTS = {"prepare.cloned": True, "prepare.recorded": False, "destroy.deleted": True}
+
+
+@pytest.mark.parametrize("point", list(RUN_POINTS))
+def test_supervisor_killed_in_run_rm_at(crash_host: Host, point: str) -> None:
+    host = crash_host
+    host.start(env={ENV_VAR: point})
+    cut = host.jp("run", "--rm", "example.com/busybox", "--exec", "/bin/true", check=False)
+    assert host.daemon is not None
+    code = host.daemon.wait(timeout=60)
+    host.daemon = None
+    assert code == -signal.SIGKILL, f"kill point {point} was not reached: exit {code}"
+    assert cut.returncode != 0
+    host.start()
+    try:
+        pods = json.loads(host.jp("list", "--json").stdout)
+        if point == "prepare.recorded":  # a whole prepared pod, never started: as prepare's
+            assert [p["state"] for p in pods] == ["prepared"]
+            assert _problems(host) == []
+            host.jp("destroy", pods[0]["uuid"])
+        else:  # never a half-made or half-destroyed pod in the list: files only gc sees
+            assert pods == []
+            assert _problems(host) != [], f"{point} left nothing: the harness would not see it"
+            assert "removed" in host.jp("gc").stdout
+        assert _problems(host) == []
+        assert host.jp("gc").stdout.count("removed") == 0
+    finally:
+        host.stop()
+
+
 def _build_dir(tmp: Path) -> Path:
     ctx = tmp / "build-ctx"
     ctx.mkdir(exist_ok=True)

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import signal
 import subprocess
+import sys
 import time
 from typing import Any
 
@@ -94,3 +96,77 @@ def test_run_rm_client_gone_still_removes_the_pod(host: Host) -> None:
     while json.loads(host.jp("list", "--json").stdout) or pods_on_disk(host):
         assert time.monotonic() < deadline, "the interrupted run --rm left its pod"
         time.sleep(0.1)
+
+
+def test_run_prefixes_each_apps_lines_when_the_pod_has_several(host: Host) -> None:
+    """Several apps: every line carries its app's name, whether run prepared the pod from
+    images or was given a prepared pod's name (one word, which names no image)."""
+    host.start()
+    apps = ["example.com/busybox", "--app-name", "one", "--exec", "/bin/echo from-one",
+            "example.com/busybox", "--app-name", "two", "--exec", "/bin/echo from-two"]
+    out = host.jp("run", "--rm", *apps)
+    assert sorted(out.stdout.splitlines()) == ["one| from-one", "two| from-two"]
+    host.jp("prepare", *apps, "--name", "duo")
+    out = host.jp("run", "--rm", "duo")
+    assert sorted(out.stdout.splitlines()) == ["one| from-one", "two| from-two"]
+    assert json.loads(host.jp("list", "--json").stdout) == []
+    alone = host.jp("run", "--rm", "example.com/busybox", "--exec", "/bin/echo single")
+    assert alone.stdout == "single\n"
+
+
+# A raw HTTP/1.1 request on the control socket, reached through the O_PATH descriptor argv[2]
+# (the state root's directories are root's: the socket file's own mode is what is tested),
+# standard library only (run with -I -S by an unprivileged uid): prints the status and body.
+RAW_REQUEST = r"""
+import json, socket, sys
+body = sys.argv[1].encode()
+s = socket.socket(socket.AF_UNIX)
+s.connect(f"/proc/self/fd/{sys.argv[2]}")
+s.sendall(b"POST /v1/run?rm=1 HTTP/1.1\r\nHost: jetpack\r\nConnection: close\r\n"
+          b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+answer = b""
+while chunk := s.recv(65536):
+    answer += chunk
+print(answer.decode(errors="replace"))
+"""
+
+
+def test_attack_socket_group_member_runs_a_pod_with_the_host_root_mounted(host: Host) -> None:
+    """The socket's group may start and stop pods, not choose their options: a member that
+    asks the supervisor to prepare and run a pod with / as a host volume (root in the pod,
+    reading the host's /etc/shadow) is refused with 403 and nothing is made; root's own
+    run through the same request still works."""
+    import grp
+
+    with host.jp.conf.open("a") as conf:
+        conf.write(f"supervisor.group = {grp.getgrgid(1).gr_name}\n")
+    host.start()
+    attack = json.dumps({
+        "apps": [{"image": "example.com/busybox", "exec": ["/bin/cat", "/host/etc/shadow"],
+                  "mounts": [["hostroot", "/host", False]]}],
+        "volumes": [{"name": "hostroot", "kind": "host", "source": "/"}]})
+    legit = json.dumps({"apps": [{"image": "example.com/busybox",
+                                  "exec": ["/bin/echo", "root ran"]}]})
+    path = os.open(host.tmp / "jp.sock", os.O_PATH)
+    try:
+        as_member = subprocess.run(
+            [sys.executable, "-I", "-S", "-c", RAW_REQUEST, attack, str(path)], user=65534,
+            group=65534, extra_groups=[1], pass_fds=[path], capture_output=True, text=True,
+            timeout=60)
+        as_root = subprocess.run(
+            [sys.executable, "-I", "-S", "-c", RAW_REQUEST, legit, str(path)],
+            pass_fds=[path], capture_output=True, text=True, timeout=60)
+    finally:
+        os.close(path)
+    assert as_member.returncode == 0, as_member.stderr
+    assert as_member.stdout.startswith("HTTP/1.1 403"), as_member.stdout
+    assert "PermissionDeniedError" in as_member.stdout
+    assert "root:" not in as_member.stdout
+    assert json.loads(host.jp("list", "--json").stdout) == []
+    assert pods_on_disk(host) == []
+    # root, the same request: the pod is prepared, runs and goes
+    assert as_root.stdout.startswith("HTTP/1.1 200"), as_root.stdout
+    assert '"type":"pod"' in as_root.stdout
+    assert '"prepared":true' in as_root.stdout
+    assert base64.b64encode(b"root ran\n").decode() in as_root.stdout
+    assert json.loads(host.jp("list", "--json").stdout) == []

@@ -64,7 +64,7 @@ def test_wheel_carries_the_service_files(wheel: Path) -> None:
             assert archive.read(info) == (REPO / source).read_bytes()
             assert stat.S_IMODE(info.external_attr >> 16) == want_mode, installed
         entry_points = archive.read(f"{data_dir.replace('.data', '.dist-info')}/entry_points.txt")
-        assert b"jetpack = jetpack.cli.main:main" in entry_points
+        assert b"jetpack = jetpack.cli.main:program" in entry_points
 
 
 def test_pip_install_places_them_under_the_prefix(wheel: Path, tmp_path: Path) -> None:

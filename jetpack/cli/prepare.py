@@ -3,20 +3,20 @@ foreground through the supervisor, and removing them."""
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import re
-import shlex
 import sys
-from collections.abc import Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-from jetpack.cli.context import Context
 from jetpack.errors import UsageError
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+
 if TYPE_CHECKING:
-    from jetpack.store.prepare import AppOptions, PortOption, PrepareRequest
+    import argparse
+    from collections.abc import Iterator, Sequence
+    from typing import Any
+
+    from jetpack.cli.context import Context
+    from jetpack.store.prepare import PrepareRequest
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -42,6 +42,49 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
 
 
 def run(ctx: Context, name: str, args: argparse.Namespace) -> int:
+    if name == "run":
+        request, extra = parse_words(args.words)
+        # -o KEY=VALUE is this command's configuration, which the supervisor does not have
+        if not extra["tty"] and extra["manifest"] is None and not ctx.overrides and _is_root():
+            answer = _run_in_supervisor(ctx, request, rm=extra["rm"])
+            if answer is not None:
+                return answer
+    return _run_here(ctx, name, args)
+
+
+def _is_root() -> bool:
+    import os
+
+    return os.geteuid() == 0
+
+
+def _run_in_supervisor(ctx: Context, request: dict[str, Any], *, rm: bool) -> int | None:
+    """``run IMAGE...`` (or ``run POD``) as one ``POST /v1/run``: the supervisor prepares the
+    pod, starts it, streams its output, records its exit (``rm``: destroys it) and answers
+    with it. None when the supervisor cannot prepare it (an image to fetch first): the pod is
+    then prepared here, as ``prepare`` does."""
+    from jetpack.cli.client import ControlClient
+    from jetpack.errors import NotFoundError, PermissionDeniedError
+
+    client = ControlClient(ctx.config["supervisor.socket"])
+    messages = client.stream_sync("POST", "/v1/run", body=request,
+                                  params={"rm": "1"} if rm else None)
+    try:
+        first = next(messages, None)
+    except (NotFoundError, PermissionDeniedError):
+        # The answer's status, before anything was made: an image to fetch (or the same
+        # error again, from here), or a supervisor that cannot tell that this is root.
+        return None
+    if first is None or first.get("type") != "pod":
+        from jetpack.errors import SupervisorError
+
+        raise SupervisorError("the supervisor's run stream did not begin with its pod")
+    for warning in first["warnings"]:
+        print(f"jetpack: warning: {warning}", file=sys.stderr)
+    return _follow_run(messages, len(first["apps"]) > 1)
+
+
+def _run_here(ctx: Context, name: str, args: argparse.Namespace) -> int:
     from jetpack.store.images import ImageStore
 
     images = ImageStore(ctx.config, ctx.state)
@@ -69,6 +112,8 @@ def run(ctx: Context, name: str, args: argparse.Namespace) -> int:
         if existing is not None:
             return _run_foreground(ctx, images, existing, rm=extra["rm"], tty=extra["tty"])
     if extra["manifest"] is not None:
+        from pathlib import Path
+
         text = sys.stdin.read() if extra["manifest"] == "-" else \
             Path(extra["manifest"]).read_text()
         options = options_from_manifest(text, options)
@@ -153,10 +198,7 @@ def _existing_pod(ctx: Context, ref: str) -> str | None:
 def _run_foreground(ctx: Context, images: Any, pod_uuid: str, *, rm: bool, tty: bool) -> int:
     """Run the pod through the supervisor, print every app's output as it comes, return the
     exit status: one ``POST /v1/pods/{pod}/run`` request (``run -t``: the terminal path)."""
-    import base64
-
-    from jetpack.cli.client import ControlClient, error_from
-    from jetpack.errors import SupervisorError
+    from jetpack.cli.client import ControlClient
     from jetpack.store.pods import PodStore
 
     client = ControlClient(ctx.config.path("supervisor.socket"))
@@ -164,11 +206,22 @@ def _run_foreground(ctx: Context, images: Any, pod_uuid: str, *, rm: bool, tty: 
     pod = store.get(pod_uuid)
     if tty:
         return _run_terminal(ctx, images, client, store, pod, rm=rm)
+    return _follow_run(client.stream_sync("POST", f"/v1/pods/{pod_uuid}/run",
+                                          params={"rm": "1"} if rm else None),
+                       len(pod.apps) > 1)
+
+
+def _follow_run(messages: Iterator[dict[str, Any]], prefix: bool) -> int:
+    """Print the output messages of a run stream as they come (``prefix``: each line with its
+    app's name); the exit status of its final message."""
+    import base64
+
+    from jetpack.cli.client import error_from
+    from jetpack.errors import SupervisorError
+
     out = sys.stdout.buffer
-    prefix = len(pod.apps) > 1
     final: dict[str, Any] | None = None
-    for message in client.stream_sync("POST", f"/v1/pods/{pod_uuid}/run",
-                                      params={"rm": "1"} if rm else None):
+    for message in messages:
         kind = message.get("type")
         if kind == "output":
             data = base64.b64decode(message["data"])
@@ -193,6 +246,8 @@ def _run_terminal(ctx: Context, images: Any, client: Any, store: Any, pod: Any, 
     from jetpack.errors import PodStartError
 
     if not pod.options.tty:
+        import dataclasses
+
         with ctx.state.transaction() as tx:
             store.set_options(tx, pod, dataclasses.replace(pod.options, tty=True))
     try:
@@ -241,11 +296,17 @@ APP_FLAGS = {"--app-name": 1, "-m": 1, "--mount": 1, "--exec": 1, "--user": 1, "
 def parse_command_line(argv: Sequence[str]) -> tuple[PrepareRequest, dict[str, Any]]:
     """Pod options anywhere; app options apply to the image before them. Returns the options
     and the remaining pod-level flags (``--rm``, ``-t``, ``-f``)."""
-    from jetpack.appc import parse_volume_arg
-    from jetpack.store.prepare import AppOptions, PrepareRequest
-    from jetpack.store.restart import RestartPolicy
+    from jetpack.store.prepare import PrepareRequest
 
-    options = PrepareRequest()
+    request, extra = parse_words(argv)
+    return PrepareRequest.from_json(request), extra
+
+
+def parse_words(argv: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``parse_command_line`` as plain JSON (``PrepareRequest.from_json`` reads it), with
+    nothing imported unless a flag needs it: what ``run`` sends the supervisor."""
+    options: dict[str, Any] = {"apps": [], "ports": [], "volumes": [], "annotations": {}}
+    apps: list[dict[str, Any]] = options["apps"]
     extra: dict[str, Any] = {"rm": False, "tty": False, "manifest": None}
     words = list(argv)
     i = 0
@@ -266,22 +327,25 @@ def parse_command_line(argv: Sequence[str]) -> tuple[PrepareRequest, dict[str, A
             else:
                 value = inline
                 i += 1
-            if flag in APP_FLAGS and not options.apps:
+            if flag in APP_FLAGS and not apps:
                 raise UsageError(f"{flag} applies to an image: put it after the image")
-            app = options.apps[-1] if options.apps else None
             if flag == "--name":
-                options.name = value
+                options["name"] = value
             elif flag == "--restart":
-                options.restart = str(RestartPolicy.parse(value))
+                from jetpack.store.restart import RestartPolicy
+
+                options["restart"] = str(RestartPolicy.parse(value))
             elif flag in ("-p", "--port"):
-                options.ports.append(parse_port(value))
+                options["ports"].append(parse_port(value))
             elif flag in ("-v", "--volume"):
-                options.volumes.append(parse_volume_arg(value).to_dict())
+                from jetpack.appc import parse_volume_arg
+
+                options["volumes"].append(parse_volume_arg(value).to_dict())
             elif flag in ("-a", "--annotation"):
                 key, sep, val = value.partition("=")
                 if not sep or not key:
                     raise UsageError(f"-a {value}: expected KEY=VALUE")
-                options.annotations[key] = val
+                options["annotations"][key] = val
             elif flag in ("-f", "--pod-manifest"):
                 extra["manifest"] = value
             elif flag == "--rm":
@@ -289,18 +353,18 @@ def parse_command_line(argv: Sequence[str]) -> tuple[PrepareRequest, dict[str, A
             elif flag in ("-t", "-i", "--interactive"):
                 extra["tty"] = True
             elif flag == "--keep-etc":
-                options.keep_image_etc = True
-            elif app is not None:
-                _set_app_flag(app, flag, value)
+                options["keep_image_etc"] = True
+            elif apps:
+                _set_app_flag(apps[-1], flag, value)
             continue
         if word == "--":
-            if not options.apps:
+            if not apps:
                 raise UsageError("-- must follow an image: it starts that app's arguments")
-            options.apps[-1].exec = words[i + 1:]
+            apps[-1]["exec"] = words[i + 1:]
             break
         if word.startswith("-") and word != "-":
             raise UsageError(f"unknown option {word}")
-        options.apps.append(AppOptions(image=word))
+        apps.append({"image": word, "environment": {}, "mounts": []})
         i += 1
     return options, extra
 
@@ -324,37 +388,38 @@ def _split_short_flags(word: str) -> list[str] | None:
     return out
 
 
-def _set_app_flag(app: AppOptions, flag: str, value: str) -> None:
+def _set_app_flag(app: dict[str, Any], flag: str, value: str) -> None:
     if flag == "--app-name":
-        app.name = value
+        app["name"] = value
     elif flag in ("-m", "--mount"):
-        app.mounts.append(parse_mount(value))
+        app["mounts"].append(list(parse_mount(value)))
     elif flag == "--exec":
+        import shlex
+
         try:
-            app.exec = shlex.split(value)
+            app["exec"] = shlex.split(value)
         except ValueError as exc:
             raise UsageError(f"--exec {value!r}: {exc}") from None
     elif flag == "--user":
-        app.user = value
+        app["user"] = value
     elif flag == "--group":
-        app.group = value
+        app["group"] = value
     elif flag in ("-e", "--env"):
         key, val = parse_env(value)
-        app.environment[key] = val
+        app["environment"][key] = val
     elif flag in ("-w", "--working-dir"):
-        app.working_directory = value
+        app["working_directory"] = value
 
 
-def parse_port(text: str) -> PortOption:
-    """``NAME:HOSTPORT`` or ``NAME:HOSTIP:HOSTPORT``."""
-    from jetpack.store.prepare import PortOption
-
+def parse_port(text: str) -> dict[str, Any]:
+    """``NAME:HOSTPORT`` or ``NAME:HOSTIP:HOSTPORT`` (as ``PrepareRequest.from_json`` reads a
+    port)."""
     parts = text.split(":")
     try:
         if len(parts) == 2:
-            return PortOption(parts[0], _port(parts[1]))
+            return {"name": parts[0], "host_port": _port(parts[1])}
         if len(parts) == 3:
-            return PortOption(parts[0], _port(parts[2]), parts[1])
+            return {"name": parts[0], "host_port": _port(parts[2]), "host_ip": parts[1]}
     except ValueError as exc:
         raise UsageError(f"-p {text}: {exc}") from None
     raise UsageError(f"-p {text}: expected NAME:HOSTPORT")

@@ -81,6 +81,84 @@ class PrepareRequest:
     user_labels: dict[str, str] = field(default_factory=dict)
 
 
+    @classmethod
+    def from_json(cls, obj: Any) -> PrepareRequest:
+        """The request ``jetpack run`` sends the supervisor (``cli.prepare.parse_words``: the
+        command line as plain JSON); anything of the wrong shape is a ``UsageError``."""
+        pod = _object(obj, "the run request")
+        request = cls(
+            name=_optional_str(pod.get("name"), "name"),
+            restart=_str(pod.get("restart", "never"), "restart"),
+            ports=[PortOption(_str(p.get("name"), "port name"), _int(p.get("host_port")),
+                              _optional_str(p.get("host_ip"), "port host_ip"))
+                   for p in (_object(x, "a port") for x in _list(pod.get("ports"), "ports"))],
+            volumes=[_object(v, "a volume") for v in _list(pod.get("volumes"), "volumes")],
+            annotations=_strings(pod.get("annotations"), "annotations"),
+            keep_image_etc=pod.get("keep_image_etc", False) is True,
+        )
+        from jetpack.store.restart import RestartPolicy
+
+        request.restart = str(RestartPolicy.parse(request.restart))
+        for entry in _list(pod.get("apps"), "apps"):
+            app = _object(entry, "an app")
+            exec_ = app.get("exec")
+            request.apps.append(AppOptions(
+                image=_str(app.get("image"), "image"),
+                name=_optional_str(app.get("name"), "app name"),
+                exec=None if exec_ is None else [_str(w, "exec") for w in _list(exec_, "exec")],
+                user=_optional_str(app.get("user"), "user"),
+                group=_optional_str(app.get("group"), "group"),
+                working_directory=_optional_str(app.get("working_directory"),
+                                                "working_directory"),
+                environment=_strings(app.get("environment"), "environment"),
+                mounts=[(_str(m[0], "mount"), _optional_str(m[1], "mount"), m[2] is True)
+                        for m in (_list(x, "a mount") for x in _list(app.get("mounts"),
+                                                                     "mounts"))
+                        if len(m) == 3 or _bad("a mount is [volume, target, read-only]")],
+            ))
+        return request
+
+
+def _bad(what: str) -> bool:
+    raise UsageError(f"run request: {what}")
+
+
+def _object(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        _bad(f"{what} must be an object")
+    return value  # type: ignore[no-any-return]  # checked just above
+
+
+def _list(value: Any, what: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        _bad(f"{what} must be a list")
+    return value  # type: ignore[no-any-return]  # checked just above
+
+
+def _str(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        _bad(f"{what} must be a string")
+    return value  # type: ignore[no-any-return]  # checked just above
+
+
+def _optional_str(value: Any, what: str) -> str | None:
+    return None if value is None else _str(value, what)
+
+
+def _int(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        _bad("a port number must be an integer")
+    return value  # type: ignore[no-any-return]  # checked just above
+
+
+def _strings(value: Any, what: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    return {_str(k, what): _str(v, what) for k, v in _object(value, what).items()}
+
+
 @dataclass(frozen=True)
 class ResolvedImage:
     id: str
