@@ -13,6 +13,7 @@ import json
 import math
 import signal
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -151,16 +152,24 @@ def add_pod_routes(
     async def destroy(uuid: str) -> None:
         """``run --rm``: the exited pod's clones, files and row (as ``jetpack destroy``)."""
         from jetpack.store.images import ImageStore
-        from jetpack.store.lifecycle import destroy_pod
+        from jetpack.store.lifecycle import destroy_pod, forget_network
 
         await manager.torn_down(uuid)
 
-        def remove() -> None:
+        def remove() -> PodRecord:
             pod = manager.store.get(uuid)
-            destroy_pod(manager.config, manager.db, ImageStore(manager.config, manager.db), pod)
+            destroy_pod(manager.config, manager.db, ImageStore(manager.config, manager.db), pod,
+                        network=False)
+            return pod
 
-        await manager.in_db_thread(remove)
+        pod = await manager.in_db_thread(remove)
         manager.notify()  # pod.destroyed reaches subscribers now, not at the hub's next poll
+        if pod.ip is not None:
+            # its inert anti-spoofing chain: one nftables deletion (an RCU wait of ~15 ms),
+            # neither under the database's limiter nor before the answer; a supervisor that
+            # ends first leaves it to the next one's start, which prunes it
+            manager.in_background(f"forgetting the network of pod {uuid}",
+                                  partial(forget_network, manager.config, pod))
 
     async def run(request: Request) -> Any:
         """Start the pod and stream its apps' output until it exits (``rm``: then destroy it);

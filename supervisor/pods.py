@@ -101,6 +101,19 @@ class PodManager:
             await self.in_db_thread(run)
         self.notify()
 
+    def in_background(self, what: str, work: Callable[[], object]) -> None:
+        """Run ``work`` in a worker thread as a task of the manager (its end waits for it),
+        after the caller has answered; a failure is logged as ``what`` failing."""
+        assert self._nursery is not None, "PodManager.run is not running"
+
+        async def run() -> None:
+            try:
+                await trio.to_thread.run_sync(work)
+            except Exception as exc:  # noqa: BLE001  # logged; nobody waits for the answer
+                _log_failure(log, f"{what} failed", exc)
+
+        self._nursery.start_soon(run)
+
     async def resolve(self, ref: str) -> PodRecord:
         return await self.in_db_thread(lambda: self.store.resolve(ref))
 

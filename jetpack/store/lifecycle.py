@@ -23,9 +23,11 @@ _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 
 
 def destroy_pod(config: Config, state: StateDB, images: ImageStore, pod: PodRecord,
-                stop: Callable[[PodRecord], None] | None = None) -> None:
+                stop: Callable[[PodRecord], None] | None = None, *, network: bool = True
+                ) -> None:
     """Stop the pod (``stop``: through the supervisor) when it runs, then remove its clones,
-    files and row (which releases its address and forwards)."""
+    files and row (which releases its address and forwards), then (``network``) what the
+    network keeps of it (``forget_network``; the supervisor does that after answering)."""
     store = PodStore(state)
     # An ended pod whose sandbox is still recorded is being torn down by the supervisor (or
     # was, when it died): its stop returns once that is done.
@@ -47,7 +49,7 @@ def destroy_pod(config: Config, state: StateDB, images: ImageStore, pod: PodReco
         store.delete(tx, pod)
     killpoint("destroy.deleted")
     images.destroy_pod_clones(pod.uuid)
-    if pod.ip is not None:
+    if network and pod.ip is not None:
         forget_network(config, pod)
 
 
