@@ -231,6 +231,10 @@ def add_pod_routes(
                 finished = True
                 if rm:
                     await destroy(pod.uuid)
+                else:
+                    # as the CLI's run has always answered: nothing of the pod left running
+                    # or mounted (wait answers before that; destroy waits for it too)
+                    await manager.torn_down(pod.uuid)
                 await write(_line({"type": "exit", "pod": final.to_json_obj(),
                                    "destroyed": rm}))
             except JetpackError as exc:

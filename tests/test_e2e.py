@@ -395,13 +395,23 @@ def _envtest(host: Host, tmp_path: Path) -> None:
 
 
 def test_a_pod_destroyed_as_soon_as_it_ended_leaves_nothing(host: Host) -> None:
-    """``run`` answers once the pod has ended, while the supervisor may still be tearing its
-    sandbox down: ``destroy`` and ``start`` right after wait for that (the CLI's destroy goes
-    through the supervisor while the sandbox is recorded), and nothing is left."""
+    """``GET /wait`` answers once the pod has ended, while the supervisor may still be
+    tearing its sandbox down: a ``start`` or ``destroy`` right after waits for that (the
+    CLI's destroy goes through the supervisor while the sandbox is recorded), ``run`` answers
+    after it, and nothing is left."""
+    from jetpack.cli.client import ControlClient
+
     host.start()
+    client = ControlClient(host.tmp / "jp.sock")
     for _ in range(3):
         uuid = host.jp("prepare", "example.com/busybox", "--exec", "/bin/true").stdout.split()[-1]
+        host.jp("start", uuid)
+        assert client.request_sync("GET", f"/v1/pods/{uuid}/wait")["state"] == "exited"
+        host.jp("start", uuid)  # at once: after the first start's teardown
+        assert client.request_sync("GET", f"/v1/pods/{uuid}/wait")["state"] == "exited"
+        host.jp("destroy", uuid)  # at once: after the second one's
+        assert inventory.problems(inventory.take(host)) == []
+        uuid = host.jp("prepare", "example.com/busybox", "--exec", "/bin/true").stdout.split()[-1]
         host.jp("run", uuid)
-        host.jp("run", uuid)  # again, at once: its start waits for the first one's teardown
+        assert inventory.problems(inventory.take(host)) == []  # run answered after it
         host.jp("destroy", uuid)
-    assert inventory.problems(inventory.take(host)) == []

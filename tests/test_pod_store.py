@@ -126,3 +126,45 @@ def test_options_written_by_an_older_jetpack_still_load(store: PodStore) -> None
     with store.state.transaction() as tx:
         store.set_options(tx, store.resolve("old"), PodOptions(tty=True))
     assert store.resolve("old").options.tty
+
+
+def test_destroy_of_an_ended_pod_still_torn_down_goes_through_the_supervisor(
+    store: PodStore, tmp_path: Path
+) -> None:
+    """A pod recorded exited with its sandbox still recorded is being torn down by the
+    supervisor: ``destroy`` asks it (its stop returns once the teardown is done) before
+    removing anything, and refuses, naming why, when no supervisor answers."""
+    from jetpack.config import load_config
+    from jetpack.errors import SupervisorError
+    from jetpack.store.lifecycle import destroy_pod
+
+    config = load_config(None, [f"root.path={tmp_path}"], environ={})
+    done: list[tuple[str, str]] = []
+
+    class Images:
+        def destroy_pod_clones(self, uuid: str) -> None:
+            done.append(("clones", uuid))
+
+    def ended(uuid: str, name: str) -> PodRecord:
+        add(store, uuid, name)
+        with store.state.transaction() as tx:
+            store.set_runtime(tx, uuid, {"driver": "linux"})
+            tx.execute("UPDATE pods SET state = 'exited' WHERE uuid = ?", (uuid,))
+        return store.get(uuid)
+
+    def supervisor(pod: PodRecord) -> None:  # as its stop: once the teardown is done
+        done.append(("stop", pod.uuid))
+        with store.state.transaction() as tx:
+            store.set_runtime(tx, pod.uuid, {})
+
+    def absent(pod: PodRecord) -> None:
+        raise SupervisorError("no supervisor is running")
+
+    first = ended("0f0e0d0c-0000-4000-8000-0000000000a1", "ended")
+    destroy_pod(config, store.state, Images(), first, supervisor, network=False)  # type: ignore[arg-type]  # a stand-in ImageStore
+    assert done == [("stop", first.uuid), ("clones", first.uuid)]
+    second = ended("0f0e0d0c-0000-4000-8000-0000000000a2", "cut")
+    with pytest.raises(ConflictError, match="not torn down"):
+        destroy_pod(config, store.state, Images(), second, absent, network=False)  # type: ignore[arg-type]  # a stand-in ImageStore
+    assert store.get(second.uuid).state == "exited"  # nothing removed
+    assert done[2:] == []
