@@ -5,7 +5,9 @@ root and non-root.
 ``isolated_launcher`` gives stage2's executor a launcher that does this for the app, its event
 handlers and whatever ``exec``/``console``/``build`` runs in it; an app whose manifest has no
 isolator gets the default plan, never none. Everything is imported and loaded before pivot_root
-hides the host.
+hides the host; the seccomp program is compiled then too (once per plan and process: the fork
+server compiles the default plan's), so that the child between fork and exec makes only its
+system calls.
 """
 
 from __future__ import annotations
@@ -18,13 +20,14 @@ import termios
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from jetpack.stage1 import capabilities as caps
 from jetpack.stage1.capabilities import (
     apply_capabilities,
     capability_set,
     keep_capabilities,
     no_new_privileges,
 )
-from jetpack.stage1.seccomp import SeccompFilter, _libseccomp, apply_seccomp, seccomp_filter
+from jetpack.stage1.seccomp import SeccompFilter, compile_filter, seccomp_filter
 from jetpack.stage2.executor import Child, Launcher
 from jetpack.stage2.plan import ExecPlan
 from jetpack.stage2.socket_activation import open_listening, spawn_listening
@@ -65,8 +68,9 @@ def isolated_launcher(isolators: Mapping[str, Any]) -> Launcher:
     raw = isolators.get("seccomp")
     seccomp = None if raw is None else SeccompFilter(raw["mode"], frozenset(raw["syscalls"]),
                                                      raw.get("errno"))
-    if seccomp is not None:
-        _libseccomp()  # load the library now: after pivot_root it cannot be found
+    # libseccomp and libc are loaded now: after pivot_root they cannot be found.
+    compiled = None if seccomp is None else compile_filter(seccomp)
+    caps.preload()
 
     def launch(argv: Sequence[str], plan: ExecPlan, stdin: int, stdout: int, stderr: int
                ) -> Child:
@@ -86,11 +90,11 @@ def isolated_launcher(isolators: Mapping[str, Any]) -> Launcher:
                 keep_capabilities()  # to drop the bounding set and load seccomp after setuid
             os.setuid(creds.uid)
             apply_capabilities(capabilities, ambient=ambient,
-                               keep_sys_admin_until_exec=seccomp is not None and not nnp)
+                               keep_sys_admin_until_exec=compiled is not None and not nnp)
             if nnp:
                 no_new_privileges()
-            if seccomp is not None:
-                apply_seccomp(seccomp, no_new_privs=nnp)
+            if compiled is not None:
+                compiled.load(no_new_privs=nnp)
 
         if plan.listen:
             # opened here, in the pod's network namespace, and kept only by the app
