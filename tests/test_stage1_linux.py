@@ -434,6 +434,10 @@ def proc_status(pid: int) -> dict[str, str]:
                 Path(f"/proc/{pid}/status").read_text().splitlines() if ":\t" in line)
 
 
+def open_fds(pid: int) -> list[int]:
+    return sorted(int(fd) for fd in os.listdir(f"/proc/{pid}/fd"))
+
+
 def fork_server_children(server: int) -> list[int]:
     return [int(pid) for pid in
             Path(f"/proc/{server}/task/{server}/children").read_text().split()]
@@ -457,8 +461,10 @@ async def test_the_next_app_starts_from_a_spare_helper_that_holds_nothing(
             await trio.sleep(0.01)
     [spare] = children
     spare_start = process_start_time(spare)
-    fds = sorted(int(fd) for fd in os.listdir(f"/proc/{spare}/fd"))
-    assert fds == [0, 1, 2, 3]
+    # once it waits (a spare just forked still closes what it inherited): stdio, its socket
+    with trio.fail_after(10):
+        while open_fds(spare) != [0, 1, 2, 3]:  # noqa: ASYNC110 - /proc has no event to wait on
+            await trio.sleep(0.01)
     assert os.readlink(f"/proc/{spare}/fd/3").startswith("socket:")
     assert os.readlink(f"/proc/{spare}/fd/3") not in descriptor_targets(server)  # its own end
     assert proc_status(spare)["SigBlk"] == "0000000000000000"
