@@ -7,6 +7,7 @@ Only the pure part (``capability_set``) runs on FreeBSD; the rest raises Isolati
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 from collections.abc import Iterable
 
@@ -81,16 +82,20 @@ class _CapData(ctypes.Structure):
 _CapPair = _CapData * 2
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL:
+    """Loaded once per process (before the fork: the child then only calls it)."""
     if platform_kind() != "linux":
         raise IsolationError("Linux capabilities exist only on Linux")
-    return ctypes.CDLL(None, use_errno=True)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl.restype = ctypes.c_int
+    libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
+                           ctypes.c_ulong]
+    return libc
 
 
 def _prctl(option: int, arg2: int = 0, arg3: int = 0, what: str = "prctl") -> int:
-    libc = _libc()
-    result = int(libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg2), ctypes.c_ulong(arg3),
-                            ctypes.c_ulong(0), ctypes.c_ulong(0)))
+    result = int(_libc().prctl(option, arg2, arg3, 0, 0))
     if result < 0:
         err = ctypes.get_errno()
         raise IsolationError(f"{what}: {os.strerror(err)}")
@@ -120,12 +125,22 @@ def _capset(effective: int, permitted: int, inheritable: int) -> None:
             hint="a non-root app keeps capabilities only if keep_capabilities() ran before setuid")
 
 
+@functools.cache
 def _last_cap() -> int:
+    """The kernel's highest capability, read once per process (before the fork: reading it in
+    the child cost half a millisecond of every app's start)."""
     try:
         with open("/proc/sys/kernel/cap_last_cap") as f:
             return int(f.read())
     except (OSError, ValueError):
         return max(CAPABILITIES.values())
+
+
+def preload() -> None:
+    """What ``apply_capabilities`` reads once per process (libc, the last capability): called
+    before the fork, so the child between fork and exec only makes its system calls."""
+    _libc()
+    _last_cap()
 
 
 def keep_capabilities() -> None:

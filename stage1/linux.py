@@ -43,7 +43,7 @@ from jetpack.stage1.base import (
     SandboxSpec,
     Stdio,
 )
-from jetpack.stage1.cgroups import PodCgroup
+from jetpack.stage1.cgroups import PodCgroup, warm_moves
 from jetpack.stage1.driver_info import LINUX_CAPABILITIES, check_linux_limits
 from jetpack.stage1.forkserver_client import ForkServer
 from jetpack.stage1.identity import pidfd_open, pidfd_send_signal
@@ -320,6 +320,11 @@ class LinuxDriver(MonitoredApps):
     async def start_app(
         self, handle: SandboxHandle, app: AppSpec, *, stdio: Stdio | None = None
     ) -> AppProcess:
+        if handle.data.get("cgroup_dirs"):
+            # The monitor's move into the pod's cgroups waits for an RCU grace period unless
+            # another move just paid for one (cgroups.warm_moves): start one now, in a thread
+            # we do not wait for, so that it runs while the helper is made.
+            trio.lowlevel.start_thread_soon(warm_moves, _ignore_outcome)
         try:
             launch, launch_path, log_path = await self._thread(
                 self._launch_document, handle, app, stdio)
@@ -487,6 +492,10 @@ def _create_cgroup(pod_uuid: str, limits: Limits, data: dict[str, Any]) -> None:
     cgroup = PodCgroup.for_pod(pod_uuid)
     data["cgroup_dirs"] = [str(d) for d in cgroup.directories()]
     cgroup.create(limits)
+
+
+def _ignore_outcome(outcome: object) -> None:
+    del outcome  # warm_moves ignores its errors itself
 
 
 def _receive_fd(sock: socket.socket) -> list[int]:

@@ -26,9 +26,9 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from jetpack.errors import IsolationError
+from jetpack.errors import IsolationError, ValidationError
 from jetpack.stage1 import linux_sys as sysc
-from jetpack.stage1.apply import isolated_launcher, join_cgroups
+from jetpack.stage1.apply import CgroupJoin, isolated_launcher, join_cgroups
 from jetpack.stage1.devices import POD_DEVICES
 from jetpack.stage1.identity import pidfd_open, process_start_time
 from jetpack.stage2.executor import Executor, Output, RotatingLog, write_status
@@ -367,9 +367,11 @@ def run_app(launch_path: str, report_fd: int, go_fd: int) -> int:
             assert stdio is not None
             output = Output(stdio["stdin"], stdio["stdout"], stdio["stderr"])
         try:
-            join_cgroups(launch.get("cgroup_dirs") or [])
+            # Into the pod's cgroups while the rootfs is built (CgroupJoin: the kernel makes
+            # the first move wait for an RCU grace period); waited for before any fork.
+            cgroups = CgroupJoin(launch.get("cgroup_dirs") or [])
             launcher = isolated_launcher(launch["app"]["isolators"] or {})
-        except (OSError, IsolationError) as exc:
+        except (OSError, IsolationError, ValidationError) as exc:  # a syscall name unknown here
             _report(report_fd, f"error applying the app's isolators: {exc}")
             write_status(status_fd, ExitStatus(code=127, failed=f"isolators: {exc}"))
             return 127
@@ -379,6 +381,12 @@ def run_app(launch_path: str, report_fd: int, go_fd: int) -> int:
         except (OSError, IsolationError) as exc:
             _report(report_fd, f"error setting up the app's rootfs: {exc}")
             write_status(status_fd, ExitStatus(code=127, failed=f"rootfs: {exc}"))
+            return 127
+        try:
+            cgroups.wait()
+        except IsolationError as exc:
+            _report(report_fd, f"error applying the app's isolators: {exc}")
+            write_status(status_fd, ExitStatus(code=127, failed=f"isolators: {exc}"))
             return 127
         for warning in masking:
             output.message(warning)

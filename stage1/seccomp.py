@@ -1,17 +1,21 @@
 """Seccomp filters for apps: appc's ``os/linux/seccomp-retain-set`` / ``-remove-set`` isolators
-as a plan (``SeccompFilter``), loaded through libseccomp (ctypes) in the child just before exec.
+as a plan (``SeccompFilter``), compiled to a BPF program by libseccomp (ctypes) once per plan and
+process (``compile_filter``: before the fork, before pivot_root), and loaded by one prctl in the
+child just before exec (``load_filter``).
 
 Order in the child (see ``apply_seccomp``): setuid → apply_capabilities → no_new_privileges if
-asked → apply_seccomp → exec.
+asked → load_filter → exec.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno as errno_codes
 import functools
 import os
-from collections.abc import Iterable
+import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -63,6 +67,16 @@ _SCMP_ACT_ALLOW = 0x7FFF0000
 _SCMP_FLTATR_CTL_NNP = 3
 _SCMP_CMP_MASKED_EQ = 7
 _NR_SCMP_ERROR = -1
+_PR_SET_NO_NEW_PRIVS = 38
+_PR_SET_SECCOMP = 22
+_SECCOMP_MODE_FILTER = 2
+_BPF_INSTRUCTION_SIZE = 8  # struct sock_filter: u16 code, u8 jt, u8 jf, u32 k
+
+
+class _SockFprog(ctypes.Structure):
+    """The kernel's ``struct sock_fprog``: a BPF program's length and its instructions."""
+
+    _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
 
 
 class _ArgCmp(ctypes.Structure):
@@ -153,6 +167,7 @@ def _libseccomp() -> ctypes.CDLL:
     lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
     lib.seccomp_attr_set.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32]
     lib.seccomp_load.argtypes = [ctypes.c_void_p]
+    lib.seccomp_export_bpf.argtypes = [ctypes.c_void_p, ctypes.c_int]
     lib.seccomp_release.argtypes = [ctypes.c_void_p]
     return lib
 
@@ -163,13 +178,53 @@ def syscall_number(name: str) -> int | None:
     return None if number == _NR_SCMP_ERROR else number
 
 
-def apply_seccomp(plan: SeccompFilter, *, no_new_privs: bool = False) -> None:
-    """Load ``plan`` into this process (and what it execs): the last step before exec.
+class CompiledFilter:
+    """A plan's BPF program, ready for ``load_filter``: built (and its ``sock_fprog`` laid out)
+    before the fork, so that the child makes one prctl and allocates nothing."""
 
-    Without ``no_new_privs`` the kernel requires CAP_SYS_ADMIN in the effective set when the
-    filter is loaded: call ``apply_capabilities(names, keep_sys_admin_until_exec=True)`` first.
+    def __init__(self, program: bytes) -> None:
+        self.program = program
+        self._buffer = ctypes.create_string_buffer(program, len(program))
+        self._fprog = _SockFprog(len(program) // _BPF_INSTRUCTION_SIZE,
+                                 ctypes.cast(self._buffer, ctypes.c_void_p))
+        self._prctl = _libc().prctl
+        self._prctl.restype = ctypes.c_int
+        self._prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong,
+                                ctypes.c_ulong]
+
+    def load(self, *, no_new_privs: bool) -> None:
+        """Install the program in this process (and what it execs): what libseccomp's
+        seccomp_load does with this program (no filter flags; no_new_privs first when asked).
+        Without ``no_new_privs`` the kernel requires CAP_SYS_ADMIN in the effective set."""
+        if no_new_privs and self._prctl(_PR_SET_NO_NEW_PRIVS, 1, None, 0, 0) != 0:
+            raise IsolationError(f"prctl(PR_SET_NO_NEW_PRIVS): {os.strerror(ctypes.get_errno())}")
+        if self._prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.addressof(self._fprog),
+                       0, 0) != 0:
+            raise IsolationError(
+                f"loading the seccomp filter failed: {os.strerror(ctypes.get_errno())}",
+                hint="without no_new_privs the process needs CAP_SYS_ADMIN when it loads")
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+@functools.cache
+def compile_filter(plan: SeccompFilter) -> CompiledFilter:
+    """``plan`` as a BPF program (libseccomp's, for this architecture), built once per process:
+    the fork server builds the default plan's before it forks any helper.
+
     Syscall names libseccomp does not know on this architecture are an error.
     """
+    lib = _libseccomp()
+    with filter_context(plan) as ctx:
+        return CompiledFilter(_export_bpf(lib, ctx))
+
+
+@contextlib.contextmanager
+def filter_context(plan: SeccompFilter) -> Iterator[int]:
+    """A libseccomp filter context holding ``plan``'s rules, released at the end."""
     lib = _libseccomp()
     blocked = (_SCMP_ACT_KILL_PROCESS if plan.errno is None
                else _SCMP_ACT_ERRNO | (plan.errno_number() or 0) & 0xFFFF)
@@ -179,7 +234,8 @@ def apply_seccomp(plan: SeccompFilter, *, no_new_privs: bool = False) -> None:
     if not ctx:
         raise IsolationError("seccomp_init failed")
     try:
-        if lib.seccomp_attr_set(ctx, _SCMP_FLTATR_CTL_NNP, int(no_new_privs)) != 0:
+        # Not part of the program: CompiledFilter.load sets no_new_privs itself when asked.
+        if lib.seccomp_attr_set(ctx, _SCMP_FLTATR_CTL_NNP, 0) != 0:
             raise IsolationError("seccomp_attr_set(CTL_NNP) failed")
         # A remove plan stored by an older jetpack still gets today's default set.
         names = plan.syscalls | DEFAULT_REMOVE_SET if plan.mode == "remove" else plan.syscalls
@@ -195,13 +251,33 @@ def apply_seccomp(plan: SeccompFilter, *, no_new_privs: bool = False) -> None:
             _add_default_argument_rules(lib, ctx, blocked, names)
         if "clone3" not in names:
             _add_rule(lib, ctx, _SCMP_ACT_ERRNO | errno_codes.ENOSYS, "clone3")
-        result = int(lib.seccomp_load(ctx))
-        if result != 0:
-            raise IsolationError(
-                f"loading the seccomp filter failed: {os.strerror(-result)}",
-                hint="without no_new_privs the process needs CAP_SYS_ADMIN when it loads")
+        yield ctx
     finally:
         lib.seccomp_release(ctx)
+
+
+def _export_bpf(lib: ctypes.CDLL, ctx: int) -> bytes:
+    """The program libseccomp's seccomp_load would load for ``ctx`` (both generate it the same
+    way, gen_bpf_generate), written into an unnamed temporary file and read back."""
+    with tempfile.TemporaryFile() as exported:
+        result = int(lib.seccomp_export_bpf(ctx, exported.fileno()))
+        if result != 0:
+            raise IsolationError(f"seccomp_export_bpf: {os.strerror(-result)}")
+        exported.seek(0)
+        program = exported.read()
+    if not program or len(program) % _BPF_INSTRUCTION_SIZE:
+        raise IsolationError(f"seccomp_export_bpf gave {len(program)} bytes, not a program")
+    return program
+
+
+def apply_seccomp(plan: SeccompFilter, *, no_new_privs: bool = False) -> None:
+    """Load ``plan`` into this process (and what it execs): the last step before exec.
+
+    Without ``no_new_privs`` the kernel requires CAP_SYS_ADMIN in the effective set when the
+    filter is loaded: call ``apply_capabilities(names, keep_sys_admin_until_exec=True)`` first.
+    Syscall names libseccomp does not know on this architecture are an error.
+    """
+    compile_filter(plan).load(no_new_privs=no_new_privs)
 
 
 def _add_rule(lib: ctypes.CDLL, ctx: int, action: int, name: str, number: int | None = None,

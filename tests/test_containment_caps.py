@@ -156,6 +156,29 @@ def test_attack_kernel_surface_io_uring_keyrings_clone_flags(host: Host) -> None
     assert "spawn-ok" in out.stdout
 
 
+def test_attack_calls_an_image_isolator_blocks_with_its_own_errno(host: Host) -> None:
+    """The filter is compiled once and loaded by one prctl before exec: a pod whose image
+    blocks mkdir with EXDEV gets exactly that filter, the default set included (mount fails
+    with the image's errno too), from the app's first instruction; what it allows works."""
+    host.start()
+    image = layer(host, "example.com/nomkdir", {
+        "exec": ["/bin/sh", "-c", f"{STATUS_FIELDS}; mkdir /made && echo MADE; "
+                 "mount -t tmpfs x /mnt && echo MOUNTED; "
+                 "touch /touched && echo TOUCHED; true"],
+        "user": "0", "group": "0",
+        "isolators": [{"name": "os/linux/seccomp-remove-set",
+                       "value": {"set": ["mkdir", "mkdirat"], "errno": "EXDEV"}}]})
+    out = host.jp("run", "--rm", image)
+    status = status_of(out.stdout)
+    assert status["Seccomp"] == "2", out.stdout
+    assert status["NoNewPrivs"] == "0"  # not forced on the app
+    assert int(status["CapEff"], 16) == DEFAULT_MASK  # CAP_SYS_ADMIN went at exec
+    assert "MADE" not in out.stdout
+    assert "MOUNTED" not in out.stdout
+    assert out.stdout.count("Invalid cross-device link") == 2, out.stdout  # EXDEV, both
+    assert "TOUCHED" in out.stdout
+
+
 # --- item 5: exec, console and build get the app's confinement -------------------------------
 
 def test_attack_exec_runs_unconfined(host: Host) -> None:

@@ -222,3 +222,20 @@ def test_disk_full_under_logs_and_events(host: Host) -> None:
         assert host.daemon.poll() is None
         host.jp("stop", chatty)
         assert problems(inventory.take(host), root) == []
+
+
+def test_attack_app_forks_at_once_to_run_outside_its_pods_limits(host: Host) -> None:
+    """The monitor joins the pod's cgroups in a thread while it builds the rootfs: the app
+    and a child it forks at its very first instruction must still be in every one of them
+    (pids, memory, devices), never in the supervisor's, whose limits are none."""
+    host.start()
+    pod = host.jp("prepare", "example.com/busybox", "--exec",
+                  "/bin/sh -c 'cat /proc/self/cgroup & wait; cat /proc/self/cgroup'"
+                  ).stdout.split()[-1]
+    out = host.jp("run", pod)
+    lines = out.stdout.splitlines()
+    for controller in ("pids", "memory", "devices"):
+        found = [line for line in lines if line.split(":")[1] == controller]
+        # the first child's lines, then the shell's own: both in the pod's cgroup
+        assert len(found) == 2, out.stdout
+        assert all(line.endswith(f":/jetpack/{pod}") for line in found), out.stdout

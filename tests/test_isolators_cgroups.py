@@ -188,3 +188,17 @@ def test_a_missing_controller_is_named(tmp_path: Path) -> None:
     with pytest.raises(IsolationError, match="pids cgroup controller is not available"):
         cgroup.create(Limits(pids=10))
     assert not (tmp_path / "jetpack/x").exists()
+
+
+@pytest.mark.usefixtures("root")
+def test_warming_moves_leaves_the_process_where_it_was() -> None:
+    """The supervisor calls warm_moves on every start: a write of itself into its own cgroup,
+    which must move it nowhere, in any hierarchy."""
+    code = ("from pathlib import Path\nfrom jetpack.stage1 import cgroups\n"
+            "before = Path('/proc/self/cgroup').read_text()\ncgroups.warm_moves()\n"
+            "assert Path('/proc/self/cgroup').read_text() == before\nprint(before, end='')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={"PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == Path("/proc/self/cgroup").read_text()  # and where its parent is

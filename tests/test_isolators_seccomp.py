@@ -106,3 +106,66 @@ def test_an_unknown_syscall_is_named() -> None:
     failed = run_filtered(setup, ["/bin/true"])
     assert failed.returncode == 1
     assert "unknown system call 'frobnicate'" in failed.stderr
+
+
+# Loads ``plan`` in a forked child either way (PLAN and HOW from argv), reads the program back
+# from the kernel (PTRACE_SECCOMP_GET_FILTER) and prints it in hex.
+LOADED_PROGRAM = """
+import ctypes, os, sys, time
+from jetpack.stage1 import seccomp
+mode, errno, how, *names = sys.argv[1:]
+plan = seccomp.SeccompFilter(mode, frozenset(names), None if errno == "-" else errno)
+libc = ctypes.CDLL(None, use_errno=True)
+libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+compiled = seccomp.compile_filter(plan)
+read_end, write_end = os.pipe()
+pid = os.fork()
+if pid == 0:
+    libc.prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG: SIGKILL should the test end first
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.dup2(null, 2)  # nor hold the test's pipes
+    if how == "libseccomp":  # what jetpack did before: libseccomp's own seccomp_load
+        with seccomp.filter_context(plan) as ctx:
+            lib = seccomp._libseccomp()
+            assert lib.seccomp_attr_set(ctx, 3, 1) == 0 and lib.seccomp_load(ctx) == 0
+    else:
+        compiled.load(no_new_privs=True)
+    os.write(write_end, b"x")
+    time.sleep(60)
+    os._exit(0)
+os.close(write_end)
+assert os.read(read_end, 1) == b"x"
+assert libc.ptrace(16, pid, None, None) == 0, ctypes.get_errno()  # PTRACE_ATTACH
+os.waitpid(pid, 0)
+count = libc.ptrace(0x420c, pid, None, None)  # PTRACE_SECCOMP_GET_FILTER
+buffer = ctypes.create_string_buffer(8 * count)
+assert libc.ptrace(0x420c, pid, None, buffer) == count
+os.kill(pid, 9)
+os.waitpid(pid, 0)
+print(buffer.raw.hex())
+"""
+
+
+@pytest.mark.usefixtures("root")
+@pytest.mark.parametrize("plan", [
+    seccomp_filter(),
+    seccomp_filter(remove=["mkdir", "mkdirat"], errno="EXDEV"),
+    seccomp_filter(remove=["mkdir"]),
+    seccomp_filter(retain=["read", "write", "clock_nanosleep", "nanosleep", "getpid"],
+                   errno="EPERM"),
+], ids=["default", "remove-errno", "remove-kill", "retain-errno"])
+def test_the_precompiled_program_is_the_one_libseccomp_loads(plan: SeccompFilter) -> None:
+    """jetpack compiles a plan once and loads it with one prctl in the child: the kernel must
+    hold exactly the program libseccomp's own seccomp_load installs, instruction for
+    instruction."""
+    def loaded(how: str) -> str:
+        args = [plan.mode, plan.errno or "-", how, *sorted(plan.syscalls)]
+        done = subprocess.run([sys.executable, "-c", LOADED_PROGRAM, *args], capture_output=True,
+                              text=True, env={"PYTHONPATH": str(REPO)}, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    ours = loaded("jetpack")
+    assert ours == loaded("libseccomp")
+    assert len(ours) > 16  # a real program, not an empty read-back

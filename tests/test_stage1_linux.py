@@ -429,6 +429,58 @@ async def test_an_app_holds_nothing_of_the_fork_server(
         process.close()
 
 
+def proc_status(pid: int) -> dict[str, str]:
+    return dict(line.split(":\t", 1) for line in
+                Path(f"/proc/{pid}/status").read_text().splitlines() if ":\t" in line)
+
+
+def open_fds(pid: int) -> list[int]:
+    return sorted(int(fd) for fd in os.listdir(f"/proc/{pid}/fd"))
+
+
+def fork_server_children(server: int) -> list[int]:
+    return [int(pid) for pid in
+            Path(f"/proc/{server}/task/{server}/children").read_text().split()]
+
+
+async def test_the_next_app_starts_from_a_spare_helper_that_holds_nothing(
+    driver: LinuxDriver, sandbox: SandboxHandle, busybox_rootfs: Path
+) -> None:
+    """Once idle, the fork server forks a helper in advance: it holds the server's stdio and
+    the one socket it waits on, nothing else; the next app's helper is that spare, and the
+    app holds nothing of it (nor of the server)."""
+    first = AppSpec(name="first", rootfs=busybox_rootfs, exec=("true",))
+    with trio.fail_after(20):
+        process = await driver.start_app(sandbox, first)
+        assert await driver.wait(sandbox, process) == ExitStatus(code=0)
+    process.close()
+    server = driver.forks.pid
+    assert server is not None
+    with trio.fail_after(10):
+        while not (children := fork_server_children(server)):  # noqa: ASYNC110 - /proc has no event to wait on
+            await trio.sleep(0.01)
+    [spare] = children
+    spare_start = process_start_time(spare)
+    # once it waits (a spare just forked still closes what it inherited): stdio, its socket
+    with trio.fail_after(10):
+        while open_fds(spare) != [0, 1, 2, 3]:  # noqa: ASYNC110 - /proc has no event to wait on
+            await trio.sleep(0.01)
+    assert os.readlink(f"/proc/{spare}/fd/3").startswith("socket:")
+    assert os.readlink(f"/proc/{spare}/fd/3") not in descriptor_targets(server)  # its own end
+    assert proc_status(spare)["SigBlk"] == "0000000000000000"
+    assert os.getsid(spare) == spare  # a session of its own already
+    app = AppSpec(name="fds", rootfs=busybox_rootfs, exec=(
+        "sh", "-c", "ls /proc/$$/fd; grep -E '^Sig(Blk|Ign)' /proc/self/status; echo listed"))
+    with trio.fail_after(20):
+        process = await driver.start_app(sandbox, app)
+        assert await driver.wait(sandbox, process) == ExitStatus(code=0)
+    process.close()
+    assert has_exited(spare, spare_start)  # it was the helper: it forked the monitor and ended
+    assert process.log_path is not None
+    assert process.log_path.read_text().splitlines()[:6] == [
+        "0", "1", "2", "SigBlk:\t0000000000000000", "SigIgn:\t0000000000000000", "listed"]
+
+
 async def test_a_killed_fork_server_is_restarted_on_next_use(
     driver: LinuxDriver, sandbox: SandboxHandle, busybox_rootfs: Path
 ) -> None:
