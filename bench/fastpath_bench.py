@@ -40,7 +40,6 @@ from supervisor_bench import (
     bench_real_memory,
     make_aci,
     make_rootfs,
-    timed,
 )
 
 ENV = dict(os.environ, PYTHONPATH=str(REPO))
@@ -85,12 +84,12 @@ def compare(name: str, value: float, unit: str, baseline: str, base: float, *,
     return Row(name, value, unit, baseline, ratio)
 
 
-def interleaved(runs: int, ours: Callable[[], Any], peer: Callable[[], Any]
-                ) -> tuple[list[float], list[float]]:
-    """(our times, the peer's): one run of each in turn, after one warm-up run of both."""
-    times: tuple[list[float], list[float]] = ([], [])
+def interleaved(runs: int, *commands: Callable[[], Any]) -> tuple[list[float], ...]:
+    """Each command's times: one run of each in turn, after one warm-up round (so that the
+    load of the moment weighs on every side of a ratio alike)."""
+    times: tuple[list[float], ...] = tuple([] for _ in commands)
     for i in range(runs + 1):
-        for side, once in enumerate((ours, peer)):
+        for side, once in enumerate(commands):
             began = time.perf_counter()
             once()
             if i:
@@ -224,10 +223,10 @@ def measure(args: argparse.Namespace, work: Path, host: Host) -> list[Row | str]
     run, runc_beside_run = interleaved(
         n, lambda: host.jp("run", "--rm", IMAGE, "--exec", "/bin/true"), runc_run)
     runc_b = median_ms(runc_beside_run)
-    listing = timed(n, lambda: host.jp("list"))
-    status = timed(n, lambda: host.jp("status"))
-    python = timed(n, lambda: subprocess.run([sys.executable, "-c", "import sqlite3, json"],
-                                             env=ENV, check=True))
+    python, listing, status = interleaved(
+        n, lambda: subprocess.run([sys.executable, "-c", "import sqlite3, json"], env=ENV,
+                                  check=True),
+        lambda: host.jp("list"), lambda: host.jp("status"))
     latencies, received, achieved, cli_latencies = trio.run(
         bench_events, host, last_event_seq(host), int(args.event_rate * args.event_seconds),
         args.event_rate, args.cli_events)
@@ -254,7 +253,7 @@ def measure(args: argparse.Namespace, work: Path, host: Host) -> list[Row | str]
     rows.append(compare("runc run, interleaved with run --rm", runc_b, "ms", "runc run", runc_b))
     rows.append(compare("jetpack run --rm IMAGE --exec /bin/true", median_ms(run), "ms",
                         "runc run", runc_b, at_most=4.0))
-    rows.append(f"CLI overhead, median of {n}")
+    rows.append(f"CLI overhead, median of {n} (the three interleaved)")
     py = median_ms(python)
     rows.append(compare("python -c 'import sqlite3, json'", py, "ms", "python", py))
     rows.append(compare("jetpack list", median_ms(listing), "ms", "python", py, at_most=2.0))
