@@ -58,6 +58,8 @@ class PodTask:
     start_failed: bool = False  # the pod never ran: its sandbox or an app could not start
     stop_timeout: float | None = None
     ended: trio.Event = field(default_factory=trio.Event)  # its final state is recorded
+    final: PodRecord | None = None  # the pod as that record left it (what ``wait`` answers)
+    ending: set[str] = field(default_factory=set)  # the apps whose task has not ended for good
     done: trio.Event = field(default_factory=trio.Event)  # and its sandbox is gone
     restart_waits: set[trio.CancelScope] = field(default_factory=set)
 
@@ -223,6 +225,8 @@ class PodManager:
         task = self.tasks.get(pod.uuid)
         if task is not None:
             await task.ended.wait()
+            if task.final is not None:
+                return task.final
         return await self.in_db_thread(lambda: self.store.get(pod.uuid))
 
     async def torn_down(self, pod_uuid: str) -> None:
@@ -253,7 +257,8 @@ class PodManager:
         *,
         task_status: trio.TaskStatus[PodTask] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        task = PodTask(pod, sandbox=dict(pod.runtime) if adopted is not None else {})
+        task = PodTask(pod, sandbox=dict(pod.runtime) if adopted is not None else {},
+                       ending={app.name for app in pod.apps})
         self.tasks[pod.uuid] = task
         bound = log.bind(pod=pod.uuid, pod_name=pod.name)
         reported = False
@@ -337,20 +342,33 @@ class PodManager:
         ``stop`` and ``run --rm``'s destroy wait for its end."""
         pod = task.pod
         with trio.CancelScope(shield=True):
-            final = "failed" if task.failed else "exited"
-            extra = {"reason": task.failure} if task.failure else {}
-            sandbox = task.sandbox
-
-            def record(tx: Transaction) -> None:
-                if not sandbox:
-                    self.store.set_runtime(tx, pod.uuid, {})
-                self.store.transition(tx, pod, final, **extra)
-
-            await self._record(record)
+            if task.final is None:  # else the last app's end recorded it (``_app_exited``)
+                await self._record_final(task)
             task.ended.set()
             killpoint("stop.final-recorded")
-            if sandbox:
-                await self._tear_down(pod, sandbox)
+            if task.sandbox:
+                await self._tear_down(pod, task.sandbox)
+
+    async def _record_final(self, task: PodTask,
+                            also: Callable[[Transaction], None] | None = None) -> None:
+        """Record the pod's final state (after ``also``, in the same transaction) and keep
+        the record it leaves, read back in that transaction, for ``wait`` to answer with."""
+        pod = task.pod
+        final = "failed" if task.failed else "exited"
+        extra = {"reason": task.failure} if task.failure else {}
+        sandbox = task.sandbox
+        recorded: list[PodRecord] = []
+
+        def record(tx: Transaction) -> None:
+            if also is not None:
+                also(tx)
+            if not sandbox:
+                self.store.set_runtime(tx, pod.uuid, {})
+            self.store.transition(tx, pod, final, **extra)
+            recorded.append(self.store.get(pod.uuid))
+
+        await self._record(record)
+        task.final = recorded[0]
 
     async def _tear_down(self, pod: PodRecord, sandbox: dict[str, Any]) -> None:
         """Destroy the sandbox of a pod whose final state is recorded, then forget it (the
@@ -434,6 +452,7 @@ class PodManager:
             await self._watch_app(task, app, process, adopted, report)
         except Exception as exc:
             if not reported:
+                task.ending.discard(app.name)
                 raise
             reason = f"app {app.name}: {failure_reason(exc)}"
             _log_failure(log.bind(pod=task.pod.uuid, pod_name=task.pod.name, app=app.name),
@@ -444,6 +463,7 @@ class PodManager:
                 if left is not None:
                     await self._stop_process(task, left, 0.0)
                 await self._app_exited(task.pod, app, None, reason=reason)
+                task.ending.discard(app.name)
             self._stop_rest(task)
 
     async def _watch_app(
@@ -482,13 +502,27 @@ class PodManager:
                 status = await self.runtime.wait_app(pod, task.sandbox, process)
                 task.processes.pop(app.name, None)
                 uptime = trio.current_time() - began
+            failed = status is None or not status.succeeded
+            if (not task.stopping and not task.ending - {app.name}
+                    and not policy.wants_restart(failed=failed, restarts_so_far=restarts)
+                    and task.pod.state == "running" and not task.start_failed):
+                # The pod's last app has ended for good: its end and the pod's final state
+                # are one transaction, and ``wait`` answers once it is committed.
+                if failed and policy.kind != "never":
+                    task.failed = True
+                    task.failure = f"app {app.name} reached its restart limit ({policy})"
+                task.ending.discard(app.name)
+                await self._app_exited(pod, app, status, ends=task)
+                report()
+                return
             await self._app_exited(pod, app, status)
             report()
             process, unknown_exit = None, False
-            failed = status is None or not status.succeeded
             if task.stopping:
+                task.ending.discard(app.name)
                 return
             if not policy.wants_restart(failed=failed, restarts_so_far=restarts):
+                task.ending.discard(app.name)
                 if failed and policy.kind != "never":
                     task.failed = True
                     task.failure = f"app {app.name} reached its restart limit ({policy})"
@@ -509,6 +543,7 @@ class PodManager:
                 await trio.sleep(delay)
             task.restart_waits.discard(waiting)
             if waiting.cancelled_caught or task.stopping:
+                task.ending.discard(app.name)
                 return
 
     def _stop_rest(self, task: PodTask) -> None:
@@ -535,8 +570,10 @@ class PodManager:
         await self._record(record)
 
     async def _app_exited(self, pod: PodRecord, app: AppRecord, status: ExitStatus | None,
-                          *, reason: str = UNKNOWN_EXIT) -> None:
-        """Record the app's end: its status, or (``status`` None) ``reason`` why none is known."""
+                          *, reason: str = UNKNOWN_EXIT, ends: PodTask | None = None) -> None:
+        """Record the app's end: its status, or (``status`` None) ``reason`` why none is known.
+        ``ends``: the pod task this app was the last of; its final state is recorded in the
+        same transaction (after ``app.exited``) and its ``ended`` set."""
         app.state, app.pid, app.pid_start = "exited", None, None
         app.process = {}
         app.exit_status = status.code if status is not None else None
@@ -550,7 +587,11 @@ class PodManager:
             tx.event("app.exited", pod=pod.uuid, pod_name=pod.name, app=app.name,
                      image=app.image_id, **payload)
 
-        await self._record(record)
+        if ends is None:
+            await self._record(record)
+            return
+        await self._record_final(ends, also=record)
+        ends.ended.set()
 
     # --- adoption ---------------------------------------------------------------------------
 

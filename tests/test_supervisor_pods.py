@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import signal
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 
 from jetpack.config import load_config
 from jetpack.errors import ConflictError, PodStartError
-from jetpack.state import StateDB
+from jetpack.state import StateDB, Transaction
 from jetpack.store.pods import AppRecord, PodOptions, PodRecord, PodStore, new_uuid
 from jetpack.supervisor.pods import PodManager
 from jetpack.supervisor.runtime import ExitStatus
@@ -89,6 +89,7 @@ async def test_on_failure_3_restarts_three_times_with_growing_delays_then_fails(
     assert "restart limit" in str(log[-1][2]["reason"])
     assert final.apps[0].exit_status == 1
     assert final.apps[0].restarts == 3
+    await manager.torn_down(pod.uuid)  # wait answers before the teardown ends
     assert sup.runtime.sandboxes == set()  # torn down
 
 
@@ -251,6 +252,7 @@ async def test_app_lost_after_start_fails_its_pod_and_stops_the_others(
     assert log[-1] == ("pod.failed", None, {"reason": reason})
     assert ("app.exited", "lost", {"reason": reason}) in log
     assert [p.app for p in sup.runtime.running()] == ["bystander"]
+    await manager.torn_down(pod.uuid)  # wait answers before the teardown ends
     assert pod.uuid not in sup.runtime.sandboxes  # torn down
     assert (await manager.stop("bystander")).state == "exited"
 
@@ -486,3 +488,35 @@ async def test_stop_all_records_a_priority_groups_stopping_in_one_transaction(
             ["pod.stopping", "app.exited", "pod.exited"]
         assert PodStore(sup.db).get(pod.uuid).state == "exited"
     assert sup.runtime.running() == []
+
+
+async def test_the_last_apps_end_and_the_pods_are_one_transaction(
+    clock: trio.testing.MockClock, sup: Supervisor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The end of a pod's last app, with no restart to come, commits with the pod's final
+    state (one database round trip before ``wait`` answers, not two); an app that ends
+    before the others commits alone. ``wait`` answers with the record as committed."""
+    sup.runtime.script.update(first=[Behaviour(runs_for=1.0)],
+                              last=[Behaviour(runs_for=2.0, code=3)])
+    sup.runtime.teardown_for = 5.0
+    pod = prepare(sup.db, "pair", ["first", "last"])
+    manager = await sup.manager()
+    batches: list[list[str]] = []
+    real = manager._record
+
+    async def record(change: Callable[[Transaction], None]) -> None:
+        before = sup.db.events_since(0)[-1].seq
+        await real(change)
+        batches.append([e.type for e in sup.db.events_since(before) if e.pod == pod.uuid])
+
+    monkeypatch.setattr(manager, "_record", record)
+    await manager.start("pair")
+    final = await manager.wait("pair")
+    assert batches[-2:] == [["app.exited"], ["app.exited", "pod.exited"]]
+    assert final.to_json_obj() == PodStore(sup.db).get(pod.uuid).to_json_obj()
+    assert (final.state, final.app("last").exit_status) == ("exited", 3)
+    assert final.runtime == {"fake": pod.uuid}  # recorded before the teardown, which goes on
+    await manager.torn_down(pod.uuid)
+    assert PodStore(sup.db).get(pod.uuid).runtime == {}
+    types = [t for t, _, _ in events(sup.db, pod)]
+    assert types[-3:] == ["app.exited", "app.exited", "pod.exited"]
