@@ -264,9 +264,24 @@ class PodManager:
         reported = False
         try:
             if adopted is None:
-                await self._record(lambda tx: self.store.transition(tx, pod, "starting"))
+                # The sandbox the runtime will make is recorded with the start: a supervisor
+                # killed while it is being made knows what to remove (as from then on).
+                planned: dict[str, Any] = {}
+                unplanned: Exception | None = None
+                try:
+                    planned = await self.runtime.plan_sandbox(pod)
+                except Exception as exc:  # noqa: BLE001  # fails the start below, once recorded
+                    unplanned = exc
+
+                def starting(tx: Transaction) -> None:
+                    self.store.transition(tx, pod, "starting")
+                    self.store.set_runtime(tx, pod.uuid, planned)
+
+                await self._record(starting)
                 killpoint("start.starting-recorded")
                 try:
+                    if unplanned is not None:
+                        raise unplanned
                     task.sandbox = await self.runtime.create_sandbox(pod)
                 except Exception as exc:  # noqa: BLE001  # the pod task's boundary
                     _fail_start(task, f"sandbox: {failure_reason(exc)}")
@@ -277,7 +292,8 @@ class PodManager:
                     return
                 sandbox = task.sandbox
                 killpoint("start.sandbox-created")
-                await self._record(lambda tx: self.store.set_runtime(tx, pod.uuid, sandbox))
+                if sandbox != planned:
+                    await self._record(lambda tx: self.store.set_runtime(tx, pod.uuid, sandbox))
                 killpoint("start.sandbox-recorded")
             async with trio.open_nursery() as apps:
                 for app in pod.apps:

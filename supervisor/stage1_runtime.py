@@ -90,6 +90,7 @@ class Stage1Runtime:
         self._limiter = trio.CapacityLimiter(2)
         self._terminals: dict[tuple[str, str], PtyRelay] = {}
         self._mounting: dict[str, _Mounting] = {}  # by pod: mounts started by create_sandbox
+        self._specs: dict[str, SandboxSpec] = {}  # by pod: plan_sandbox's, for create_sandbox
 
     def terminal(self, pod_uuid: str, app: str) -> PtyRelay | None:
         """The terminal of an app started with one (``run -t``), while it runs."""
@@ -98,10 +99,21 @@ class Stage1Runtime:
     async def _thread(self, fn: Any, *args: Any) -> Any:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
 
+    async def plan_sandbox(self, pod: PodRecord) -> Sandbox:
+        def plan() -> tuple[SandboxSpec, SandboxHandle]:
+            spec = sandbox_spec(self.config, pod)
+            return spec, self.driver.plan_sandbox(spec)
+
+        spec, planned = await self._thread(plan)
+        self._specs[pod.uuid] = spec  # the spec create_sandbox makes it from
+        return planned.to_json()
+
     async def create_sandbox(self, pod: PodRecord) -> Sandbox:
         self._mount_soon(pod)
         try:
-            spec = await self._thread(sandbox_spec, self.config, pod)
+            spec = self._specs.pop(pod.uuid, None)
+            if spec is None:
+                spec = await self._thread(sandbox_spec, self.config, pod)
             handle = await self.driver.create_sandbox(spec)
         except BaseException:
             with trio.CancelScope(shield=True):  # no sandbox recorded: nobody else unmounts

@@ -26,12 +26,14 @@ class Storage:
         self.root, self.failing = root, failing
         self.log: list[str] = []
         self.release = threading.Event()
+        self.mounted = threading.Event()  # one mount has been made
         self.lock = threading.Lock()
 
     def mount_app(self, pod_uuid: str, app: str) -> Path:
         assert self.release.wait(10)
         with self.lock:
             self.log.append(f"mount {app}")
+        self.mounted.set()
         if app == self.failing:
             raise StorageError(f"cannot mount app {app}'s rootfs")
         return self.root / app
@@ -53,9 +55,7 @@ class Driver:
     async def create_sandbox(self, spec: SandboxSpec) -> SandboxHandle:
         # the mounts run meanwhile: let them go, and see them end before the sandbox does
         self.storage.release.set()
-        with trio.fail_after(10):
-            while len(self.storage.log) < 1:
-                await trio.sleep(0.001)
+        assert await trio.to_thread.run_sync(self.storage.mounted.wait, 10)
         if self.fails:
             raise IsolationError("no sandbox")
         return SandboxHandle(self.name, spec.pod_uuid, {})

@@ -520,3 +520,43 @@ async def test_the_last_apps_end_and_the_pods_are_one_transaction(
     assert PodStore(sup.db).get(pod.uuid).runtime == {}
     types = [t for t, _, _ in events(sup.db, pod)]
     assert types[-3:] == ["app.exited", "app.exited", "pod.exited"]
+
+
+@pytest.mark.parametrize("plan", ["same", "other"])
+async def test_the_planned_sandbox_is_recorded_with_starting(
+    clock: trio.testing.MockClock, sup: Supervisor, monkeypatch: pytest.MonkeyPatch, plan: str
+) -> None:
+    """A supervisor killed while the sandbox is made finds the pod starting with the sandbox
+    the runtime planned (one transaction with ``pod.starting``); the sandbox made is recorded
+    again only when it is not that one."""
+    pod = prepare(sup.db, "planned", ["app"])
+    planned = {"fake": pod.uuid} if plan == "same" else {"fake": "planned"}
+    seen: list[PodRecord] = []
+    create = sup.runtime.create_sandbox
+
+    async def planning(pod: PodRecord) -> dict[str, object]:
+        await trio.lowlevel.checkpoint()
+        return planned
+
+    async def creating(pod: PodRecord) -> dict[str, object]:
+        seen.append(PodStore(sup.db).get(pod.uuid))
+        return await create(pod)
+
+    monkeypatch.setattr(sup.runtime, "plan_sandbox", planning)
+    monkeypatch.setattr(sup.runtime, "create_sandbox", creating)
+    manager = await sup.manager()
+    records = 0
+    real = manager._record
+
+    async def record(change: Callable[[Transaction], None]) -> None:
+        nonlocal records
+        records += 1
+        await real(change)
+
+    monkeypatch.setattr(manager, "_record", record)
+    await manager.start("planned")
+    assert (seen[0].state, seen[0].runtime) == ("starting", planned)
+    assert PodStore(sup.db).get(pod.uuid).runtime == {"fake": pod.uuid}
+    # starting (with the plan), the runtime made when it differs, app.started, running
+    assert records == (3 if plan == "same" else 4)
+    await manager.stop("planned")
