@@ -59,6 +59,8 @@ class PodTask:
     stop_timeout: float | None = None
     ended: trio.Event = field(default_factory=trio.Event)  # its final state is recorded
     final: PodRecord | None = None  # the pod as that record left it (what ``wait`` answers)
+    completes_start: str | None = None  # the app whose first start makes the pod running
+    started: PodRecord | None = None  # the pod as its ``running`` record left it (``start``)
     ending: set[str] = field(default_factory=set)  # the apps whose task has not ended for good
     done: trio.Event = field(default_factory=trio.Event)  # and its sandbox is gone
     restart_waits: set[trio.CancelScope] = field(default_factory=set)
@@ -207,6 +209,8 @@ class PodManager:
         if task.start_failed:
             await task.done.wait()
             raise PodStartError(f"pod {pod.name} failed to start: {task.failure}")
+        if task.started is not None:
+            return task.started
         return await self.in_db_thread(lambda: self.store.get(pod.uuid))
 
     async def stop(self, ref: str, grace: float | None = None) -> PodRecord:
@@ -258,7 +262,9 @@ class PodManager:
         task_status: trio.TaskStatus[PodTask] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         task = PodTask(pod, sandbox=dict(pod.runtime) if adopted is not None else {},
-                       ending={app.name for app in pod.apps})
+                       ending={app.name for app in pod.apps},
+                       completes_start=pod.apps[-1].name if adopted is None and pod.apps
+                       else None)
         self.tasks[pod.uuid] = task
         bound = log.bind(pod=pod.uuid, pod_name=pod.name)
         reported = False
@@ -306,7 +312,8 @@ class PodManager:
                         apps.start_soon(self._stop_apps, task, 0.0)
                         break
                 if not task.stopping and not task.start_failed and adopted is None:
-                    await self._record(lambda tx: self.store.transition(tx, pod, "running"))
+                    if task.started is None:  # else the last app's start recorded it
+                        await self._record(lambda tx: self.store.transition(tx, pod, "running"))
                     killpoint("start.running-recorded")
                 elif adopted is not None and not task.stopping and pod.state == "starting":
                     # every app runs: the start the dead supervisor was making is complete
@@ -510,7 +517,12 @@ class PodManager:
                     # fails the pod at _run_app's boundary, never the supervisor.
                     process = await self.runtime.start_app(pod, task.sandbox, app)
                     killpoint("start.app-spawned")
-                    await self._app_started(pod, app, process, restarts)
+                    completes = (task.completes_start == app.name and not task.stopping
+                                 and not task.start_failed)
+                    if task.completes_start == app.name:
+                        task.completes_start = None
+                    await self._app_started(pod, app, process, restarts,
+                                            completes=task if completes else None)
                     killpoint("start.app-recorded")
                 task.processes[app.name] = process
                 report()
@@ -570,20 +582,31 @@ class PodManager:
             task.stopping = True
 
     async def _app_started(
-        self, pod: PodRecord, app: AppRecord, process: AppProcess, restarts: int
+        self, pod: PodRecord, app: AppRecord, process: AppProcess, restarts: int,
+        *, completes: PodTask | None = None,
     ) -> None:
+        """Record the app running. ``completes``: the pod task whose start this app's (its
+        last app's first) completes: the pod's ``running`` is recorded in the same
+        transaction (after ``app.started``), read back for ``start`` to answer with."""
         pid = process.identity.pid
         app.state, app.pid, app.pid_start = "running", pid, str(process.identity.start_time)
         app.process = process.to_json()
         app.exit_status = app.signal = None
         app.restarts = restarts
 
+        recorded: list[PodRecord] = []
+
         def record(tx: Transaction) -> None:
             self.store.update_app(tx, pod.uuid, app)
             tx.event("app.started", pod=pod.uuid, pod_name=pod.name, app=app.name,
                      image=app.image_id, pid=pid)
+            if completes is not None:
+                self.store.transition(tx, pod, "running")
+                recorded.append(self.store.get(pod.uuid))
 
         await self._record(record)
+        if completes is not None:
+            completes.started = recorded[0]
 
     async def _app_exited(self, pod: PodRecord, app: AppRecord, status: ExitStatus | None,
                           *, reason: str = UNKNOWN_EXIT, ends: PodTask | None = None) -> None:

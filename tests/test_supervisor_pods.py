@@ -495,7 +495,8 @@ async def test_the_last_apps_end_and_the_pods_are_one_transaction(
 ) -> None:
     """The end of a pod's last app, with no restart to come, commits with the pod's final
     state (one database round trip before ``wait`` answers, not two); an app that ends
-    before the others commits alone. ``wait`` answers with the record as committed."""
+    before the others commits alone. ``wait`` answers with the record as committed. So does
+    the start of its last app with the pod's ``running``, and ``start`` answers with that."""
     sup.runtime.script.update(first=[Behaviour(runs_for=1.0)],
                               last=[Behaviour(runs_for=2.0, code=3)])
     sup.runtime.teardown_for = 5.0
@@ -510,9 +511,12 @@ async def test_the_last_apps_end_and_the_pods_are_one_transaction(
         batches.append([e.type for e in sup.db.events_since(before) if e.pod == pod.uuid])
 
     monkeypatch.setattr(manager, "_record", record)
-    await manager.start("pair")
+    started = await manager.start("pair")
+    assert batches == [["pod.starting"], ["app.started"], ["app.started", "pod.started"]]
+    assert started.to_json_obj() == PodStore(sup.db).get(pod.uuid).to_json_obj()
+    assert started.state == "running"
     final = await manager.wait("pair")
-    assert batches[-2:] == [["app.exited"], ["app.exited", "pod.exited"]]
+    assert batches[3:] == [["app.exited"], ["app.exited", "pod.exited"]]
     assert final.to_json_obj() == PodStore(sup.db).get(pod.uuid).to_json_obj()
     assert (final.state, final.app("last").exit_status) == ("exited", 3)
     assert final.runtime == {"fake": pod.uuid}  # recorded before the teardown, which goes on
@@ -557,6 +561,6 @@ async def test_the_planned_sandbox_is_recorded_with_starting(
     await manager.start("planned")
     assert (seen[0].state, seen[0].runtime) == ("starting", planned)
     assert PodStore(sup.db).get(pod.uuid).runtime == {"fake": pod.uuid}
-    # starting (with the plan), the runtime made when it differs, app.started, running
-    assert records == (3 if plan == "same" else 4)
+    # starting (with the plan), the runtime made when it differs, app.started with running
+    assert records == (2 if plan == "same" else 3)
     await manager.stop("planned")
