@@ -104,6 +104,7 @@ class Stage1Runtime:
             spec = sandbox_spec(self.config, pod)
             return spec, self.driver.plan_sandbox(spec)
 
+        planned: SandboxHandle
         spec, planned = await self._thread(plan)
         self._specs[pod.uuid] = spec  # the spec create_sandbox makes it from
         return planned.to_json()
