@@ -111,12 +111,17 @@ class LinuxDriver(MonitoredApps):
         return SandboxHandle(self.name, spec.pod_uuid, data)
 
     async def create_sandbox(self, spec: SandboxSpec) -> SandboxHandle:
-        planned: SandboxHandle = await self._thread(self.plan_sandbox, spec)
+        def plan_and_prepare() -> SandboxHandle:  # one worker-thread hop for both
+            planned = self.plan_sandbox(spec)
+            self._prepare_dirs(spec, Path(planned.data["run_dir"]),
+                               Path(planned.data["volumes_dir"]))
+            return planned
+
+        planned: SandboxHandle = await self._thread(plan_and_prepare)
+        killpoint("start.sandbox-dirs")
         data = {**planned.data, "cgroup_dirs": []}  # recorded as each is made (_create_cgroup)
         handle = SandboxHandle(self.name, spec.pod_uuid, data)
-        run_dir, volumes_dir = Path(data["run_dir"]), Path(data["volumes_dir"])
-        await self._thread(self._prepare_dirs, spec, run_dir, volumes_dir)
-        killpoint("start.sandbox-dirs")
+        run_dir = Path(data["run_dir"])
         try:
             await self._thread(_make_sandbox, spec, run_dir, data)
             if self.network is not None and spec.network is not None:

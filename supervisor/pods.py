@@ -58,6 +58,10 @@ class PodTask:
     start_failed: bool = False  # the pod never ran: its sandbox or an app could not start
     stop_timeout: float | None = None
     ended: trio.Event = field(default_factory=trio.Event)  # its final state is recorded
+    final: PodRecord | None = None  # the pod as that record left it (what ``wait`` answers)
+    completes_start: str | None = None  # the app whose first start makes the pod running
+    started: PodRecord | None = None  # the pod as its ``running`` record left it (``start``)
+    ending: set[str] = field(default_factory=set)  # the apps whose task has not ended for good
     done: trio.Event = field(default_factory=trio.Event)  # and its sandbox is gone
     restart_waits: set[trio.CancelScope] = field(default_factory=set)
 
@@ -205,6 +209,8 @@ class PodManager:
         if task.start_failed:
             await task.done.wait()
             raise PodStartError(f"pod {pod.name} failed to start: {task.failure}")
+        if task.started is not None:
+            return task.started
         return await self.in_db_thread(lambda: self.store.get(pod.uuid))
 
     async def stop(self, ref: str, grace: float | None = None) -> PodRecord:
@@ -223,6 +229,8 @@ class PodManager:
         task = self.tasks.get(pod.uuid)
         if task is not None:
             await task.ended.wait()
+            if task.final is not None:
+                return task.final
         return await self.in_db_thread(lambda: self.store.get(pod.uuid))
 
     async def torn_down(self, pod_uuid: str) -> None:
@@ -253,15 +261,33 @@ class PodManager:
         *,
         task_status: trio.TaskStatus[PodTask] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        task = PodTask(pod, sandbox=dict(pod.runtime) if adopted is not None else {})
+        task = PodTask(pod, sandbox=dict(pod.runtime) if adopted is not None else {},
+                       ending={app.name for app in pod.apps},
+                       completes_start=pod.apps[-1].name if adopted is None and pod.apps
+                       else None)
         self.tasks[pod.uuid] = task
         bound = log.bind(pod=pod.uuid, pod_name=pod.name)
         reported = False
         try:
             if adopted is None:
-                await self._record(lambda tx: self.store.transition(tx, pod, "starting"))
+                # The sandbox the runtime will make is recorded with the start: a supervisor
+                # killed while it is being made knows what to remove (as from then on).
+                planned: dict[str, Any] = {}
+                unplanned: Exception | None = None
+                try:
+                    planned = await self.runtime.plan_sandbox(pod)
+                except Exception as exc:  # noqa: BLE001  # fails the start below, once recorded
+                    unplanned = exc
+
+                def starting(tx: Transaction) -> None:
+                    self.store.transition(tx, pod, "starting")
+                    self.store.set_runtime(tx, pod.uuid, planned)
+
+                await self._record(starting)
                 killpoint("start.starting-recorded")
                 try:
+                    if unplanned is not None:
+                        raise unplanned
                     task.sandbox = await self.runtime.create_sandbox(pod)
                 except Exception as exc:  # noqa: BLE001  # the pod task's boundary
                     _fail_start(task, f"sandbox: {failure_reason(exc)}")
@@ -272,7 +298,8 @@ class PodManager:
                     return
                 sandbox = task.sandbox
                 killpoint("start.sandbox-created")
-                await self._record(lambda tx: self.store.set_runtime(tx, pod.uuid, sandbox))
+                if sandbox != planned:
+                    await self._record(lambda tx: self.store.set_runtime(tx, pod.uuid, sandbox))
                 killpoint("start.sandbox-recorded")
             async with trio.open_nursery() as apps:
                 for app in pod.apps:
@@ -285,7 +312,8 @@ class PodManager:
                         apps.start_soon(self._stop_apps, task, 0.0)
                         break
                 if not task.stopping and not task.start_failed and adopted is None:
-                    await self._record(lambda tx: self.store.transition(tx, pod, "running"))
+                    if task.started is None:  # else the last app's start recorded it
+                        await self._record(lambda tx: self.store.transition(tx, pod, "running"))
                     killpoint("start.running-recorded")
                 elif adopted is not None and not task.stopping and pod.state == "starting":
                     # every app runs: the start the dead supervisor was making is complete
@@ -337,20 +365,33 @@ class PodManager:
         ``stop`` and ``run --rm``'s destroy wait for its end."""
         pod = task.pod
         with trio.CancelScope(shield=True):
-            final = "failed" if task.failed else "exited"
-            extra = {"reason": task.failure} if task.failure else {}
-            sandbox = task.sandbox
-
-            def record(tx: Transaction) -> None:
-                if not sandbox:
-                    self.store.set_runtime(tx, pod.uuid, {})
-                self.store.transition(tx, pod, final, **extra)
-
-            await self._record(record)
+            if task.final is None:  # else the last app's end recorded it (``_app_exited``)
+                await self._record_final(task)
             task.ended.set()
             killpoint("stop.final-recorded")
-            if sandbox:
-                await self._tear_down(pod, sandbox)
+            if task.sandbox:
+                await self._tear_down(pod, task.sandbox)
+
+    async def _record_final(self, task: PodTask,
+                            also: Callable[[Transaction], None] | None = None) -> None:
+        """Record the pod's final state (after ``also``, in the same transaction) and keep
+        the record it leaves, read back in that transaction, for ``wait`` to answer with."""
+        pod = task.pod
+        final = "failed" if task.failed else "exited"
+        extra = {"reason": task.failure} if task.failure else {}
+        sandbox = task.sandbox
+        recorded: list[PodRecord] = []
+
+        def record(tx: Transaction) -> None:
+            if also is not None:
+                also(tx)
+            if not sandbox:
+                self.store.set_runtime(tx, pod.uuid, {})
+            self.store.transition(tx, pod, final, **extra)
+            recorded.append(self.store.get(pod.uuid))
+
+        await self._record(record)
+        task.final = recorded[0]
 
     async def _tear_down(self, pod: PodRecord, sandbox: dict[str, Any]) -> None:
         """Destroy the sandbox of a pod whose final state is recorded, then forget it (the
@@ -434,6 +475,7 @@ class PodManager:
             await self._watch_app(task, app, process, adopted, report)
         except Exception as exc:
             if not reported:
+                task.ending.discard(app.name)
                 raise
             reason = f"app {app.name}: {failure_reason(exc)}"
             _log_failure(log.bind(pod=task.pod.uuid, pod_name=task.pod.name, app=app.name),
@@ -444,6 +486,7 @@ class PodManager:
                 if left is not None:
                     await self._stop_process(task, left, 0.0)
                 await self._app_exited(task.pod, app, None, reason=reason)
+                task.ending.discard(app.name)
             self._stop_rest(task)
 
     async def _watch_app(
@@ -474,7 +517,12 @@ class PodManager:
                     # fails the pod at _run_app's boundary, never the supervisor.
                     process = await self.runtime.start_app(pod, task.sandbox, app)
                     killpoint("start.app-spawned")
-                    await self._app_started(pod, app, process, restarts)
+                    completes = (task.completes_start == app.name and not task.stopping
+                                 and not task.start_failed)
+                    if task.completes_start == app.name:
+                        task.completes_start = None
+                    await self._app_started(pod, app, process, restarts,
+                                            completes=task if completes else None)
                     killpoint("start.app-recorded")
                 task.processes[app.name] = process
                 report()
@@ -482,13 +530,27 @@ class PodManager:
                 status = await self.runtime.wait_app(pod, task.sandbox, process)
                 task.processes.pop(app.name, None)
                 uptime = trio.current_time() - began
+            failed = status is None or not status.succeeded
+            if (not task.stopping and not task.ending - {app.name}
+                    and not policy.wants_restart(failed=failed, restarts_so_far=restarts)
+                    and task.pod.state == "running" and not task.start_failed):
+                # The pod's last app has ended for good: its end and the pod's final state
+                # are one transaction, and ``wait`` answers once it is committed.
+                if failed and policy.kind != "never":
+                    task.failed = True
+                    task.failure = f"app {app.name} reached its restart limit ({policy})"
+                task.ending.discard(app.name)
+                await self._app_exited(pod, app, status, ends=task)
+                report()
+                return
             await self._app_exited(pod, app, status)
             report()
             process, unknown_exit = None, False
-            failed = status is None or not status.succeeded
             if task.stopping:
+                task.ending.discard(app.name)
                 return
             if not policy.wants_restart(failed=failed, restarts_so_far=restarts):
+                task.ending.discard(app.name)
                 if failed and policy.kind != "never":
                     task.failed = True
                     task.failure = f"app {app.name} reached its restart limit ({policy})"
@@ -509,6 +571,7 @@ class PodManager:
                 await trio.sleep(delay)
             task.restart_waits.discard(waiting)
             if waiting.cancelled_caught or task.stopping:
+                task.ending.discard(app.name)
                 return
 
     def _stop_rest(self, task: PodTask) -> None:
@@ -519,24 +582,37 @@ class PodManager:
             task.stopping = True
 
     async def _app_started(
-        self, pod: PodRecord, app: AppRecord, process: AppProcess, restarts: int
+        self, pod: PodRecord, app: AppRecord, process: AppProcess, restarts: int,
+        *, completes: PodTask | None = None,
     ) -> None:
+        """Record the app running. ``completes``: the pod task whose start this app's (its
+        last app's first) completes: the pod's ``running`` is recorded in the same
+        transaction (after ``app.started``), read back for ``start`` to answer with."""
         pid = process.identity.pid
         app.state, app.pid, app.pid_start = "running", pid, str(process.identity.start_time)
         app.process = process.to_json()
         app.exit_status = app.signal = None
         app.restarts = restarts
 
+        recorded: list[PodRecord] = []
+
         def record(tx: Transaction) -> None:
             self.store.update_app(tx, pod.uuid, app)
             tx.event("app.started", pod=pod.uuid, pod_name=pod.name, app=app.name,
                      image=app.image_id, pid=pid)
+            if completes is not None:
+                self.store.transition(tx, pod, "running")
+                recorded.append(self.store.get(pod.uuid))
 
         await self._record(record)
+        if completes is not None:
+            completes.started = recorded[0]
 
     async def _app_exited(self, pod: PodRecord, app: AppRecord, status: ExitStatus | None,
-                          *, reason: str = UNKNOWN_EXIT) -> None:
-        """Record the app's end: its status, or (``status`` None) ``reason`` why none is known."""
+                          *, reason: str = UNKNOWN_EXIT, ends: PodTask | None = None) -> None:
+        """Record the app's end: its status, or (``status`` None) ``reason`` why none is known.
+        ``ends``: the pod task this app was the last of; its final state is recorded in the
+        same transaction (after ``app.exited``) and its ``ended`` set."""
         app.state, app.pid, app.pid_start = "exited", None, None
         app.process = {}
         app.exit_status = status.code if status is not None else None
@@ -550,7 +626,11 @@ class PodManager:
             tx.event("app.exited", pod=pod.uuid, pod_name=pod.name, app=app.name,
                      image=app.image_id, **payload)
 
-        await self._record(record)
+        if ends is None:
+            await self._record(record)
+            return
+        await self._record_final(ends, also=record)
+        ends.ended.set()
 
     # --- adoption ---------------------------------------------------------------------------
 

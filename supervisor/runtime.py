@@ -20,9 +20,16 @@ Sandbox = dict[str, Any]  # the sandbox handle as JSON, recorded with the pod (`
 
 
 class PodRuntime(Protocol):
+    async def plan_sandbox(self, pod: PodRecord) -> Sandbox:
+        """The state ``create_sandbox`` will return for the pod, made of nothing: the
+        supervisor records it with the pod's ``starting``, so that whoever finds a start cut
+        short knows what to remove."""
+        ...
+
     async def create_sandbox(self, pod: PodRecord) -> Sandbox:
         """Make the pod's persistent isolation (namespaces / jail, network, volumes); returns
-        its JSON-able state, recorded in the database for a later supervisor to adopt."""
+        its JSON-able state, recorded in the database for a later supervisor to adopt (when
+        it differs from the one ``plan_sandbox`` gave)."""
         ...
 
     async def start_app(self, pod: PodRecord, sandbox: Sandbox, app: AppRecord) -> AppProcess:

@@ -6,6 +6,11 @@ stage1.base); this module never asks which platform it runs on. Prepare stores w
 (a stage1 ``AppSpec`` per app, the pod's options), so starting a pod reads no manifest. Log files
 live at ``<root>/pods/<uuid>/logs/<app>.log``. An app started with a terminal (``run -t``, the
 pod's first app) gets a pty whose relay the control socket attaches to (``terminal``).
+
+The apps' rootfs mounts need no sandbox: ``create_sandbox`` starts them (one worker thread, app
+by app) while the driver makes the sandbox, and each app's first ``start_app`` takes its mount
+from there; a restart mounts again (``mount_app`` is idempotent). Whoever unmounts the pod
+(``destroy_sandbox``, a failed ``create_sandbox``) waits for those mounts first.
 """
 
 from __future__ import annotations
@@ -84,6 +89,8 @@ class Stage1Runtime:
         self.metadata_url = metadata_url
         self._limiter = trio.CapacityLimiter(2)
         self._terminals: dict[tuple[str, str], PtyRelay] = {}
+        self._mounting: dict[str, _Mounting] = {}  # by pod: mounts started by create_sandbox
+        self._specs: dict[str, SandboxSpec] = {}  # by pod: plan_sandbox's, for create_sandbox
 
     def terminal(self, pod_uuid: str, app: str) -> PtyRelay | None:
         """The terminal of an app started with one (``run -t``), while it runs."""
@@ -92,10 +99,72 @@ class Stage1Runtime:
     async def _thread(self, fn: Any, *args: Any) -> Any:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
 
+    async def plan_sandbox(self, pod: PodRecord) -> Sandbox:
+        def plan() -> tuple[SandboxSpec, SandboxHandle]:
+            spec = sandbox_spec(self.config, pod)
+            return spec, self.driver.plan_sandbox(spec)
+
+        planned: SandboxHandle
+        spec, planned = await self._thread(plan)
+        self._specs[pod.uuid] = spec  # the spec create_sandbox makes it from
+        return planned.to_json()
+
     async def create_sandbox(self, pod: PodRecord) -> Sandbox:
-        spec = await self._thread(sandbox_spec, self.config, pod)
-        handle = await self.driver.create_sandbox(spec)
+        self._mount_soon(pod)
+        try:
+            spec = self._specs.pop(pod.uuid, None)
+            if spec is None:
+                spec = await self._thread(sandbox_spec, self.config, pod)
+            handle = await self.driver.create_sandbox(spec)
+        except BaseException:
+            with trio.CancelScope(shield=True):  # no sandbox recorded: nobody else unmounts
+                await self._unmount_pod(pod.uuid)
+            raise
         return handle.to_json()
+
+    def _mount_soon(self, pod: PodRecord) -> None:
+        """Mount the apps' rootfs in a worker thread, in the pod's app order; the first
+        failure ends it (``start_app`` of that app raises it, which fails the start)."""
+        mounting = _Mounting()
+        self._mounting[pod.uuid] = mounting
+        names = [app.name for app in pod.apps]
+
+        def mount_all() -> dict[str, Path | Exception]:
+            made: dict[str, Path | Exception] = {}
+            for name in names:
+                try:
+                    made[name] = self.rootfs.mount_app(pod.uuid, name)
+                except Exception as exc:  # noqa: BLE001  # raised by that app's start_app
+                    made[name] = exc
+                    break
+            return made
+
+        async def run() -> None:
+            try:
+                mounting.rootfs = await self._thread(mount_all)
+            finally:
+                mounting.done.set()
+
+        trio.lowlevel.spawn_system_task(run, name=f"mount {pod.uuid}")
+
+    async def _rootfs(self, pod: PodRecord, app: AppRecord) -> Path:
+        """The app's mounted rootfs: the one ``create_sandbox`` started, once."""
+        mounting = self._mounting.get(pod.uuid)
+        if mounting is not None:
+            await mounting.done.wait()
+            made = mounting.rootfs.pop(app.name, None)
+            if isinstance(made, Exception):
+                raise made
+            if made is not None:
+                return made
+        path: Path = await self._thread(self.rootfs.mount_app, pod.uuid, app.name)
+        return path
+
+    async def _unmount_pod(self, pod_uuid: str) -> None:
+        mounting = self._mounting.pop(pod_uuid, None)
+        if mounting is not None:
+            await mounting.done.wait()  # else a mount still in flight would stay
+        await self._thread(self.rootfs.unmount_pod, pod_uuid)
 
     def _app_spec(self, pod: PodRecord, app: AppRecord, rootfs: Path) -> AppSpec:
         stored = json.loads(app.spec) if app.spec else {}
@@ -108,7 +177,7 @@ class Stage1Runtime:
         return AppSpec.from_json(stored)
 
     async def start_app(self, pod: PodRecord, sandbox: Sandbox, app: AppRecord) -> AppProcess:
-        rootfs = await self._thread(self.rootfs.mount_app, pod.uuid, app.name)
+        rootfs = await self._rootfs(pod, app)
         killpoint("start.rootfs-mounted")
         spec = self._app_spec(pod, app, rootfs)
         stdio = None
@@ -175,7 +244,7 @@ class Stage1Runtime:
                 await self.driver.destroy_sandbox(planned)
         finally:
             with trio.CancelScope(shield=True):
-                await self._thread(self.rootfs.unmount_pod, pod.uuid)
+                await self._unmount_pod(pod.uuid)
 
     async def recover(self, pod: PodRecord, sandbox: Sandbox) -> dict[str, AppProcess] | None:
         if not sandbox:
@@ -190,6 +259,15 @@ class Stage1Runtime:
                 if live is not None:
                     found[app.name] = live
         return found
+
+
+class _Mounting:
+    """The rootfs mounts ``create_sandbox`` started for a pod: by app, its rootfs or why
+    mounting it failed (taken by the app's first ``start_app``); ``done`` once they ended."""
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.rootfs: dict[str, Path | Exception] = {}
 
 
 def open_runtime(config: Config) -> Stage1Runtime:

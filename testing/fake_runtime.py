@@ -89,6 +89,10 @@ class FakeRuntime:
 
     # --- PodRuntime ---------------------------------------------------------------------------
 
+    async def plan_sandbox(self, pod: PodRecord) -> Sandbox:
+        await trio.lowlevel.checkpoint()
+        return {"fake": pod.uuid}
+
     async def create_sandbox(self, pod: PodRecord) -> Sandbox:
         await trio.lowlevel.checkpoint()
         if isinstance(self.fail_sandbox, Exception):

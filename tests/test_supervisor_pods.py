@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import signal
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 
 from jetpack.config import load_config
 from jetpack.errors import ConflictError, PodStartError
-from jetpack.state import StateDB
+from jetpack.state import StateDB, Transaction
 from jetpack.store.pods import AppRecord, PodOptions, PodRecord, PodStore, new_uuid
 from jetpack.supervisor.pods import PodManager
 from jetpack.supervisor.runtime import ExitStatus
@@ -89,6 +89,7 @@ async def test_on_failure_3_restarts_three_times_with_growing_delays_then_fails(
     assert "restart limit" in str(log[-1][2]["reason"])
     assert final.apps[0].exit_status == 1
     assert final.apps[0].restarts == 3
+    await manager.torn_down(pod.uuid)  # wait answers before the teardown ends
     assert sup.runtime.sandboxes == set()  # torn down
 
 
@@ -251,6 +252,7 @@ async def test_app_lost_after_start_fails_its_pod_and_stops_the_others(
     assert log[-1] == ("pod.failed", None, {"reason": reason})
     assert ("app.exited", "lost", {"reason": reason}) in log
     assert [p.app for p in sup.runtime.running()] == ["bystander"]
+    await manager.torn_down(pod.uuid)  # wait answers before the teardown ends
     assert pod.uuid not in sup.runtime.sandboxes  # torn down
     assert (await manager.stop("bystander")).state == "exited"
 
@@ -486,3 +488,79 @@ async def test_stop_all_records_a_priority_groups_stopping_in_one_transaction(
             ["pod.stopping", "app.exited", "pod.exited"]
         assert PodStore(sup.db).get(pod.uuid).state == "exited"
     assert sup.runtime.running() == []
+
+
+async def test_the_last_apps_end_and_the_pods_are_one_transaction(
+    clock: trio.testing.MockClock, sup: Supervisor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The end of a pod's last app, with no restart to come, commits with the pod's final
+    state (one database round trip before ``wait`` answers, not two); an app that ends
+    before the others commits alone. ``wait`` answers with the record as committed. So does
+    the start of its last app with the pod's ``running``, and ``start`` answers with that."""
+    sup.runtime.script.update(first=[Behaviour(runs_for=1.0)],
+                              last=[Behaviour(runs_for=2.0, code=3)])
+    sup.runtime.teardown_for = 5.0
+    pod = prepare(sup.db, "pair", ["first", "last"])
+    manager = await sup.manager()
+    batches: list[list[str]] = []
+    real = manager._record
+
+    async def record(change: Callable[[Transaction], None]) -> None:
+        before = sup.db.events_since(0)[-1].seq
+        await real(change)
+        batches.append([e.type for e in sup.db.events_since(before) if e.pod == pod.uuid])
+
+    monkeypatch.setattr(manager, "_record", record)
+    started = await manager.start("pair")
+    assert batches == [["pod.starting"], ["app.started"], ["app.started", "pod.started"]]
+    assert started.to_json_obj() == PodStore(sup.db).get(pod.uuid).to_json_obj()
+    assert started.state == "running"
+    final = await manager.wait("pair")
+    assert batches[3:] == [["app.exited"], ["app.exited", "pod.exited"]]
+    assert final.to_json_obj() == PodStore(sup.db).get(pod.uuid).to_json_obj()
+    assert (final.state, final.app("last").exit_status) == ("exited", 3)
+    assert final.runtime == {"fake": pod.uuid}  # recorded before the teardown, which goes on
+    await manager.torn_down(pod.uuid)
+    assert PodStore(sup.db).get(pod.uuid).runtime == {}
+    types = [t for t, _, _ in events(sup.db, pod)]
+    assert types[-3:] == ["app.exited", "app.exited", "pod.exited"]
+
+
+@pytest.mark.parametrize("plan", ["same", "other"])
+async def test_the_planned_sandbox_is_recorded_with_starting(
+    clock: trio.testing.MockClock, sup: Supervisor, monkeypatch: pytest.MonkeyPatch, plan: str
+) -> None:
+    """A supervisor killed while the sandbox is made finds the pod starting with the sandbox
+    the runtime planned (one transaction with ``pod.starting``); the sandbox made is recorded
+    again only when it is not that one."""
+    pod = prepare(sup.db, "planned", ["app"])
+    planned = {"fake": pod.uuid} if plan == "same" else {"fake": "planned"}
+    seen: list[PodRecord] = []
+    create = sup.runtime.create_sandbox
+
+    async def planning(pod: PodRecord) -> dict[str, object]:
+        await trio.lowlevel.checkpoint()
+        return planned
+
+    async def creating(pod: PodRecord) -> dict[str, object]:
+        seen.append(PodStore(sup.db).get(pod.uuid))
+        return await create(pod)
+
+    monkeypatch.setattr(sup.runtime, "plan_sandbox", planning)
+    monkeypatch.setattr(sup.runtime, "create_sandbox", creating)
+    manager = await sup.manager()
+    records = 0
+    real = manager._record
+
+    async def record(change: Callable[[Transaction], None]) -> None:
+        nonlocal records
+        records += 1
+        await real(change)
+
+    monkeypatch.setattr(manager, "_record", record)
+    await manager.start("planned")
+    assert (seen[0].state, seen[0].runtime) == ("starting", planned)
+    assert PodStore(sup.db).get(pod.uuid).runtime == {"fake": pod.uuid}
+    # starting (with the plan), the runtime made when it differs, app.started with running
+    assert records == (2 if plan == "same" else 3)
+    await manager.stop("planned")
