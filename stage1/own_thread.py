@@ -9,25 +9,40 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
 
 def in_own_thread(work: Callable[[], T], name: str) -> T:
     """``work()`` in a new thread that ends with it; its exception is raised here."""
-    outcome: list[T] = []
-    failure: list[BaseException] = []
+    return Beside(work, name).result()
 
-    def body() -> None:
-        try:
-            outcome.append(work())
-        except BaseException as exc:  # noqa: BLE001  # re-raised in the caller's thread below
-            failure.append(exc)
 
-    thread = threading.Thread(target=body, name=name)
-    thread.start()
-    thread.join()
-    if failure:
-        raise failure[0]
-    return outcome[0]
+class Beside(Generic[T]):
+    """``work()`` started now in a new thread (in the starting thread's namespaces, as every
+    thread it creates is), while the caller goes on; ``result()`` waits for it and returns its
+    value or raises its exception. A caller that leaves early still calls ``result()`` (or
+    ``join()``) in a ``finally``: nothing it started outlives it."""
+
+    def __init__(self, work: Callable[[], T], name: str) -> None:
+        self._outcome: list[T] = []
+        self._failure: list[BaseException] = []
+
+        def body() -> None:
+            try:
+                self._outcome.append(work())
+            except BaseException as exc:  # noqa: BLE001  # re-raised by result()
+                self._failure.append(exc)
+
+        self._thread = threading.Thread(target=body, name=name)
+        self._thread.start()
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def result(self) -> T:
+        self._thread.join()
+        if self._failure:
+            raise self._failure[0]
+        return self._outcome[0]

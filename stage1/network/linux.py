@@ -71,7 +71,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from jetpack.errors import ConflictError, NetworkError
 from jetpack.stage1.network.ports import PortForward, as_forwards
-from jetpack.stage1.own_thread import in_own_thread
+from jetpack.stage1.own_thread import Beside, in_own_thread
 from jetpack.tools import missing_tool
 
 T = TypeVar("T")
@@ -339,41 +339,52 @@ def attach_pod(
 def _attach_pod(netns: str, address: ipaddress.IPv4Interface, gateway: str, *, bridge: str,
                 veth: str, pod_uuid: str, forwards: list[PortForward]) -> None:
     pod_ip = str(address.ip)
-    with _rtnl() as host:
-        with _failing(f"creating veth {veth} into pod network namespace {netns}"):
-            fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+    # Listed (and a conflict refused) before anything of the pod goes into nftables.
+    forward_script = _skeleton() + _forward_rules(pod_uuid, pod_ip, forwards) if forwards else ""
+    # The anti-spoofing rules need only the veth's name and the address (the MAC follows from
+    # it): their nft process runs beside the netlink work that makes the veth, and the veth
+    # joins the bridge only once they are in place.
+    rules = Beside(lambda: _ensure_antispoof(veth, pod_ip), f"jetpack rules {veth}")
+    try:
+        with _rtnl() as host:
+            with _failing(f"creating veth {veth} into pod network namespace {netns}"):
+                fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    host.link("add", ifname=veth, kind="veth",
+                              peer={"ifname": "eth0", "net_ns_fd": fd,
+                                    "address": pod_mac(pod_ip)})
+                finally:
+                    os.close(fd)
             try:
-                host.link("add", ifname=veth, kind="veth",
-                          peer={"ifname": "eth0", "net_ns_fd": fd, "address": pod_mac(pod_ip)})
-            finally:
-                os.close(fd)
-        try:
-            # Listed (and a conflict refused) before anything of the pod goes into nftables.
-            forward_script = (_skeleton() + _forward_rules(pod_uuid, pod_ip, forwards)
-                              if forwards else "")
-            with _rtnl(netns) as pod:
-                with _failing(f"pod network namespace {netns}: eth0"):
-                    eth0 = pod.link("get", ifname="eth0")[0]
-                # before the veth joins the bridge: the pod never sends a frame unchecked
-                _ensure_antispoof(veth, pod_ip)
-                if forward_script:
-                    _sysctl("net", "ipv4", "ip_forward")  # see add_port_forwards
-                    _nft(forward_script, f"the port forwards of pod {pod_uuid}")
-                master = _link(host, bridge)
-                if master is None:
-                    raise NetworkError(f"attaching veth {veth}: bridge {bridge} does not exist")
-                with _failing(f"attaching veth {veth} to bridge {bridge}"):
-                    host.link("set", index=host.link_lookup(ifname=veth)[0],
-                              master=master["index"], state="up")
-                with _failing(f"pod network namespace {netns}: eth0 {address} via {gateway}"):
-                    pod.addr("add", index=eth0["index"], address=pod_ip,
-                             prefixlen=address.network.prefixlen)
-                    pod.link("set", index=pod.link_lookup(ifname="lo")[0], state="up")
-                    pod.link("set", index=eth0["index"], state="up")
-                    pod.route("replace", dst="0.0.0.0/0", gateway=gateway, oif=eth0["index"])
-        except BaseException:
-            _detach_pod(veth, pod_uuid or None)
-            raise
+                with _rtnl(netns) as pod:
+                    with _failing(f"pod network namespace {netns}: eth0"):
+                        eth0 = pod.link("get", ifname="eth0")[0]
+                    # before the veth joins the bridge: the pod never sends a frame unchecked
+                    rules.result()
+                    if forward_script:
+                        _sysctl("net", "ipv4", "ip_forward")  # see add_port_forwards
+                        _nft(forward_script, f"the port forwards of pod {pod_uuid}")
+                    master = _link(host, bridge)
+                    if master is None:
+                        raise NetworkError(f"attaching veth {veth}: bridge {bridge} does not "
+                                           "exist")
+                    with _failing(f"attaching veth {veth} to bridge {bridge}"):
+                        host.link("set", index=host.link_lookup(ifname=veth)[0],
+                                  master=master["index"], state="up")
+                    with _failing(f"pod network namespace {netns}: eth0 {address} via "
+                                  f"{gateway}"):
+                        pod.addr("add", index=eth0["index"], address=pod_ip,
+                                 prefixlen=address.network.prefixlen)
+                        pod.link("set", index=pod.link_lookup(ifname="lo")[0], state="up")
+                        pod.link("set", index=eth0["index"], state="up")
+                        pod.route("replace", dst="0.0.0.0/0", gateway=gateway,
+                                  oif=eth0["index"])
+            except BaseException:
+                rules.join()
+                _detach_pod(veth, pod_uuid or None)
+                raise
+    finally:
+        rules.join()
 
 
 def detach_pod(veth_name: str, *, pod_uuid: str | None = None,
