@@ -3,11 +3,12 @@ session, credentials, capabilities, no_new_privs and seccomp, in the one order t
 root and non-root.
 
 ``isolated_launcher`` gives stage2's executor a launcher that does this for the app, its event
-handlers and whatever ``exec``/``console``/``build`` runs in it; an app whose manifest has no
-isolator gets the default plan, never none. Everything is imported and loaded before pivot_root
-hides the host; the seccomp program is compiled then too (once per plan and process: the fork
-server compiles the default plan's), so that the child between fork and exec makes only its
-system calls.
+handlers and whatever ``exec``/``console``/``build`` runs in it, and a preparer that forks the
+app's own process before its go (all but seccomp done while it waits); an app whose manifest
+has no isolator gets the default plan, never none. Everything is imported and loaded before
+pivot_root hides the host; the seccomp program is compiled then too (once per plan and process:
+the fork server compiles the default plan's), so that the child between fork and exec makes only
+its system calls.
 """
 
 from __future__ import annotations
@@ -226,10 +227,13 @@ class IsolatedLauncher:
             os.setsid()  # kill 0 in a pod reaches only its own session
             os.chdir(plan.working_directory)
             self.confine(plan.credentials)
+            # Everything exec needs is built now: after seal, only execve (as Popen's child).
+            args, environment = list(argv), dict(plan.environment)
+            paths = [argv[0]] if os.path.dirname(argv[0]) else [
+                os.path.join(directory, argv[0]) for directory in os.get_exec_path(environment)]
             if os.read(release, 1):
                 self.seal()
-                # PATH lookup of argv[0] in the plan's environment, as Popen's with env=
-                os.execvpe(argv[0], list(argv), dict(plan.environment))  # noqa: S606  # the image's argv, no shell
+                _exec_first(paths, args, environment)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.write(report, (exc.errno or errno.EINVAL).to_bytes(4, "little"))
@@ -238,6 +242,21 @@ class IsolatedLauncher:
                 os.write(report, errno.EINVAL.to_bytes(4, "little"))
         finally:
             os._exit(127)
+
+
+def _exec_first(paths: Sequence[str], args: list[str], environment: dict[str, str]) -> None:
+    """exec the first of ``paths`` that runs: the PATH lookup of ``os.execvpe`` and Popen
+    (the plan's PATH), whose error is the first one other than ENOENT/ENOTDIR, else the last."""
+    first: OSError | None = None
+    last: OSError = FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
+    for path in paths:
+        try:
+            os.execve(path, args, environment)  # noqa: S606  # the image's argv, no shell
+        except OSError as exc:
+            last = exc
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR) and first is None:
+                first = exc
+    raise first or last
 
 
 @dataclass

@@ -568,6 +568,15 @@ def _waiting_processes(net_inode: int) -> tuple[int, int] | None:
     return None
 
 
+def _as_waiting(monitor: int, prepared: int) -> tuple[int, list[str], bool]:
+    """The prepared process's session id, real and effective uid, and whether its cgroups
+    are the monitor's."""
+    session = int(Path(f"/proc/{prepared}/stat").read_text().rsplit(")", 1)[1].split()[3])
+    same = (Path(f"/proc/{prepared}/cgroup").read_text()
+            == Path(f"/proc/{monitor}/cgroup").read_text())
+    return session, proc_status(prepared)["Uid"].split()[:2], same
+
+
 @pytest.mark.parametrize("how", ["go never comes", "stopped before go"])
 async def test_an_app_prepared_before_go_runs_only_on_go(
     driver: LinuxDriver, sandbox: SandboxHandle, busybox_rootfs: Path,
@@ -577,7 +586,7 @@ async def test_an_app_prepared_before_go_runs_only_on_go(
     (go never written) or a stop before go ends it without exec: nothing runs, nothing is left."""
     app = AppSpec(name="prepared", rootfs=busybox_rootfs, user="1000", group="100",
                   exec=("sh", "-c", "echo ran > /tmp/ran"))
-    net_inode = Path(sandbox.data["namespaces"]["net"]).stat().st_ino
+    net_inode = os.stat(sandbox.data["namespaces"]["net"]).st_ino
     status_path = Path(sandbox.data["run_dir"]) / "apps" / app.name / "status"
     network = trio.Event()
 
@@ -594,15 +603,13 @@ async def test_an_app_prepared_before_go_runs_only_on_go(
                 started.append(await driver.start_app(sandbox, app))
 
             nursery.start_soon(start)
-            while (found := await trio.to_thread.run_sync(_waiting_processes, net_inode)) is None:
+            while (found := await trio.to_thread.run_sync(_waiting_processes, net_inode)) is None:  # noqa: ASYNC110 - /proc offers nothing to wait on
                 await trio.sleep(0.01)
             monitor, prepared = found
-            # Waiting for go as the app will run: its own session, its user, the pod's cgroups.
-            stat = Path(f"/proc/{prepared}/stat").read_text().rsplit(")", 1)[1].split()
-            assert int(stat[3]) == prepared  # its session's id: it leads it
-            assert proc_status(prepared)["Uid"].split()[:2] == ["1000", "1000"]
-            assert (Path(f"/proc/{prepared}/cgroup").read_text()
-                    == Path(f"/proc/{monitor}/cgroup").read_text())
+            # Waiting for go as the app will run: leading its own session, as its user, in the
+            # pod's cgroups.
+            assert await trio.to_thread.run_sync(_as_waiting, monitor, prepared) == (
+                prepared, ["1000", "1000"], True)
             if how == "go never comes":
                 nursery.cancel_scope.cancel()  # start_app closes the go pipe unwritten
             else:
