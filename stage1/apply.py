@@ -3,23 +3,27 @@ session, credentials, capabilities, no_new_privs and seccomp, in the one order t
 root and non-root.
 
 ``isolated_launcher`` gives stage2's executor a launcher that does this for the app, its event
-handlers and whatever ``exec``/``console``/``build`` runs in it; an app whose manifest has no
-isolator gets the default plan, never none. Everything is imported and loaded before pivot_root
-hides the host; the seccomp program is compiled then too (once per plan and process: the fork
-server compiles the default plan's), so that the child between fork and exec makes only its
-system calls.
+handlers and whatever ``exec``/``console``/``build`` runs in it, and a preparer that forks the
+app's own process before its go (all but seccomp done while it waits); an app whose manifest
+has no isolator gets the default plan, never none. Everything is imported and loaded before
+pivot_root hides the host; the seccomp program is compiled then too (once per plan and process:
+the fork server compiles the default plan's), so that the child between fork and exec makes only
+its system calls.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
+import signal
 import subprocess
 import termios
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NoReturn
 
 from jetpack.errors import IsolationError
 from jetpack.stage1 import capabilities as caps
@@ -30,7 +34,8 @@ from jetpack.stage1.capabilities import (
     no_new_privileges,
 )
 from jetpack.stage1.seccomp import SeccompFilter, compile_filter, seccomp_filter
-from jetpack.stage2.executor import Child, Launcher
+from jetpack.stage2.credentials import Credentials
+from jetpack.stage2.executor import FORWARDED, Child
 from jetpack.stage2.plan import ExecPlan
 from jetpack.stage2.socket_activation import open_listening, spawn_listening
 
@@ -112,44 +117,56 @@ class CgroupJoin:
         self._files = []
 
 
-def isolated_launcher(isolators: Mapping[str, Any]) -> Launcher:
-    """A launcher applying ``isolators`` (AppSpec.isolators, the default plan when empty)."""
-    if not isolators:
-        isolators = default_plan()
-    raw_capabilities = isolators.get("capabilities")
-    capabilities = capability_set() if raw_capabilities is None else frozenset(raw_capabilities)
-    ambient = frozenset(isolators.get("ambient_capabilities") or ())
-    nnp = bool(isolators.get("no_new_privileges"))
-    raw = isolators.get("seccomp")
-    seccomp = None if raw is None else SeccompFilter(raw["mode"], frozenset(raw["syscalls"]),
-                                                     raw.get("errno"))
-    # libseccomp and libc are loaded now: after pivot_root they cannot be found.
-    compiled = None if seccomp is None else compile_filter(seccomp)
-    caps.preload()
+class IsolatedLauncher:
+    """Starts the processes of an app (the app, its handlers, ``exec``) under an isolator plan:
+    a ``Launcher``; ``prepare`` makes the app's own process before its start (a ``Preparer``)."""
 
-    def launch(argv: Sequence[str], plan: ExecPlan, stdin: int, stdout: int, stderr: int
-               ) -> Child:
+    def __init__(self, isolators: Mapping[str, Any]) -> None:
+        if not isolators:
+            isolators = default_plan()
+        raw_capabilities = isolators.get("capabilities")
+        self.capabilities = (capability_set() if raw_capabilities is None
+                             else frozenset(raw_capabilities))
+        self.ambient = frozenset(isolators.get("ambient_capabilities") or ())
+        self.nnp = bool(isolators.get("no_new_privileges"))
+        raw = isolators.get("seccomp")
+        seccomp = None if raw is None else SeccompFilter(raw["mode"], frozenset(raw["syscalls"]),
+                                                         raw.get("errno"))
+        # libseccomp and libc are loaded now: after pivot_root they cannot be found.
+        self.compiled = None if seccomp is None else compile_filter(seccomp)
+        caps.preload()
+
+    def confine(self, creds: Credentials) -> None:
+        """In the child: everything but seccomp (its session is made already)."""
+        # subprocess made this a new session leader: with a terminal for stdin, that
+        # terminal becomes the session's own (job control in run -t, console), never
+        # one shared with the supervisor or the caller.
+        if os.isatty(0):
+            # best effort: a terminal that is another session's stays that session's
+            with contextlib.suppress(OSError):
+                fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+        os.setgroups(list(creds.groups))
+        os.setgid(creds.gid)
+        if creds.uid != 0:
+            keep_capabilities()  # to drop the bounding set and load seccomp after setuid
+        os.setuid(creds.uid)
+        apply_capabilities(self.capabilities, ambient=self.ambient,
+                           keep_sys_admin_until_exec=self.compiled is not None and not self.nnp)
+        if self.nnp:
+            no_new_privileges()
+
+    def seal(self) -> None:
+        """In the child, last before exec: the seccomp filter."""
+        if self.compiled is not None:
+            self.compiled.load(no_new_privs=self.nnp)
+
+    def __call__(self, argv: Sequence[str], plan: ExecPlan, stdin: int, stdout: int,
+                 stderr: int) -> Child:
         creds = plan.credentials
 
         def before_exec() -> None:
-            # subprocess made this a new session leader: with a terminal for stdin, that
-            # terminal becomes the session's own (job control in run -t, console), never
-            # one shared with the supervisor or the caller.
-            if os.isatty(0):
-                # best effort: a terminal that is another session's stays that session's
-                with contextlib.suppress(OSError):
-                    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-            os.setgroups(list(creds.groups))
-            os.setgid(creds.gid)
-            if creds.uid != 0:
-                keep_capabilities()  # to drop the bounding set and load seccomp after setuid
-            os.setuid(creds.uid)
-            apply_capabilities(capabilities, ambient=ambient,
-                               keep_sys_admin_until_exec=compiled is not None and not nnp)
-            if nnp:
-                no_new_privileges()
-            if compiled is not None:
-                compiled.load(no_new_privs=nnp)
+            self.confine(creds)
+            self.seal()
 
         if plan.listen:
             # opened here, in the pod's network namespace, and kept only by the app
@@ -168,4 +185,115 @@ def isolated_launcher(isolators: Mapping[str, Any]) -> Launcher:
             preexec_fn=before_exec,  # noqa: PLW1509  # the monitor is single-threaded
         )
 
-    return launch
+    def prepare(self, argv: Sequence[str], plan: ExecPlan, stdin: int, stdout: int,
+                stderr: int) -> PreparedChild:
+        """The app's process forked now and confined as ``__call__``'s would be (session,
+        stdio, cwd, credentials, capabilities, no_new_privs), blocked until ``release``; it
+        then loads seccomp (last: its wait is not filtered) and execs. It is made after the
+        rootfs and the cgroups (inside them from its first instruction); a release pipe that
+        closes without a byte (cancel, or the monitor gone) makes it exit, never exec."""
+        release_r, release_w = os.pipe2(os.O_CLOEXEC)
+        report_r, report_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            pid = os.fork()
+        except OSError:
+            for fd in (release_r, release_w, report_r, report_w):
+                os.close(fd)
+            raise
+        if pid == 0:  # pragma: no cover  # the child: measured by what the app sees
+            self._prepared_child(argv, plan, (stdin, stdout, stderr), release_r, report_w)
+        os.close(release_r)
+        os.close(report_w)
+        return PreparedChild(pid, release_w, report_r)
+
+    def _prepared_child(self, argv: Sequence[str], plan: ExecPlan, stdio: tuple[int, int, int],
+                        release: int, report: int) -> NoReturn:
+        try:
+            signal.set_wakeup_fd(-1)
+            # The monitor's handlers: the app's defaults instead while it waits (restore_signals
+            # as Popen's for SIGPIPE and SIGXFSZ, which Python ignores).
+            for signum in (*FORWARDED, signal.SIGCHLD, signal.SIGPIPE, signal.SIGXFSZ):
+                signal.signal(signum, signal.SIG_DFL)
+            # Everything moved above 0-2 first, so that no dup2 clobbers a later source.
+            release = fcntl.fcntl(release, fcntl.F_DUPFD_CLOEXEC, 3)
+            report = fcntl.fcntl(report, fcntl.F_DUPFD_CLOEXEC, 3)
+            sources = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3) for fd in stdio]
+            for target, fd in enumerate(sources):
+                os.dup2(fd, target)  # inheritable: dup2 clears close-on-exec
+            low, high = sorted((release, report))
+            os.closerange(3, low)
+            os.closerange(low + 1, high)
+            os.closerange(high + 1, os.sysconf("SC_OPEN_MAX"))
+            os.setsid()  # kill 0 in a pod reaches only its own session
+            os.chdir(plan.working_directory)
+            self.confine(plan.credentials)
+            # Everything exec needs is built now: after seal, only execve (as Popen's child).
+            args, environment = list(argv), dict(plan.environment)
+            paths = [argv[0]] if os.path.dirname(argv[0]) else [
+                os.path.join(directory, argv[0]) for directory in os.get_exec_path(environment)]
+            if os.read(release, 1):
+                self.seal()
+                _exec_first(paths, args, environment)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.write(report, (exc.errno or errno.EINVAL).to_bytes(4, "little"))
+        except BaseException:  # noqa: BLE001  # nothing may unwind into the monitor's code
+            with contextlib.suppress(OSError):
+                os.write(report, errno.EINVAL.to_bytes(4, "little"))
+        finally:
+            os._exit(127)
+
+
+def _exec_first(paths: Sequence[str], args: list[str], environment: dict[str, str]) -> None:
+    """exec the first of ``paths`` that runs: the PATH lookup of ``os.execvpe`` and Popen
+    (the plan's PATH), whose error is the first one other than ENOENT/ENOTDIR, else the last."""
+    first: OSError | None = None
+    last: OSError = FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
+    for path in paths:
+        try:
+            os.execve(path, args, environment)  # noqa: S606  # the image's argv, no shell
+        except OSError as exc:
+            last = exc
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR) and first is None:
+                first = exc
+    raise first or last
+
+
+@dataclass
+class PreparedChild:
+    """The app's process ``IsolatedLauncher.prepare`` made, waiting on ``release_fd``; it
+    reports an errno on ``report_fd`` if it fails before its exec, which closes it."""
+
+    pid: int
+    release_fd: int
+    report_fd: int
+    returncode: int | None = None
+
+    def release(self) -> PreparedChild:
+        """Let it exec; return once it has (OSError, the child reaped, if it could not)."""
+        try:
+            with contextlib.suppress(BrokenPipeError):  # gone already: its report says why
+                os.write(self.release_fd, b"g")
+        finally:
+            os.close(self.release_fd)
+        try:
+            data = os.read(self.report_fd, 8)
+        finally:
+            os.close(self.report_fd)
+        if data:
+            os.waitpid(self.pid, 0)
+            code = int.from_bytes(data[:4], "little") or errno.EINVAL
+            raise OSError(code, os.strerror(code))
+        return self
+
+    def cancel(self) -> None:
+        """It exits without exec (its release pipe closes unwritten); reaped here."""
+        os.close(self.release_fd)
+        os.close(self.report_fd)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
+
+
+def isolated_launcher(isolators: Mapping[str, Any]) -> IsolatedLauncher:
+    """A launcher applying ``isolators`` (AppSpec.isolators, the default plan when empty)."""
+    return IsolatedLauncher(isolators)

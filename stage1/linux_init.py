@@ -375,7 +375,7 @@ def run_app(launch_path: str, report_fd: int, go_fd: int) -> int:
             _report(report_fd, f"error applying the app's isolators: {exc}")
             write_status(status_fd, ExitStatus(code=127, failed=f"isolators: {exc}"))
             return 127
-        executor = Executor(plan, launcher, output)
+        executor = Executor(plan, launcher, output, prepare=launcher.prepare)
         try:
             masking = build_rootfs(launch)
         except (OSError, IsolationError) as exc:
@@ -390,9 +390,13 @@ def run_app(launch_path: str, report_fd: int, go_fd: int) -> int:
             return 127
         for warning in masking:
             output.message(warning)
+        # The app's process, forked now (in the rootfs and the cgroups already), confines
+        # itself while the supervisor readies its go: go only lets it load seccomp and exec.
+        executor.prepare()
         _report(report_fd, "ready")
         os.close(report_fd)
         if not os.read(go_fd, 1):
+            executor.cancel()  # it exits unexec'd, reaped
             write_status(status_fd, ExitStatus(code=127, failed="start cancelled"))
             return 127
         os.close(go_fd)

@@ -45,6 +45,19 @@ class Child(Protocol):
 Launcher = Callable[[Sequence[str], ExecPlan, int, int, int], Child]
 
 
+class Prepared(Protocol):
+    """The app's process made before its start, up to its exec: ``release`` lets it exec
+    (OSError if it cannot, as a launcher's), ``cancel`` ends it without exec and reaps it."""
+
+    def release(self) -> Child: ...
+
+    def cancel(self) -> None: ...
+
+
+# A preparer makes the app's process ahead of its start (same arguments as a launcher's).
+Preparer = Callable[[Sequence[str], ExecPlan, int, int, int], Prepared]
+
+
 def launch_directly(
     argv: Sequence[str], plan: ExecPlan, stdin: int, stdout: int, stderr: int
 ) -> subprocess.Popen[bytes]:
@@ -207,11 +220,14 @@ class Output:
 class Executor:
     """Runs an ExecPlan to its end. One instance per app, in a single-threaded process."""
 
-    def __init__(self, plan: ExecPlan, launch: Launcher, output: Output) -> None:
+    def __init__(self, plan: ExecPlan, launch: Launcher, output: Output,
+                 prepare: Preparer | None = None) -> None:
         self.plan = plan
         self.handler_plan = replace(plan, listen=())
         self.launch = launch
         self.output = output
+        self._preparer = prepare
+        self._prepared: Prepared | None = None
         self.current: Child | None = None
         self.stop_signal: int | None = None
         self._wakeup_r, wakeup_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
@@ -232,13 +248,40 @@ class Executor:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child.pid, signum)
 
+    def prepare(self) -> None:
+        """Make the app's process now, before its start, up to its exec (Linux: forked into
+        its session with its stdio, credentials and capabilities): ``run`` then only lets it
+        exec. Not for an app with pre-start handlers (they run before the app exists), socket
+        activation (its ports open when it starts) or a terminal (which becomes the app's own
+        when it starts); a fork that fails here leaves ``run`` to start the app as usual."""
+        out = self.output
+        if (self._preparer is None or self.plan.pre_start or self.plan.listen
+                or self.stop_signal is not None or os.isatty(out.stdin)):
+            return
+        with contextlib.suppress(OSError):
+            self._prepared = self._preparer(self.plan.argv, self.plan, out.stdin, out.stdout,
+                                            out.stderr)
+
+    def cancel(self) -> None:
+        """The prepared process, if any, ends without exec and is reaped: the app never runs."""
+        prepared, self._prepared = self._prepared, None
+        if prepared is not None:
+            prepared.cancel()
+
     def run(self) -> ExitStatus:
+        try:
+            return self._run()
+        finally:
+            self.cancel()
+
+    def _run(self) -> ExitStatus:
         for handler in self.plan.pre_start:
             status = self._run_one(handler)
             if status != ExitStatus(code=0):
                 self.output.message(f"pre-start handler {list(handler)} {status}")
                 return ExitStatus(status.code, status.signal, failed=f"pre-start: {status}")
         if self.stop_signal is not None:
+            self.cancel()
             status = ExitStatus(signal=self.stop_signal)
         else:
             status = self._run_one(self.plan.argv, main=True)
@@ -251,11 +294,18 @@ class Executor:
     def _run_one(self, argv: Sequence[str], *, stoppable: bool = True, main: bool = False
                  ) -> ExitStatus:
         if stoppable and self.stop_signal is not None:
+            if main:
+                self.cancel()
             return ExitStatus(signal=self.stop_signal)
         out = self.output
         plan = self.plan if main else self.handler_plan
+        prepared = self._prepared if main else None
         try:
-            child = self.launch(argv, plan, out.stdin, out.stdout, out.stderr)
+            if prepared is not None:
+                self._prepared = None
+                child = prepared.release()
+            else:
+                child = self.launch(argv, plan, out.stdin, out.stdout, out.stderr)
         except OSError as exc:
             # ENOENT/EACCES as a shell would report them: 127 not found, 126 not executable.
             code = 127 if exc.errno == errno.ENOENT else 126

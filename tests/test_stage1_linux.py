@@ -12,6 +12,7 @@ import sys
 from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -555,3 +556,74 @@ async def test_the_fork_server_ends_with_its_owner_and_the_apps_run_on(
             with trio.CancelScope(shield=True), trio.fail_after(20):
                 await LinuxDriver().destroy_sandbox(handle)
         assert has_exited(monitor, monitor_start)
+
+
+def _waiting_processes(net_inode: int) -> tuple[int, int] | None:
+    """(the monitor, the app's prepared process) once the monitor has forked it."""
+    for pid in processes_in_netns(net_inode):
+        with contextlib.suppress(OSError):
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            if children:
+                return pid, int(children[0])
+    return None
+
+
+def _as_waiting(monitor: int, prepared: int) -> tuple[int, list[str], bool]:
+    """The prepared process's session id, real and effective uid, and whether its cgroups
+    are the monitor's."""
+    session = int(Path(f"/proc/{prepared}/stat").read_text().rsplit(")", 1)[1].split()[3])
+    same = (Path(f"/proc/{prepared}/cgroup").read_text()
+            == Path(f"/proc/{monitor}/cgroup").read_text())
+    return session, proc_status(prepared)["Uid"].split()[:2], same
+
+
+@pytest.mark.parametrize("how", ["go never comes", "stopped before go"])
+async def test_an_app_prepared_before_go_runs_only_on_go(
+    driver: LinuxDriver, sandbox: SandboxHandle, busybox_rootfs: Path,
+    monkeypatch: pytest.MonkeyPatch, how: str,
+) -> None:
+    """The monitor forks the app's process before go, confined and waiting; a start cancelled
+    (go never written) or a stop before go ends it without exec: nothing runs, nothing is left."""
+    app = AppSpec(name="prepared", rootfs=busybox_rootfs, user="1000", group="100",
+                  exec=("sh", "-c", "echo ran > /tmp/ran"))
+    net_inode = os.stat(sandbox.data["namespaces"]["net"]).st_ino
+    status_path = Path(sandbox.data["run_dir"]) / "apps" / app.name / "status"
+    network = trio.Event()
+
+    async def network_ready(pod_uuid: str) -> None:
+        del pod_uuid
+        await network.wait()
+
+    monkeypatch.setattr(driver, "_network_ready", network_ready)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            started: list[Any] = []
+
+            async def start() -> None:
+                started.append(await driver.start_app(sandbox, app))
+
+            nursery.start_soon(start)
+            while (found := await trio.to_thread.run_sync(_waiting_processes, net_inode)) is None:  # noqa: ASYNC110 - /proc offers nothing to wait on
+                await trio.sleep(0.01)
+            monitor, prepared = found
+            # Waiting for go as the app will run: leading its own session, as its user, in the
+            # pod's cgroups.
+            assert await trio.to_thread.run_sync(_as_waiting, monitor, prepared) == (
+                prepared, ["1000", "1000"], True)
+            if how == "go never comes":
+                nursery.cancel_scope.cancel()  # start_app closes the go pipe unwritten
+            else:
+                os.kill(monitor, signal.SIGTERM)
+                network.set()
+        if how == "stopped before go":
+            process = started[0]
+            status = await driver.wait(sandbox, process)
+            process.close()
+            assert status == ExitStatus(signal=signal.SIGTERM)
+        while processes_in_netns(net_inode):  # noqa: ASYNC110 - /proc offers nothing to wait on
+            await trio.sleep(0.01)
+    if how == "go never comes":
+        assert ExitStatus.from_json(json.loads(status_path.read_text())) == ExitStatus(
+            code=127, failed="start cancelled")
+    assert not (busybox_rootfs / "tmp/ran").exists()
+    assert processes_in_netns(net_inode) == []
