@@ -52,7 +52,9 @@ def _gpg(home: Path) -> Any:  # python-gnupg has no type hints
     gpg = require_tool("gpg", TrustError, "to check signatures and manage trusted keys")
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(home, 0o700)
-    return gnupg.GPG(gpgbinary=gpg, gnupghome=str(home))
+    # Only public keys live here: no gpg-agent is needed, and one started would outlive us
+    # (gpg daemonizes it per home directory; every trusted prefix would keep one running).
+    return gnupg.GPG(gpgbinary=gpg, gnupghome=str(home), options=["--no-autostart"])
 
 
 def inspect_key(data: bytes) -> list[tuple[str, tuple[str, ...]]]:

@@ -9,7 +9,7 @@ import os
 import secrets
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,7 +38,9 @@ class Signer:
 
 
 @pytest.fixture(scope="module")
-def signer(tmp_path_factory: pytest.TempPathFactory) -> Signer:
+def signer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Signer]:
+    """A signing key in a gpg home of its own, whose agent is stopped afterwards (it would
+    outlive the suite otherwise)."""
     home = tmp_path_factory.mktemp("gpg")
     os.chmod(home, 0o700)
     subprocess.run(["gpg", "--homedir", str(home), "--batch", "--pinentry-mode", "loopback",
@@ -46,7 +48,10 @@ def signer(tmp_path_factory: pytest.TempPathFactory) -> Signer:
                     "ed25519", "sign", "never"], check=True, capture_output=True)
     public = subprocess.run(["gpg", "--homedir", str(home), "--armor", "--export"],
                             check=True, capture_output=True).stdout
-    return Signer(home, public)
+    try:
+        yield Signer(home, public)
+    finally:
+        subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], capture_output=True)
 
 
 @dataclass
@@ -169,6 +174,11 @@ async def test_trust_discover_and_fetch(site: Site, signer: Signer, tmp_path: Pa
             ).returncode == 0
     assert len(site.requests) > before
     assert jp("trust", "--list", "--json").stdout.count(name) == 1
+    # trusting and verifying used only public keys: no gpg-agent outlives the commands
+    agents = await trio.run_process(["pgrep", "-af", "gpg-agent"], capture_stdout=True,
+                                    check=False)
+    assert [line for line in agents.stdout.decode().splitlines()
+            if str(tmp_path / "good") in line and "defunct" not in line] == []
 
 
 async def test_untrusted_key_is_refused(site: Site, signer: Signer, tmp_path: Path) -> None:
