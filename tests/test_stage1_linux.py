@@ -559,9 +559,13 @@ async def test_the_fork_server_ends_with_its_owner_and_the_apps_run_on(
 
 
 def _waiting_processes(net_inode: int) -> tuple[int, int] | None:
-    """(the monitor, the app's prepared process) once the monitor has forked it."""
+    """(the monitor, the app's prepared process) once the monitor has forked it. The monitor
+    is pid 1 of the app's pid namespace (the helper that forked it, briefly its parent in the
+    same network namespace, is not)."""
     for pid in processes_in_netns(net_inode):
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, KeyError):
+            if proc_status(pid)["NSpid"].split()[-1] != "1":
+                continue
             children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
             if children:
                 return pid, int(children[0])
@@ -607,9 +611,11 @@ async def test_an_app_prepared_before_go_runs_only_on_go(
                 await trio.sleep(0.01)
             monitor, prepared = found
             # Waiting for go as the app will run: leading its own session, as its user, in the
-            # pod's cgroups.
-            assert await trio.to_thread.run_sync(_as_waiting, monitor, prepared) == (
-                prepared, ["1000", "1000"], True)
+            # pod's cgroups (looked at until it is there: just forked, it is still getting
+            # there; the deadline above fails the test if it never does).
+            waiting = (prepared, ["1000", "1000"], True)
+            while await trio.to_thread.run_sync(_as_waiting, monitor, prepared) != waiting:  # noqa: ASYNC110 - /proc offers nothing to wait on
+                await trio.sleep(0.01)
             if how == "go never comes":
                 nursery.cancel_scope.cancel()  # start_app closes the go pipe unwritten
             else:
