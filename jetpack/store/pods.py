@@ -6,19 +6,18 @@ that each state change and its event commit in one transaction.
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import re
 import uuid as uuidlib
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from jetpack.errors import AmbiguousError, ConflictError, NotFoundError, UsageError
+from jetpack.locks import file_lock
 from jetpack.stage1.base import Limits, PodVolume
 from jetpack.state import StateDB, Transaction
 from jetpack.state.db import now
@@ -168,17 +167,11 @@ def validate_pod_name(name: str) -> str:
     return name
 
 
-@contextmanager
-def pod_files_lock(root: Path, *, exclusive: bool = False) -> Iterator[None]:
+def pod_files_lock(root: Path, *, exclusive: bool = False) -> AbstractContextManager[None]:
     """An flock on ``<root>/pods.lock``: prepare holds it shared from its first clone until
     its row is committed; gc holds it exclusive while it removes pod files that no row names,
     so it never takes a pod being prepared for a leftover."""
-    fd = os.open(root / "pods.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        yield
-    finally:
-        os.close(fd)
+    return file_lock(root / "pods.lock", exclusive=exclusive)
 
 
 def new_uuid() -> str:

@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import fcntl
 import functools
 import hashlib
 import ipaddress
@@ -63,13 +62,14 @@ import os
 import socket
 import subprocess
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, TypeVar
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from jetpack.errors import ConflictError, NetworkError
+from jetpack.locks import file_lock
 from jetpack.stage1.network.ports import PortForward, as_forwards
 from jetpack.stage1.own_thread import Beside, in_own_thread
 from jetpack.tools import missing_tool
@@ -570,18 +570,12 @@ def _known(host: str, chain: str) -> None:
 _LOCK_PATH = "/run/jetpack-nftables.lock"
 
 
-@contextmanager
-def _rules_lock(*, exclusive: bool) -> Iterator[None]:
+def _rules_lock(*, exclusive: bool) -> AbstractContextManager[None]:
     """Between an attach that takes an existing chain as it is (shared) and a removal of the
     chains whose veth is gone (exclusive), across every jetpack on the machine (the table is
     the machine's): a removal that listed a stopped pod's element must not delete it after
     that pod's start found it there."""
-    fd = os.open(_LOCK_PATH, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        yield
-    finally:
-        os.close(fd)
+    return file_lock(_LOCK_PATH, exclusive=exclusive)
 
 
 def _netns_key() -> str:
