@@ -37,7 +37,12 @@ from jetpack.stage1.seccomp import SeccompFilter, compile_filter, seccomp_filter
 from jetpack.stage2.credentials import Credentials
 from jetpack.stage2.executor import FORWARDED, Child
 from jetpack.stage2.plan import ExecPlan
-from jetpack.stage2.socket_activation import open_listening, spawn_listening
+from jetpack.stage2.socket_activation import (
+    await_exec,
+    open_listening,
+    report_failure,
+    spawn_listening,
+)
 
 
 def plan_to_json(capabilities: frozenset[str], seccomp: SeccompFilter | None,
@@ -234,12 +239,8 @@ class IsolatedLauncher:
             if os.read(release, 1):
                 self.seal()
                 _exec_first(paths, args, environment)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.write(report, (exc.errno or errno.EINVAL).to_bytes(4, "little"))
-        except BaseException:  # noqa: BLE001  # nothing may unwind into the monitor's code
-            with contextlib.suppress(OSError):
-                os.write(report, errno.EINVAL.to_bytes(4, "little"))
+        except BaseException as exc:  # noqa: BLE001  # nothing may unwind into the monitor's code
+            report_failure(report, exc)
         finally:
             os._exit(127)
 
@@ -276,14 +277,7 @@ class PreparedChild:
                 os.write(self.release_fd, b"g")
         finally:
             os.close(self.release_fd)
-        try:
-            data = os.read(self.report_fd, 8)
-        finally:
-            os.close(self.report_fd)
-        if data:
-            os.waitpid(self.pid, 0)
-            code = int.from_bytes(data[:4], "little") or errno.EINVAL
-            raise OSError(code, os.strerror(code))
+        await_exec(self.pid, self.report_fd)
         return self
 
     def cancel(self) -> None:

@@ -64,15 +64,30 @@ def spawn_listening(
         _child(argv, env, cwd, stdio=stdio, sockets=[s.fileno() for s in sockets],
                before_exec=before_exec, report=report_w)
     os.close(report_w)
+    await_exec(pid, report_r)
+    return ListeningChild(pid)
+
+
+def report_failure(report: int, exc: BaseException) -> None:
+    """In a forked child before its exec: tell the parent why it failed, as the errno (EINVAL
+    for what is no OSError) in 4 bytes on ``report``; ``report`` closed unwritten by the exec
+    (close-on-exec) is the sign that the exec happened."""
+    code = (exc.errno if isinstance(exc, OSError) else None) or errno.EINVAL
+    with contextlib.suppress(OSError):
+        os.write(report, code.to_bytes(4, "little"))
+
+
+def await_exec(pid: int, report: int) -> None:
+    """In the parent: return once the child ``pid`` has exec'd; if it reported a failure
+    (``report_failure``) it is gone: reap it and raise that OSError. Closes ``report``."""
     try:
-        data = os.read(report_r, 8)
+        data = os.read(report, 8)
     finally:
-        os.close(report_r)
-    if data:  # the child failed before exec and is gone: reap it, report why
+        os.close(report)
+    if data:
         os.waitpid(pid, 0)
         code = int.from_bytes(data[:4], "little") or errno.EINVAL
         raise OSError(code, os.strerror(code))
-    return ListeningChild(pid)
 
 
 def _child(argv: Sequence[str], env: Mapping[str, str], cwd: str, *, stdio: tuple[int, int, int],
@@ -94,11 +109,7 @@ def _child(argv: Sequence[str], env: Mapping[str, str], cwd: str, *, stdio: tupl
         before_exec()
         environment = {**env, "LISTEN_FDS": str(len(sockets)), "LISTEN_PID": str(os.getpid())}
         os.execvpe(argv[0], list(argv), environment)  # noqa: S606  # the image's argv, no shell
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.write(report, (exc.errno or errno.EINVAL).to_bytes(4, "little"))
-    except BaseException:  # noqa: BLE001  # nothing may unwind into the parent's code
-        with contextlib.suppress(OSError):
-            os.write(report, errno.EINVAL.to_bytes(4, "little"))
+    except BaseException as exc:  # noqa: BLE001  # nothing may unwind into the parent's code
+        report_failure(report, exc)
     finally:
         os._exit(127)
