@@ -19,9 +19,12 @@ Three rules follow from how the library works:
 - The socket's number stays below FD_SETSIZE (1024): the library waits on it with select(2),
   which glibc's fortified FD_SET turns into an abort of the whole process for a larger number,
   and a supervisor holding hundreds of pods holds more descriptors than that. The socket takes
-  the lowest free number, so a low one is kept open on /dev/null (``_reserve``) and closed just
-  before ``nft_ctx_new``; the number is checked afterwards (the socket there, or that number
-  still free: the socket took a lower one) and the call refused rather than run otherwise.
+  the lowest free number. When that is below 1024 the call runs in the caller's thread (the
+  number is checked after ``nft_ctx_new``: the socket there, or the number still free, the
+  socket then took a lower one); otherwise it runs in a short-lived thread of its own with a
+  private copy of the descriptor table (unshare(2) CLONE_FILES; a new thread starts in its
+  creator's network namespace), where closing the copy of a low number frees it for the socket
+  without touching the process's own descriptors.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import stat
 import threading
 
 from jetpack.errors import NetworkError
+from jetpack.stage1.own_thread import in_own_thread
 
 LIBRARY = "libnftables.so.1"  # Debian's libnftables1 (nftables depends on it)
 _NFT_CTX_DEFAULT = 0
@@ -42,10 +46,9 @@ _NFT_CTX_OUTPUT_JSON = 1 << 4
 _FD_SETSIZE = 1024  # <sys/select.h>
 _AF_NETLINK = 16  # <linux/socket.h> (the socket module has no name for it off Linux)
 _NETLINK_NETFILTER = 12  # <linux/netlink.h>
-_PLACING_TRIES = 3
+_CLONE_FILES = 0x400  # <sched.h>
 
 _lock = threading.Lock()
-_reserve: list[int] = []  # at most one: open on /dev/null, below FD_SETSIZE, for the next socket
 
 
 class NftablesError(Exception):
@@ -82,18 +85,25 @@ def run(script: str, *, listing: bool = False) -> str:
     nft's own error message when it refuses the script (then nothing of it applied)."""
     lib = _library()
     with _lock:
-        ctx = _new_context(lib)
-        try:
-            if lib.nft_ctx_buffer_output(ctx) != 0 or lib.nft_ctx_buffer_error(ctx) != 0:
-                raise NftablesError("libnftables could not buffer its output")
-            if listing:
-                lib.nft_ctx_output_set_flags(ctx, _NFT_CTX_OUTPUT_JSON | _NFT_CTX_OUTPUT_HANDLE)
-            failed = lib.nft_run_cmd_from_buffer(ctx, script.encode())
-            out = _text(lib.nft_ctx_get_output_buffer(ctx))
-            err = _text(lib.nft_ctx_get_error_buffer(ctx)).strip()
-        finally:
-            lib.nft_ctx_free(ctx)
-            _refill()
+        ctx = _context_here(lib)
+        if ctx is None:  # no low number free here: a thread with a table of its own
+            return in_own_thread(lambda: _run_apart(lib, script, listing),
+                                 "jetpack libnftables")
+        return _run(lib, ctx, script, listing)
+
+
+def _run(lib: ctypes.CDLL, ctx: int, script: str, listing: bool) -> str:
+    """Run ``script`` with ``ctx`` (freed here) and return its output or raise its error."""
+    try:
+        if lib.nft_ctx_buffer_output(ctx) != 0 or lib.nft_ctx_buffer_error(ctx) != 0:
+            raise NftablesError("libnftables could not buffer its output")
+        if listing:
+            lib.nft_ctx_output_set_flags(ctx, _NFT_CTX_OUTPUT_JSON | _NFT_CTX_OUTPUT_HANDLE)
+        failed = lib.nft_run_cmd_from_buffer(ctx, script.encode())
+        out = _text(lib.nft_ctx_get_output_buffer(ctx))
+        err = _text(lib.nft_ctx_get_error_buffer(ctx)).strip()
+    finally:
+        lib.nft_ctx_free(ctx)
     if failed != 0:
         raise NftablesError(err or f"nft_run_cmd_from_buffer returned {failed}")
     return out
@@ -104,19 +114,43 @@ def _text(buffer: bytes | None) -> str:
 
 
 def _new_context(lib: ctypes.CDLL) -> int:
-    """A fresh context whose socket is known to sit below FD_SETSIZE (the lock is held)."""
-    for _ in range(_PLACING_TRIES):
-        slot = _take_reserve()
-        os.close(slot)
-        ctx: int | None = lib.nft_ctx_new(_NFT_CTX_DEFAULT)
-        if not ctx:
-            _refill()
-            raise NftablesError("nft_ctx_new failed (out of memory or no netlink socket)")
-        if _placed_below(slot):
-            return ctx
-        lib.nft_ctx_free(ctx)  # another thread took the number first; nothing ran yet
-    raise NftablesError(f"its netlink socket could not be placed below FD_SETSIZE "
-                        f"({_FD_SETSIZE}) in {_PLACING_TRIES} tries")
+    ctx: int | None = lib.nft_ctx_new(_NFT_CTX_DEFAULT)
+    if not ctx:
+        raise NftablesError("nft_ctx_new failed (out of memory or no netlink socket)")
+    return ctx
+
+
+def _context_here(lib: ctypes.CDLL) -> int | None:
+    """A context made in this thread whose socket sits below FD_SETSIZE, or None when the
+    lowest free number is not below it (or another thread took it meanwhile)."""
+    slot = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    os.close(slot)
+    if slot >= _FD_SETSIZE:
+        return None
+    ctx = _new_context(lib)
+    if _placed_below(slot):
+        return ctx
+    lib.nft_ctx_free(ctx)  # nothing ran on it yet: no select(2)
+    return None
+
+
+def _run_apart(lib: ctypes.CDLL, script: str, listing: bool) -> str:
+    """``_run`` in this (new, short-lived) thread after giving it a descriptor table of its
+    own with a number below FD_SETSIZE free: its copy of 1023 closed when none is."""
+    if _libc().unshare(_CLONE_FILES) != 0:
+        reason = os.strerror(ctypes.get_errno())
+        raise NftablesError(f"unshare(CLONE_FILES) for a netlink socket below FD_SETSIZE: "
+                            f"{reason}")
+    probe = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    os.close(probe)
+    if probe >= _FD_SETSIZE:
+        os.close(_FD_SETSIZE - 1)  # only this thread's copy: the process keeps its own
+    return _run(lib, _new_context(lib), script, listing)
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def _placed_below(slot: int) -> bool:
@@ -133,23 +167,3 @@ def _placed_below(slot: int) -> bool:
         return probe.family == _AF_NETLINK and probe.proto == _NETLINK_NETFILTER
     finally:
         probe.detach()
-
-
-def _take_reserve() -> int:
-    """The reserved low number (opened now if there is none): raise when none is free."""
-    _refill()
-    if not _reserve:
-        raise NftablesError(f"no file descriptor below FD_SETSIZE ({_FD_SETSIZE}) is free for "
-                            f"its netlink socket (libnftables waits on it with select(2))")
-    return _reserve.pop()
-
-
-def _refill() -> None:
-    """Hold the lowest free number again (kept only below FD_SETSIZE); the lock is held."""
-    if _reserve:
-        return
-    fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-    if fd < _FD_SETSIZE:
-        _reserve.append(fd)
-    else:
-        os.close(fd)
