@@ -20,11 +20,12 @@ Three rules follow from how the library works:
   which glibc's fortified FD_SET turns into an abort of the whole process for a larger number,
   and a supervisor holding hundreds of pods holds more descriptors than that. The socket takes
   the lowest free number. When that is below 1024 the call runs in the caller's thread (the
-  number is checked after ``nft_ctx_new``: the socket there, or the number still free, the
-  socket then took a lower one); otherwise it runs in a short-lived thread of its own with a
+  number is checked after ``nft_ctx_new``: the socket must be there); otherwise, or when
+  another thread took the number first, it runs in a short-lived thread of its own with a
   private copy of the descriptor table (unshare(2) CLONE_FILES; a new thread starts in its
   creator's network namespace), where closing the copy of a low number frees it for the socket
-  without touching the process's own descriptors.
+  without touching the process's own descriptors (the copies hold their files open until the
+  thread ends with the call: a pipe closed meanwhile sees its end of file that much later).
 """
 
 from __future__ import annotations
@@ -85,10 +86,13 @@ def run(script: str, *, listing: bool = False) -> str:
     nft's own error message when it refuses the script (then nothing of it applied)."""
     lib = _library()
     with _lock:
-        ctx = _context_here(lib)
-        if ctx is None:  # no low number free here: a thread with a table of its own
-            return in_own_thread(lambda: _run_apart(lib, script, listing),
-                                 "jetpack libnftables")
+        try:
+            ctx = _context_here(lib)
+            if ctx is None:  # no low number free here: a thread with a table of its own
+                return in_own_thread(lambda: _run_apart(lib, script, listing),
+                                     "jetpack libnftables")
+        except OSError as exc:  # EMFILE and the like, around the library's socket
+            raise NftablesError(f"libnftables: {exc.strerror or exc}") from None
         return _run(lib, ctx, script, listing)
 
 
@@ -122,7 +126,7 @@ def _new_context(lib: ctypes.CDLL) -> int:
 
 def _context_here(lib: ctypes.CDLL) -> int | None:
     """A context made in this thread whose socket sits below FD_SETSIZE, or None when the
-    lowest free number is not below it (or another thread took it meanwhile)."""
+    lowest free number is not below 1024 or the socket did not land on it."""
     slot = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     os.close(slot)
     if slot >= _FD_SETSIZE:
@@ -154,15 +158,19 @@ def _libc() -> ctypes.CDLL:
 
 
 def _placed_below(slot: int) -> bool:
-    """Whether the socket just made took ``slot`` or a lower number: ``slot`` holds a
-    NETLINK_NETFILTER socket (only this module makes those, one at a time) or is still free."""
+    """Whether the socket just made took ``slot``: it holds a NETLINK_NETFILTER socket (only
+    this module makes those, one at a time). Anything else, even ``slot`` free (another thread
+    may have held it for a moment), leaves the socket's number unknown."""
     try:
         mode = os.fstat(slot).st_mode
     except OSError:
-        return True  # still free: the lowest free number, the socket's, was lower
+        return False
     if not stat.S_ISSOCK(mode):
         return False
-    probe = socket.socket(fileno=slot)
+    try:
+        probe = socket.socket(fileno=slot)
+    except OSError:  # closed again meanwhile: someone else's, so the socket may be anywhere
+        return False
     try:
         return probe.family == _AF_NETLINK and probe.proto == _NETLINK_NETFILTER
     finally:
