@@ -12,7 +12,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 packages=(zfs-fuse busybox-static gnupg nftables iproute2 runc util-linux file procps
-          python3-venv python3-dev kmod libseccomp2 curl xz-utils bzip2 gzip tar make
+          libnftables1 python3-venv python3-dev kmod libseccomp2 curl xz-utils bzip2 gzip tar make
           dash systemd ruby vagrant bmake gcc libc6-dev mandoc zsh
           chromium chromium-driver)
 missing=()

@@ -1,7 +1,7 @@
 """Linux pod networking: the bridge, one veth per pod, and jetpack's own nftables table.
 
 No tool per step: links, addresses and routes through netlink in-process (pyroute2), a pod's
-nftables rules as one ``nft -f -`` transaction (see ``_nft`` for why not libnftables in-process),
+nftables rules as one transaction through libnftables in-process (``nftables``, see ``_nft``),
 sysctls as writes under /proc/sys; never touches another table. Every function is synchronous
 (call it through ``trio.to_thread``) and idempotent where the name says so. ``host_netns`` names
 a network namespace under /run/netns (or any nsfs path) that plays the host (the tests use one so
@@ -60,7 +60,6 @@ import ipaddress
 import json
 import os
 import socket
-import subprocess
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, TypeVar
@@ -70,9 +69,9 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from jetpack.errors import ConflictError, NetworkError
 from jetpack.locks import file_lock
+from jetpack.stage1.network import nftables
 from jetpack.stage1.network.ports import PortForward, as_forwards
 from jetpack.stage1.own_thread import Beside, in_own_thread
-from jetpack.tools import missing_tool
 
 T = TypeVar("T")
 
@@ -418,26 +417,13 @@ def _detach_pod(veth: str, pod_uuid: str | None) -> bool:
 
 
 def _nft(script: str, what: str, *, listing: bool = False) -> str:
-    """Run an nft script with one ``nft -f -`` in the calling thread's network namespace (the
-    child inherits it): one script is one kernel transaction, all of it applies or none.
-    Returns what it prints (JSON with rule handles when ``listing``).
-
-    Not libnftables in-process: it waits on its netlink socket with select(2), which glibc
-    aborts the whole process for once that socket's number passes FD_SETSIZE (1024), as it does
-    in a supervisor holding a few hundred pods."""
-    # nft prints JSON only for a command on its command line, not for one read with -f.
-    argv = ["nft", "-j", "-a", *script.split()] if listing else ["nft", "-f", "-"]
+    """Run an nft script in-process through libnftables (``nftables.run``), in the calling
+    thread's network namespace: one script is one kernel transaction, all of it applies or
+    none. Returns what nft prints (JSON with rule handles when ``listing``)."""
     try:
-        done = subprocess.run(argv, input=None if listing else script, capture_output=True,
-                              text=True, check=False, timeout=60)
-    except FileNotFoundError:
-        raise missing_tool("nft", NetworkError, "for pod networking") from None
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise NetworkError(f"nftables ({what}): {exc}") from None
-    if done.returncode != 0:
-        detail = done.stderr.strip() or f"exit status {done.returncode}"
-        raise NetworkError(f"nftables ({what}) failed: {detail}")
-    return done.stdout
+        return nftables.run(script, listing=listing)
+    except nftables.NftablesError as exc:
+        raise NetworkError(f"nftables ({what}) failed: {exc}") from None
 
 
 def _chain_rules(family: str, chain: str) -> list[dict[str, Any]]:
