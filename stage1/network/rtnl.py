@@ -52,15 +52,18 @@ _RTN_UNICAST = 1
 _HEADER = struct.Struct("=IHHII")  # struct nlmsghdr: length, type, flags, seq, port
 _ERROR = struct.Struct("=i")  # struct nlmsgerr's error, right after its header
 _RECV_SIZE = 65536
+_ACK_TIMEOUT = 10.0  # seconds
 
 
 class RouteSocket:
-    """A NETLINK_ROUTE socket (made in the calling thread's network namespace, or given as
-    ``fd``: it stays in the namespace it was made in) that sends requests and checks acks."""
+    """A NETLINK_ROUTE socket, made in the calling thread's network namespace (it stays in the
+    namespace it was made in), that sends requests and checks their acks."""
 
-    def __init__(self, fd: int | None = None) -> None:
-        self._sock = (socket.socket(_AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_ROUTE)
-                      if fd is None else socket.socket(fileno=fd))
+    def __init__(self) -> None:
+        self._sock = socket.socket(_AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_ROUTE)
+        # The acks are queued before send() returns; a missing one is an error, not a hang
+        # (a timeout waits with poll(2), fine past FD_SETSIZE).
+        self._sock.settimeout(_ACK_TIMEOUT)
         self._seq = 0
         self._pending: list[int] = []
 
@@ -82,7 +85,8 @@ class RouteSocket:
             msg["header"]["flags"] |= NLM_F_REQUEST | NLM_F_ACK
             msg["header"]["sequence_number"] = self._seq
             msg.encode()
-            data += msg.data
+            data += msg.data[:msg["header"]["length"]]
+            data += bytes(-len(data) % 4)  # NLMSG_ALIGN: where the kernel reads the next one
             self._pending.append(self._seq)
         self._sock.send(data)
 
