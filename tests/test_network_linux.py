@@ -437,6 +437,37 @@ def test_a_failed_attach_leaves_no_veth(host: str, make_netns: Callable[..., str
     assert "eth0" not in links(pod)
 
 
+def test_a_request_refused_amid_the_pods_batch_is_named_and_nothing_stays(
+        host: str, make_netns: Callable[..., str]) -> None:
+    """The pod side's requests go out together and their acks are read after: the default
+    route, refused after the address and both links went up, still fails the attach by name."""
+    linux.ensure_bridge("jetpack0", HOST_CIDR, host_netns=host)
+    linux.ensure_firewall(HOST_CIDR, host_netns=host)
+    pod = make_netns("p")
+    sh("ip", "-n", pod, "link", "set", "lo", "down")  # the attach brings it up
+    with pytest.raises(NetworkError) as failed:
+        linux.attach_pod(f"/run/netns/{pod}", "172.23.0.2", 16, "10.99.0.1",
+                         bridge="jetpack0", veth_name="jprefused", host_netns=host)
+    assert str(failed.value) == (f"pod network namespace /run/netns/{pod}: eth0 172.23.0.2/16 "
+                                 "via 10.99.0.1: Network is unreachable")
+    assert "jprefused" not in links(host)
+    assert links(pod) == ["lo"]
+    assert linux.bridge_ports("jetpack0", host_netns=host) == []
+
+    # the same namespace then attaches: lo up, the address, the default route out of eth0
+    linux.attach_pod(f"/run/netns/{pod}", "172.23.0.2", 16, "172.23.0.1",
+                     bridge="jetpack0", veth_name="jprefused", host_netns=host)
+    shown = json.loads(sh("ip", "-n", pod, "-j", "link", "show", "lo").stdout)
+    assert "UP" in shown[0]["flags"]
+    assert ipv4_of(pod) == ["127.0.0.1", "172.23.0.2"]
+    route = json.loads(sh("ip", "-n", pod, "-j", "route", "show", "default").stdout)
+    assert [(r["gateway"], r["dev"]) for r in route] == [("172.23.0.1", "eth0")]
+    assert linux.bridge_ports("jetpack0", host_netns=host) == ["jprefused"]
+    assert linux.detach_pod("jprefused", host_netns=host) is True
+    linux.remove_pod_rules("jprefused", "172.23.0.2", host_netns=host)
+    assert links(pod) == ["lo"]
+
+
 def test_attach_to_a_missing_namespace_names_it(host: str) -> None:
     with pytest.raises(NetworkError, match="/run/netns/jp-missing"):
         linux.attach_pod("/run/netns/jp-missing", "172.23.0.2", 16, "172.23.0.1",

@@ -69,7 +69,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from jetpack.errors import ConflictError, NetworkError
 from jetpack.locks import file_lock
-from jetpack.stage1.network import nftables
+from jetpack.stage1.network import nftables, rtnl
 from jetpack.stage1.network.ports import PortForward, as_forwards
 from jetpack.stage1.own_thread import Beside, in_own_thread
 
@@ -155,7 +155,8 @@ def _failing(what: str) -> Iterator[None]:
 @contextmanager
 def _rtnl(netns: str | None = None) -> Iterator[Any]:
     """pyroute2's IPRoute on a netlink socket made in the calling thread's network namespace,
-    or in the one at ``netns`` (a socket stays in the namespace it was made in)."""
+    or in the one at ``netns`` (a socket stays in the namespace it was made in). For the cold
+    paths only: each IPRoute call runs an asyncio loop (see rtnl.py, ``_host_socket``)."""
     def make() -> int:
         return socket.socket(_AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_ROUTE).detach()
 
@@ -345,45 +346,73 @@ def _attach_pod(netns: str, address: ipaddress.IPv4Interface, gateway: str, *, b
     # joins the bridge only once they are in place.
     rules = Beside(lambda: _ensure_antispoof(veth, pod_ip), f"jetpack rules {veth}")
     try:
-        with _rtnl() as host:
+        with _host_socket() as host:
             with _failing(f"creating veth {veth} into pod network namespace {netns}"):
                 fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
                 try:
-                    host.link("add", ifname=veth, kind="veth",
-                              peer={"ifname": "eth0", "net_ns_fd": fd,
-                                    "address": pod_mac(pod_ip)})
+                    host.request(rtnl.new_veth(veth, "eth0", peer_netns_fd=fd,
+                                               peer_mac=pod_mac(pod_ip)))
                 finally:
                     os.close(fd)
             try:
-                with _rtnl(netns) as pod:
-                    with _failing(f"pod network namespace {netns}: eth0"):
-                        eth0 = pod.link("get", ifname="eth0")[0]
+                pod, eth0 = _pod_socket(netns)
+                with pod:
                     # before the veth joins the bridge: the pod never sends a frame unchecked
                     rules.result()
                     if forward_script:
                         _sysctl("net", "ipv4", "ip_forward")  # see add_port_forwards
                         _nft(forward_script, f"the port forwards of pod {pod_uuid}")
-                    master = _link(host, bridge)
+                    joined = f"attaching veth {veth} to bridge {bridge}"
+                    with _failing(joined):
+                        master = rtnl.index_of(bridge)
                     if master is None:
                         raise NetworkError(f"attaching veth {veth}: bridge {bridge} does not "
                                            "exist")
-                    with _failing(f"attaching veth {veth} to bridge {bridge}"):
-                        host.link("set", index=host.link_lookup(ifname=veth)[0],
-                                  master=master["index"], state="up")
-                    with _failing(f"pod network namespace {netns}: eth0 {address} via "
-                                  f"{gateway}"):
-                        pod.addr("add", index=eth0["index"], address=pod_ip,
-                                 prefixlen=address.network.prefixlen)
-                        pod.link("set", index=pod.link_lookup(ifname="lo")[0], state="up")
-                        pod.link("set", index=eth0["index"], state="up")
-                        pod.route("replace", dst="0.0.0.0/0", gateway=gateway,
-                                  oif=eth0["index"])
+                    # Both sides' requests go out before either's acks are read: the kernel
+                    # has done all of them when the sends return.
+                    configured = f"pod network namespace {netns}: eth0 {address} via {gateway}"
+                    with _failing(joined):
+                        host.submit([rtnl.link_up(name=veth, master=master)])
+                    with _failing(configured):
+                        pod.submit([rtnl.add_address(eth0, address),
+                                    rtnl.link_up(index=rtnl.LOOPBACK_INDEX),
+                                    rtnl.link_up(index=eth0),
+                                    rtnl.replace_default_route(gateway, eth0)])
+                    with _failing(joined):
+                        host.collect()
+                    with _failing(configured):
+                        pod.collect()
             except BaseException:
                 rules.join()
                 _detach_pod(veth, pod_uuid or None)
                 raise
     finally:
         rules.join()
+
+
+def _host_socket() -> rtnl.RouteSocket:
+    """A plain route socket (see rtnl.py) in the calling thread's network namespace."""
+    with _failing("netlink socket in the host network namespace"):
+        return rtnl.RouteSocket()
+
+
+def _pod_socket(netns: str) -> tuple[rtnl.RouteSocket, int]:
+    """A plain route socket made in the network namespace at ``netns`` by a thread of its own,
+    and the ifindex of the pod's ``eth0`` there (an ioctl in that thread: no netlink dump)."""
+    def make() -> tuple[rtnl.RouteSocket, int | None]:
+        sock = rtnl.RouteSocket()
+        try:
+            return sock, rtnl.index_of("eth0")
+        except BaseException:
+            sock.close()
+            raise
+
+    with _failing(f"netlink socket in {netns}"):
+        sock, eth0 = _in_netns(netns, make)
+    if eth0 is None:
+        sock.close()
+        raise NetworkError(f"pod network namespace {netns}: eth0: {os.strerror(errno.ENODEV)}")
+    return sock, eth0
 
 
 def detach_pod(veth_name: str, *, pod_uuid: str | None = None,
@@ -400,16 +429,14 @@ def _detach_pod(veth: str, pod_uuid: str | None) -> bool:
         script = _portmap_deletes(pod_uuid)
         if script:
             _nft(script, f"removing the port forwards of pod {pod_uuid}")
-    with _rtnl() as ipr:
-        link = _link(ipr, veth)
-        if link is None:
-            return False
+    with _host_socket() as host, _failing(f"deleting veth {veth}"):
         try:
-            ipr.link("del", index=link["index"])
-        except NetlinkError as exc:  # gone meanwhile (its namespace died): that is the goal
-            if _link(ipr, veth) is not None:
-                raise NetworkError(f"deleting veth {veth}: {_reason(exc)}") from None
-            return False
+            host.request(rtnl.del_link(veth))
+        except NetlinkError as exc:
+            # none, or gone meanwhile (its namespace died): that is the goal
+            if exc.code == errno.ENODEV or rtnl.index_of(veth) is None:
+                return False
+            raise
     return True
 
 
