@@ -53,7 +53,7 @@ def test_linux_host_has_everything(root: None, jetpack_dir: Jetpack) -> None:
     assert missing(found) == []
     assert code == 0
     whats = " ".join(str(c["what"]) for c in found)
-    for needed in ("ip (", "nft (", "gpg (", "nftables answers", "cgroups (",
+    for needed in ("ip (", "gpg (", "nftables answers (libnftables", "cgroups (",
                    "bridges", "overlayfs", f"state root {jetpack_dir.root}"):
         assert needed in whats, needed
     assert jetpack_dir("doctor", "-q").stdout == ""
@@ -78,17 +78,39 @@ def test_linux_missing_tool_is_reported_with_its_package(
     root: None, jetpack_dir: Jetpack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     jetpack_dir("init")
-    monkeypatch.setenv("PATH", path_without(tmp_path, "nft"))
+    monkeypatch.setenv("PATH", path_without(tmp_path, "gpg"))
     out = jetpack_dir("doctor", check=False)
     assert out.returncode == 1
-    assert "missing  nft: command not found (needed for NAT and port forwards)" in out.stdout
-    assert "fix: apt install nftables" in out.stdout
+    assert ("missing  gpg: command not found (needed to check signatures and manage trusted "
+            "keys)") in out.stdout
+    assert "fix: apt install gnupg" in out.stdout
     assert "ok       ip (" in out.stdout  # everything else still checked
     quiet = jetpack_dir("doctor", "-q", check=False)
     assert quiet.returncode == 1
     assert quiet.stdout.splitlines() == [
-        "missing  nft: command not found (needed for NAT and port forwards)",
-        "           fix: apt install nftables"]
+        "missing  gpg: command not found (needed to check signatures and manage trusted keys)",
+        "           fix: apt install gnupg"]
+
+
+def test_linux_missing_libnftables_is_reported_with_its_package(
+    root: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pod network's rules go through libnftables in-process: without it the doctor says
+    which library and how to get it (the nft command is not needed)."""
+    from jetpack.doctor.linux import linux_checks
+    from jetpack.stage1.network import nftables
+
+    assert [c.what for c in linux_checks() if c.what.startswith("nftables answers")]
+    monkeypatch.setattr(nftables, "LIBRARY", "libnftables-jp-missing.so.1")
+    nftables._library.cache_clear()
+    try:
+        found = [c for c in linux_checks() if "nftables" in c.what]
+    finally:
+        nftables._library.cache_clear()
+    assert len(found) == 1
+    assert found[0].status == "missing"
+    assert "libnftables-jp-missing.so.1: cannot load it" in found[0].what
+    assert found[0].fix == ("apt install libnftables1",)
 
 
 def test_state_root_readable_by_others_is_missing(root: None, jetpack_dir: Jetpack) -> None:

@@ -1,6 +1,7 @@
-"""What the Linux driver and its pod network need from the host: ip and nft (a pod's rules go
-through one ``nft -f -``; links and addresses through netlink in-process, no nsenter), an
-nftables-capable kernel, the cgroup controllers limits are enforced with, and bridges."""
+"""What the Linux driver and its pod network need from the host: ip, libnftables (a pod's rules
+go through it in-process, as do links and addresses through netlink: no nft process, no
+nsenter), an nftables-capable kernel, the cgroup controllers limits are enforced with, and
+bridges."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from jetpack.doctor.check import Check, probe, tool_checks
 
 TOOLS = (
     ("ip", "for the bridge and the pods' veths"),
-    ("nft", "for NAT and port forwards"),
     ("gpg", "to check signatures and manage trusted keys"),
 )
 # The controllers the driver puts every pod under (stage1/cgroups.py): memory and pids limits,
@@ -21,19 +21,25 @@ PROBE_BRIDGE = "jpdoctor0"
 
 def linux_checks() -> list[Check]:
     checks = tool_checks(TOOLS, "linux")
-    if shutil.which("nft") is not None:
-        checks += nftables_checks()
+    checks += nftables_checks()
     checks += cgroup_checks()
     checks += bridge_checks()
     return checks
 
 
 def nftables_checks() -> list[Check]:
-    listed = probe(["nft", "list", "tables"])
-    if listed.ok:
-        return [Check("ok", "nftables answers (nft list tables)")]
-    return [Check("missing", f"nftables: {listed.error}",
-                  ("modprobe nf_tables", "echo nf_tables > /etc/modules-load.d/jetpack.conf"))]
+    """libnftables loads and the kernel answers it (the library jetpack's rules go through)."""
+    from jetpack.errors import JetpackError
+    from jetpack.stage1.network import nftables
+
+    try:
+        nftables.run("list tables")
+    except JetpackError as exc:  # the library is missing
+        return [Check("missing", f"nftables: {exc}", ("apt install libnftables1",))]
+    except nftables.NftablesError as exc:
+        return [Check("missing", f"nftables: {exc}",
+                      ("modprobe nf_tables", "echo nf_tables > /etc/modules-load.d/jetpack.conf"))]
+    return [Check("ok", f"nftables answers ({nftables.LIBRARY}: list tables)")]
 
 
 def cgroup_checks() -> list[Check]:

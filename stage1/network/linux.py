@@ -342,7 +342,7 @@ def _attach_pod(netns: str, address: ipaddress.IPv4Interface, gateway: str, *, b
     # Listed (and a conflict refused) before anything of the pod goes into nftables.
     forward_script = _skeleton() + _forward_rules(pod_uuid, pod_ip, forwards) if forwards else ""
     # The anti-spoofing rules need only the veth's name and the address (the MAC follows from
-    # it): their nft process runs beside the netlink work that makes the veth, and the veth
+    # it): their nftables transaction runs beside the netlink work that makes the veth, and the veth
     # joins the bridge only once they are in place.
     rules = Beside(lambda: _ensure_antispoof(veth, pod_ip), f"jetpack rules {veth}")
     try:
