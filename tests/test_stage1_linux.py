@@ -27,9 +27,12 @@ from jetpack.stage1.base import (
     SandboxSpec,
     Stdio,
 )
+from jetpack.stage1.cgroups import host_layout
 from jetpack.stage1.identity import process_start_time
 from jetpack.stage1.linux import LinuxDriver, processes_in_netns
 from jetpack.stage2.plan import DEFAULT_PATH
+
+from conftest import require
 
 pytestmark = [pytest.mark.root, pytest.mark.busybox]
 
@@ -689,3 +692,41 @@ async def test_an_app_prepared_before_go_runs_only_on_go(
             code=127, failed="start cancelled")
     assert not (busybox_rootfs / "tmp/ran").exists()
     assert processes_in_netns(net_inode) == []
+
+
+_JOIN = """
+import sys
+from jetpack.errors import IsolationError
+from jetpack.stage1.apply import CgroupJoin
+CgroupJoin([sys.argv[1]]).wait()
+print(sum(line.rstrip().endswith("/" + sys.argv[2]) for line in open("/proc/self/cgroup")))
+try:
+    CgroupJoin([sys.argv[3]]).wait()
+except IsolationError as exc:
+    print(exc)
+"""
+
+
+def test_a_cgroup_join_is_done_when_wait_returns_and_a_failed_move_is_raised(
+    tmp_path: Path
+) -> None:
+    """The monitor's move into the pod's cgroups, made by a thread while the rootfs is built:
+    ``wait`` returns once the process is in (it then forks the app), and raises a move that
+    failed (here a write that fails: ENOSPC)."""
+    found = host_layout().controller_dir("pids")
+    require(found is not None, "a pids cgroup controller")
+    assert found is not None
+    group = found[0] / f"jetpack-test-join-{os.getpid()}"
+    failing = tmp_path / "failing"
+    failing.mkdir()
+    (failing / "cgroup.procs").symlink_to("/dev/full")
+    group.mkdir()
+    try:
+        env = {**os.environ, "PYTHONPATH": _TREE}
+        result = subprocess.run([sys.executable, "-c", _JOIN, str(group), group.name,
+                                 str(failing)], env=env, capture_output=True, text=True,
+                                timeout=60, check=True)
+        assert result.stdout.splitlines() == [
+            "1", f"cannot join cgroup {failing}: No space left on device"]
+    finally:
+        group.rmdir()  # its one member has exited (and been reaped by run)
