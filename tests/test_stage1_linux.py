@@ -552,9 +552,15 @@ async def test_a_killed_fork_server_is_restarted_on_next_use(
     killed = driver.forks.pid
     assert killed is not None
     start_time = process_start_time(killed)
+    with trio.fail_after(10):
+        while len(monitors := monitors_in_advance(killed)) != 1:  # noqa: ASYNC110 - /proc has no event to wait on
+            await trio.sleep(0.01)
+    [monitor] = monitors
+    monitor_start = process_start_time(monitor)
     os.kill(killed, signal.SIGKILL)
     with trio.fail_after(10):
-        while not has_exited(killed, start_time):  # noqa: ASYNC110 - a process of no one's to wait on
+        # the monitor it made in advance ends with it (EOF on its socket): nothing left behind
+        while not (has_exited(killed, start_time) and has_exited(monitor, monitor_start)):  # noqa: ASYNC110 - a process of no one's to wait on
             await trio.sleep(0.01)
         process = await driver.start_app(sandbox, app)
         assert await driver.wait(sandbox, process) == ExitStatus(code=0)
