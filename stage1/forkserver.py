@@ -20,6 +20,11 @@ undone, its own session, holding only the socket it waits on) and hands a reques
 forks the next spare once it has been idle for ``SPARE_DELAY`` (not while the helper it just
 started competes for the CPU). A request finding no spare (a burst, the spare died) is forked
 for as before. The spare ends when the server does (EOF on its socket).
+
+An app's request goes to an app's monitor made in advance instead (``_MonitorInAdvance``: pid 1
+of a new pid namespace, waiting as a spare does, made at the same time): the server answers
+``pid N`` (the monitor's) and ``exit 0`` at once, as for a helper that forked its monitor and
+ended; the monitor then reports on the EXTRA pipes, as the helper and its monitor did.
 """
 
 from __future__ import annotations
@@ -38,11 +43,13 @@ import traceback
 
 from jetpack.errors import IsolationError
 from jetpack.stage1 import capabilities, linux_init
+from jetpack.stage1 import linux_sys as sysc
 from jetpack.stage1.seccomp import compile_filter, seccomp_filter
 
 MAX_FDS = 16
 MAX_REQUEST = 64 * 1024
 SPARE_DELAY = 0.1  # seconds of quiet before the next spare is forked
+_MONITOR_PID_TIMEOUT = 2.0  # seconds; the process in between sends it right after its fork
 _STDIO = 3  # stdin, stdout, stderr after the reply socket
 _SPARE_SOCKET = 3  # where a spare keeps its socket while it waits
 
@@ -67,26 +74,30 @@ def serve(control_fd: int) -> int:
     signal.signal(signal.SIGCHLD, _on_child)
     replies: dict[int, socket.socket] = {}
     spares: list[_Spare] = []  # at most one
-    spare_due: float | None = time.monotonic()  # when to fork the next spare
+    monitors: list[_MonitorInAdvance] = []  # at most one
+    spare_due: float | None = time.monotonic()  # when to fork the next spare and monitor
     poller = select.poll()
     poller.register(control, select.POLLIN)
     poller.register(wake_r, select.POLLIN)
     while True:
         timeout = None if spare_due is None else max(0, spare_due - time.monotonic()) * 1000
         events = poller.poll(timeout)
-        if not events and spare_due is not None and not spares:
+        if not events and spare_due is not None:
             spare_due = None
-            spares.extend(_fork_spare())
+            if not spares:
+                spares.extend(_fork_spare())
+            if not monitors:
+                monitors.extend(_MonitorInAdvance.fork())
         for fd, _ in events:
             if fd == wake_r:
                 with contextlib.suppress(BlockingIOError):
                     while os.read(wake_r, 512):
                         pass
                 _reap(replies, spares)
-            elif not _serve_one(control, replies, spares):
+            elif not _serve_one(control, replies, spares, monitors):
                 return 0
             else:
-                spare_due = None if spares else time.monotonic() + SPARE_DELAY
+                spare_due = None if spares and monitors else time.monotonic() + SPARE_DELAY
 
 
 def _preload() -> None:
@@ -107,7 +118,7 @@ def _on_child(signum: int, frame: object) -> None:
 
 
 def _serve_one(control: socket.socket, replies: dict[int, socket.socket],
-               spares: list[_Spare]) -> bool:
+               spares: list[_Spare], monitors: list[_MonitorInAdvance]) -> bool:
     """Start the helper one request asks for; False at the end of the control socket."""
     message, fds, flags, _ = socket.recv_fds(control, MAX_REQUEST, MAX_FDS)
     if not message and not fds:
@@ -125,6 +136,12 @@ def _serve_one(control: socket.socket, replies: dict[int, socket.socket],
             argv = [str(arg) for arg in json.loads(message)["argv"]]
         except (ValueError, KeyError, TypeError):
             _send(reply, "error malformed request")
+            reply.close()
+            return True
+        if argv[:1] == ["app"] and monitors and (pid := monitors.pop().take(argv, given)):
+            # The helper's part is the monitor's own: done as far as the owner waits for it.
+            _send(reply, f"pid {pid}")
+            _send(reply, "exit 0")
             reply.close()
             return True
         pid = _hand_to_spare(spares, argv, given)
@@ -198,6 +215,100 @@ def _wait_as_spare(sock: socket.socket) -> None:
         os._exit(code)
 
 
+class _MonitorInAdvance:
+    """An app's monitor made in advance: pid 1 of a new pid namespace, waiting on ``sock`` for
+    the app's request.
+
+    A helper forked the monitor into a new pid namespace once it had joined the pod's
+    namespaces: 1-3 ms of fork on the path of every start, and the wake-up of one more
+    process. A pid namespace depends on nothing of the pod's, so the server makes it, and the
+    process that will be its pid 1, while it is idle; the monitor joins the pod's namespaces
+    and makes its mount namespace (a copy of the host's mounts as they are then) once it has
+    the request, as the helper did. A process in between unshares the pid namespace (the
+    server's own stays as it is), forks the monitor, sends its pid here and ends: the monitor
+    is nobody's child, as one forked by a helper was (its adoption after a supervisor's
+    restart does not depend on the server).
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    @classmethod
+    def fork(cls) -> list[_MonitorInAdvance]:
+        """The new monitor (none if the fork fails: apps' requests are then served by a
+        helper, as any other)."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            middle = os.fork()
+        except OSError:
+            ours.close()
+            theirs.close()
+            return []
+        if middle == 0:
+            _make_monitor(theirs)  # never returns
+        theirs.close()
+        return [cls(ours)]
+
+    def take(self, argv: list[str], fds: list[int]) -> int | None:
+        """Hand an app's request to the monitor: its pid (as the host sees it), or None if it
+        could not be made or died meanwhile."""
+        try:
+            # Sent by the process in between as soon as it forked the monitor (so long ago,
+            # unless requests come in a burst); none if it failed.
+            self.sock.settimeout(_MONITOR_PID_TIMEOUT)
+            pid = int(self.sock.recv(64))
+            socket.send_fds(self.sock, [json.dumps({"argv": argv, "pid": pid}).encode()], fds)
+        except (OSError, ValueError):
+            return None
+        finally:
+            self.sock.close()
+        return pid
+
+
+def _make_monitor(sock: socket.socket) -> None:
+    """In the process in between: a new pid namespace, its pid 1 forked to wait on ``sock``,
+    the pid 1's host pid sent over ``sock`` to the server, then exit."""
+    code = 1
+    try:
+        _undo_server_state()
+        sysc.unshare(sysc.CLONE_NEWPID)
+        pid = os.fork()
+        if pid == 0:
+            _wait_as_monitor(sock)  # never returns
+        sock.send(str(pid).encode())
+        code = 0
+    except BaseException:  # noqa: BLE001 - a forked child reports and exits, never returns
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        os._exit(code)
+
+
+def _wait_as_monitor(sock: socket.socket) -> None:
+    """In the monitor made in advance: wait for the app's request, then run it as the helper
+    would (``linux_init.run_app`` knows it is pid 1 already)."""
+    code = 1
+    try:
+        os.dup2(sock.fileno(), _SPARE_SOCKET)
+        # The control socket, the running helpers' reply sockets, the wakeup pipe: gone.
+        os.closerange(_SPARE_SOCKET + 1, _max_fd())
+        waiting = socket.socket(fileno=_SPARE_SOCKET)
+        message, fds, flags, _ = socket.recv_fds(waiting, MAX_REQUEST, MAX_FDS)
+        if not message or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+            code = 0  # the server ended
+            return
+        request = json.loads(message)
+        argv = [str(arg) for arg in request["argv"]]
+        _run_helper(argv, fds, undone=True, pid_one=int(request["pid"]))  # never returns
+    except BaseException:  # noqa: BLE001 - a forked child reports and exits, never returns
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        os._exit(code)
+
+
 def _reap(replies: dict[int, socket.socket], spares: list[_Spare]) -> None:
     while True:
         try:
@@ -229,8 +340,10 @@ def _undo_server_state() -> None:
     os.setsid()  # never the owner's session or process group, nor the server's
 
 
-def _run_helper(argv: list[str], fds: list[int], *, undone: bool = False) -> None:
-    """In the forked child: become what ``python -I -S linux_init.py ARGV`` was, then exit."""
+def _run_helper(argv: list[str], fds: list[int], *, undone: bool = False,
+                pid_one: int | None = None) -> None:
+    """In the forked child: become what ``python -I -S linux_init.py ARGV`` was, then exit
+    (an app's monitor made in advance: with ``pid_one``, its pid on the host)."""
     code = 1
     try:
         if not undone:
@@ -242,7 +355,7 @@ def _run_helper(argv: list[str], fds: list[int], *, undone: bool = False) -> Non
         # The control socket, the other helpers' reply sockets, the wakeup pipe (a spare's
         # socket): gone.
         os.closerange(len(moved), _max_fd())
-        code = linux_init.main(argv)
+        code = linux_init.main(argv, pid_one=pid_one)
     except BaseException:  # noqa: BLE001 - a forked child reports and exits, never returns
         traceback.print_exc()
     finally:

@@ -336,7 +336,12 @@ def _report(fd: int, line: str) -> None:
         os.write(fd, (line.replace("\n", " ") + "\n").encode())
 
 
-def run_app(launch_path: str, report_fd: int, go_fd: int) -> int:
+def run_app(launch_path: str, report_fd: int, go_fd: int, *, pid_one: int | None = None
+            ) -> int:
+    """The helper of one app: joins the pod's namespaces, makes the app's mount and pid
+    namespaces and forks the monitor, pid 1 of the latter. With ``pid_one`` this process is
+    that monitor already (forkserver.py made it in advance, pid 1 of a new pid namespace, and
+    ``pid_one`` its pid on the host): it joins and makes the rest, and runs the app itself."""
     launch = json.loads(Path(launch_path).read_text())
     plan = ExecPlan.from_json(launch["plan"])
     status_fd = os.open(launch["status_path"], os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
@@ -348,14 +353,17 @@ def run_app(launch_path: str, report_fd: int, go_fd: int) -> int:
         log = RotatingLog(log_dir, launch["log_name"], launch["app"]["log_max_bytes"])
     try:
         join_pod_namespaces(launch["namespaces"])
-        sysc.unshare(sysc.CLONE_NEWNS | sysc.CLONE_NEWPID)
+        sysc.unshare(sysc.CLONE_NEWNS | (sysc.CLONE_NEWPID if pid_one is None else 0))
     except (OSError, IsolationError) as exc:
         _report(report_fd, f"error joining the pod's namespaces: {exc}")
         return 1
-    pid = os.fork()
-    if pid:
-        _report(report_fd, f"pid {pid}")
-        return 0
+    if pid_one is None:
+        pid = os.fork()
+        if pid:
+            _report(report_fd, f"pid {pid}")
+            return 0
+    else:
+        _report(report_fd, f"pid {pid_one}")
     # The child: pid 1 of the app's pid namespace, its monitor until the end. Its signal
     # handlers go in first: a SIGTERM that arrives while it builds the rootfs is remembered
     # (the app is then never started) instead of being dropped, as pid 1 drops unhandled ones.
@@ -460,14 +468,14 @@ def enter_app(enter_path: str, terminal_socket: int | None = None) -> int:
     return status.code if status.code is not None else 1
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], *, pid_one: int | None = None) -> int:
     command, *args = argv
     try:
         if command == "sandbox":
             create_sandbox(Path(args[0]), args[1])
             return 0
         if command == "app":
-            return run_app(args[0], int(args[1]), int(args[2]))
+            return run_app(args[0], int(args[1]), int(args[2]), pid_one=pid_one)
         if command == "enter":
             return enter_app(args[0], int(args[1]) if len(args) > 1 else None)
     except (OSError, IsolationError) as exc:

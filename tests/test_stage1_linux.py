@@ -27,9 +27,12 @@ from jetpack.stage1.base import (
     SandboxSpec,
     Stdio,
 )
+from jetpack.stage1.cgroups import host_layout
 from jetpack.stage1.identity import process_start_time
 from jetpack.stage1.linux import LinuxDriver, processes_in_netns
 from jetpack.stage2.plan import DEFAULT_PATH
+
+from conftest import require
 
 pytestmark = [pytest.mark.root, pytest.mark.busybox]
 
@@ -439,17 +442,29 @@ def open_fds(pid: int) -> list[int]:
     return sorted(int(fd) for fd in os.listdir(f"/proc/{pid}/fd"))
 
 
+def monitors_in_advance(server: int) -> list[int]:
+    """Processes running the server's program as pid 1 of a pid namespace of their own."""
+    program = Path(f"/proc/{server}/cmdline").read_bytes()
+    found = []
+    for entry in os.listdir("/proc"):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            if (entry.isdigit() and Path(f"/proc/{entry}/cmdline").read_bytes() == program
+                    and proc_status(int(entry))["NSpid"].split()[1:] == ["1"]):
+                found.append(int(entry))
+    return found
+
+
 def fork_server_children(server: int) -> list[int]:
     return [int(pid) for pid in
             Path(f"/proc/{server}/task/{server}/children").read_text().split()]
 
 
-async def test_the_next_app_starts_from_a_spare_helper_that_holds_nothing(
+async def test_the_next_app_starts_from_a_monitor_made_in_advance_that_holds_nothing(
     driver: LinuxDriver, sandbox: SandboxHandle, busybox_rootfs: Path
 ) -> None:
-    """Once idle, the fork server forks a helper in advance: it holds the server's stdio and
-    the one socket it waits on, nothing else; the next app's helper is that spare, and the
-    app holds nothing of it (nor of the server)."""
+    """Once idle, the fork server forks a helper in advance, and an app's monitor: each holds
+    the server's stdio and the one socket it waits on, nothing else; the next app's monitor is
+    that one, and the app holds nothing of it (nor of the server)."""
     first = AppSpec(name="first", rootfs=busybox_rootfs, exec=("true",))
     with trio.fail_after(20):
         process = await driver.start_app(sandbox, first)
@@ -458,7 +473,8 @@ async def test_the_next_app_starts_from_a_spare_helper_that_holds_nothing(
     server = driver.forks.pid
     assert server is not None
     with trio.fail_after(10):
-        while not (children := fork_server_children(server)):  # noqa: ASYNC110 - /proc has no event to wait on
+        # the spare, once the process that makes the monitor in advance ended
+        while len(children := fork_server_children(server)) != 1:  # noqa: ASYNC110 - /proc has no event to wait on
             await trio.sleep(0.01)
     [spare] = children
     spare_start = process_start_time(spare)
@@ -470,16 +486,59 @@ async def test_the_next_app_starts_from_a_spare_helper_that_holds_nothing(
     assert os.readlink(f"/proc/{spare}/fd/3") not in descriptor_targets(server)  # its own end
     assert proc_status(spare)["SigBlk"] == "0000000000000000"
     assert os.getsid(spare) == spare  # a session of its own already
+    # The next app's monitor, made in advance: pid 1 of a new pid namespace, nobody's child
+    # (the process that made it ended), holding the server's stdio and its socket only.
+    with trio.fail_after(10):
+        while len(monitors := monitors_in_advance(server)) != 1:  # noqa: ASYNC110 - /proc has no event to wait on
+            await trio.sleep(0.01)
+    [monitor] = monitors
+    assert os.readlink(f"/proc/{monitor}/ns/pid") != os.readlink("/proc/self/ns/pid")
+    assert int(proc_status(monitor)["PPid"]) not in (server, spare)
+    with trio.fail_after(10):
+        while open_fds(monitor) != [0, 1, 2, 3]:  # noqa: ASYNC110 - /proc has no event to wait on
+            await trio.sleep(0.01)
+    assert os.readlink(f"/proc/{monitor}/fd/3").startswith("socket:")
+    assert os.readlink(f"/proc/{monitor}/fd/3") not in descriptor_targets(server)
+    assert proc_status(monitor)["SigBlk"] == "0000000000000000"
+    assert os.getsid(monitor) not in (os.getsid(0), server, spare)
     app = AppSpec(name="fds", rootfs=busybox_rootfs, exec=(
         "sh", "-c", "ls /proc/$$/fd; grep -E '^Sig(Blk|Ign)' /proc/self/status; echo listed"))
     with trio.fail_after(20):
         process = await driver.start_app(sandbox, app)
+        assert process.identity.pid == monitor  # it runs the app: no helper forks one
         assert await driver.wait(sandbox, process) == ExitStatus(code=0)
     process.close()
-    assert has_exited(spare, spare_start)  # it was the helper: it forked the monitor and ended
+    assert not has_exited(spare, spare_start)  # kept for a request of another kind
     assert process.log_path is not None
     assert process.log_path.read_text().splitlines()[:6] == [
         "0", "1", "2", "SigBlk:\t0000000000000000", "SigIgn:\t0000000000000000", "listed"]
+
+
+async def test_an_app_starts_when_the_monitor_made_in_advance_was_killed(
+    driver: LinuxDriver, sandbox: SandboxHandle, busybox_rootfs: Path
+) -> None:
+    """A monitor made in advance that died (killed by an admin, say) is no failed start: the
+    app gets a helper and a monitor of its own, as without one."""
+    app = AppSpec(name="again", rootfs=busybox_rootfs, exec=("true",))
+    with trio.fail_after(20):
+        process = await driver.start_app(sandbox, app)
+        assert await driver.wait(sandbox, process) == ExitStatus(code=0)
+    process.close()
+    server = driver.forks.pid
+    assert server is not None
+    with trio.fail_after(10):
+        while len(monitors := monitors_in_advance(server)) != 1:  # noqa: ASYNC110 - /proc has no event to wait on
+            await trio.sleep(0.01)
+    [killed] = monitors
+    start_time = process_start_time(killed)
+    os.kill(killed, signal.SIGKILL)
+    with trio.fail_after(10):
+        while not has_exited(killed, start_time):  # noqa: ASYNC110 - a process of no one's to wait on
+            await trio.sleep(0.01)
+        process = await driver.start_app(sandbox, app)
+        assert process.identity.pid != killed
+        assert await driver.wait(sandbox, process) == ExitStatus(code=0)
+    process.close()
 
 
 async def test_a_killed_fork_server_is_restarted_on_next_use(
@@ -493,9 +552,15 @@ async def test_a_killed_fork_server_is_restarted_on_next_use(
     killed = driver.forks.pid
     assert killed is not None
     start_time = process_start_time(killed)
+    with trio.fail_after(10):
+        while len(monitors := monitors_in_advance(killed)) != 1:  # noqa: ASYNC110 - /proc has no event to wait on
+            await trio.sleep(0.01)
+    [monitor] = monitors
+    monitor_start = process_start_time(monitor)
     os.kill(killed, signal.SIGKILL)
     with trio.fail_after(10):
-        while not has_exited(killed, start_time):  # noqa: ASYNC110 - a process of no one's to wait on
+        # the monitor it made in advance ends with it (EOF on its socket): nothing left behind
+        while not (has_exited(killed, start_time) and has_exited(monitor, monitor_start)):  # noqa: ASYNC110 - a process of no one's to wait on
             await trio.sleep(0.01)
         process = await driver.start_app(sandbox, app)
         assert await driver.wait(sandbox, process) == ExitStatus(code=0)
@@ -633,3 +698,41 @@ async def test_an_app_prepared_before_go_runs_only_on_go(
             code=127, failed="start cancelled")
     assert not (busybox_rootfs / "tmp/ran").exists()
     assert processes_in_netns(net_inode) == []
+
+
+_JOIN = """
+import sys
+from jetpack.errors import IsolationError
+from jetpack.stage1.apply import CgroupJoin
+CgroupJoin([sys.argv[1]]).wait()
+print(sum(line.rstrip().endswith("/" + sys.argv[2]) for line in open("/proc/self/cgroup")))
+try:
+    CgroupJoin([sys.argv[3]]).wait()
+except IsolationError as exc:
+    print(exc)
+"""
+
+
+def test_a_cgroup_join_is_done_when_wait_returns_and_a_failed_move_is_raised(
+    tmp_path: Path
+) -> None:
+    """The monitor's move into the pod's cgroups, made by a thread while the rootfs is built:
+    ``wait`` returns once the process is in (it then forks the app), and raises a move that
+    failed (here a write that fails: ENOSPC)."""
+    found = host_layout().controller_dir("pids")
+    require(found is not None, "a pids cgroup controller")
+    assert found is not None
+    group = found[0] / f"jetpack-test-join-{os.getpid()}"
+    failing = tmp_path / "failing"
+    failing.mkdir()
+    (failing / "cgroup.procs").symlink_to("/dev/full")
+    group.mkdir()
+    try:
+        env = {**os.environ, "PYTHONPATH": _TREE}
+        result = subprocess.run([sys.executable, "-c", _JOIN, str(group), group.name,
+                                 str(failing)], env=env, capture_output=True, text=True,
+                                timeout=60, check=True)
+        assert result.stdout.splitlines() == [
+            "1", f"cannot join cgroup {failing}: No space left on device"]
+    finally:
+        group.rmdir()  # its one member has exited (and been reaped by run)
