@@ -26,8 +26,9 @@ class _Hook:
 class LinuxNetwork(_Hook):
     """A veth into the ``jail.interface`` bridge, the pod's address, a default route via the
     host; port forwards in jetpack's own nftables table. Netlink in-process, and one libnftables
-    transaction (in-process too) of additions only for the pod's anti-spoofing rules at attach; none at detach
-    for a pod without forwards: its chain stays while the pod exists (``forget`` at destroy).
+    transaction (in-process too) of additions only for the pod's anti-spoofing rules at attach;
+    none at detach for a pod without forwards: its chain stays while the pod exists
+    (``forget`` at destroy).
 
     Pods attach and detach four at a time: each nft script is one kernel transaction whatever
     runs beside it, and veths have names of their own; one at a time, 500 pods' nft
