@@ -275,6 +275,7 @@ class AppProcess:
     status_path: Path
     log_path: Path | None
     watch: ProcessWatch | None = None
+    note: ExitNote | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -301,6 +302,20 @@ class AppProcess:
         if self.watch is not None:
             self.watch.close()
             self.watch = None
+        if self.note is not None:
+            self.note.close()
+            self.note = None
+
+
+class ExitNote(Protocol):
+    """The monitor's own word of the app's end, sent as it ends (after the status file is
+    written), before the monitor itself has finished exiting; live, never serialized."""
+
+    async def status(self) -> ExitStatus | None:
+        """The status the monitor sent; None when it ended without one (killed)."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class ProcessWatch(Protocol):

@@ -88,7 +88,7 @@ class JailDriver(MonitoredApps):
         self.params = dict(params or {})
         self.network = network
         self.python = python
-        self.limiter = limiter or trio.CapacityLimiter(4)
+        super().__init__(limiter)
         # How the helper enters a jail: jail_attach(2) on FreeBSD, the stand-ins' in tests.
         self.attach = dict(attach or default_attach())
 

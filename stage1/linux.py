@@ -47,7 +47,7 @@ from jetpack.stage1.cgroups import PodCgroup, warm_moves
 from jetpack.stage1.driver_info import LINUX_CAPABILITIES, check_linux_limits
 from jetpack.stage1.forkserver_client import ForkServer
 from jetpack.stage1.identity import pidfd_open, pidfd_send_signal
-from jetpack.stage1.monitor import MonitoredApps, read_report
+from jetpack.stage1.monitor import MonitoredApps, SocketExitNote, read_report
 from jetpack.stage1.network.etc import write_etc_files
 from jetpack.stage1.own_thread import in_own_thread
 from jetpack.stage1.stdio_relay import PipeRelay, relay_terminal
@@ -80,7 +80,7 @@ class LinuxDriver(MonitoredApps):
                  limiter: trio.CapacityLimiter | None = None) -> None:
         self.network = network
         self.python = python
-        self.limiter = limiter or trio.CapacityLimiter(4)
+        super().__init__(limiter)
         self.forks = ForkServer(python)
         self._attaching: dict[str, _Attaching] = {}  # pods whose network is being attached
 
@@ -181,6 +181,7 @@ class LinuxDriver(MonitoredApps):
         """The network goes while (in one worker thread) what is left of the pod is killed,
         its namespaces unmounted and its cgroup removed: a veth whose namespace went first is
         gone already, which detach takes as done."""
+        self.forget_exiting(handle.pod_uuid)  # killed with the rest of the pod, if still there
         pending = self._attaching.pop(handle.pod_uuid, None)
         if pending is not None:
             await pending.done.wait()  # then detach finds what it made
@@ -325,6 +326,7 @@ class LinuxDriver(MonitoredApps):
     async def start_app(
         self, handle: SandboxHandle, app: AppSpec, *, stdio: Stdio | None = None
     ) -> AppProcess:
+        await self.previous_gone(handle.pod_uuid, app.name)
         if handle.data.get("cgroup_dirs"):
             # The monitor's move into the pod's cgroups waits for an RCU grace period unless
             # another move just paid for one (cgroups.warm_moves): start one now, in a thread
@@ -336,7 +338,9 @@ class LinuxDriver(MonitoredApps):
         except OSError as exc:
             raise IsolationError(f"app {app.name}: cannot prepare its launch: {exc}") from None
         report_r, report_w = os.pipe()
-        go_r, go_w = os.pipe()
+        # go goes to the monitor on this socket, and its exit note comes back on it
+        go_ours, go_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        go_r, go_w = go_theirs.detach(), go_ours.detach()
         log_fd = None
         try:
             if stdio is None:
@@ -372,6 +376,8 @@ class LinuxDriver(MonitoredApps):
             process: AppProcess = await self._thread(
                 self.started, app, lines, Path(launch["status_path"]), stdio, log_path)
             os.write(go_w, b"g")  # the monitor may run the app: we watch it now
+            process.note = SocketExitNote(socket.socket(fileno=go_w))
+            go_w = -1
             return process
         finally:
             for fd in (report_r, report_w, go_r, go_w, log_fd):

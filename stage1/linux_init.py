@@ -336,6 +336,14 @@ def _report(fd: int, line: str) -> None:
         os.write(fd, (line.replace("\n", " ") + "\n").encode())
 
 
+def _note_exit(go_fd: int, status: ExitStatus) -> None:
+    """Send the supervisor the status just written, on the socket go came on: its ``wait``
+    answers without waiting for this process to finish exiting (monitor.SocketExitNote). No
+    one listening (a supervisor restarted since) is no error: the status file says it."""
+    with contextlib.suppress(OSError), socket.socket(fileno=go_fd) as go:
+        go.send(json.dumps(status.to_json()).encode() + b"\n", socket.MSG_NOSIGNAL)
+
+
 def run_app(launch_path: str, report_fd: int, go_fd: int, *, pid_one: int | None = None
             ) -> int:
     """The helper of one app: joins the pod's namespaces, makes the app's mount and pid
@@ -407,9 +415,9 @@ def run_app(launch_path: str, report_fd: int, go_fd: int, *, pid_one: int | None
             executor.cancel()  # it exits unexec'd, reaped
             write_status(status_fd, ExitStatus(code=127, failed="start cancelled"))
             return 127
-        os.close(go_fd)
         status = executor.run()
         write_status(status_fd, status)
+        _note_exit(go_fd, status)
         code = status.code if status.code is not None else 128 + (status.signal or 0)
     finally:
         os._exit(code)  # never return into the caller's stack in a forked child

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -421,8 +422,9 @@ async def test_an_app_holds_nothing_of_the_fork_server(
         assert driver.forks.pid is not None
         server = descriptor_targets(driver.forks.pid)
         monitor = descriptor_targets(process.identity.pid)
-        # Neither its control socket, nor another helper's reply socket, nor its wakeup pipe.
-        assert not [t for t in monitor if t.startswith("socket:")]
+        # Neither its control socket, nor another helper's reply socket, nor its wakeup pipe:
+        # one socket only, the one its go came on (its exit note goes back on it).
+        assert len([t for t in monitor if t.startswith("socket:")]) == 1
         assert not [t for t in monitor & server if t.startswith(("socket:", "pipe:"))]
         # The app: the three stdio descriptors only, every signal default and unblocked.
         assert process.log_path.read_text().splitlines()[:6] == [
@@ -736,3 +738,73 @@ def test_a_cgroup_join_is_done_when_wait_returns_and_a_failed_move_is_raised(
             "1", f"cannot join cgroup {failing}: No space left on device"]
     finally:
         group.rmdir()  # its one member has exited (and been reaped by run)
+
+
+async def test_wait_answers_from_the_monitors_note_and_a_restart_waits_for_its_exit(
+    driver: LinuxDriver, sandbox: SandboxHandle, busybox_rootfs: Path
+) -> None:
+    """The monitor sends the status it wrote on the socket its go came on: ``wait`` answers
+    from it (the status file's own words) while the monitor may still be exiting, and the
+    same app's next start waits until that monitor is gone: one app's monitors never
+    overlap. A monitor killed before its note falls back to the status file (none: SIGKILL)."""
+    app = AppSpec(name="noted", rootfs=busybox_rootfs, exec=("sh", "-c", "exit 5"))
+    with trio.fail_after(20):
+        process = await driver.start_app(sandbox, app)
+        assert process.note is not None
+        first_monitor = process.identity.pid
+        status = await driver.wait(sandbox, process)
+        process.close()
+        assert status == ExitStatus(code=5)
+        assert json.loads(process.status_path.read_text()) == {"exit_status": 5}
+        # the exiting monitor is remembered, not closed with the process
+        assert (POD, "noted") in driver._exiting
+
+        again = await driver.start_app(sandbox, app)
+        assert (POD, "noted") not in driver._exiting
+        assert process_start_time(first_monitor) != process.identity.start_time  # gone
+        assert await driver.wait(sandbox, again) == ExitStatus(code=5)
+        again.close()
+
+        killed = await driver.start_app(sandbox, AppSpec(
+            name="killed", rootfs=busybox_rootfs, exec=("sleep", "60")))
+        os.kill(killed.identity.pid, signal.SIGKILL)  # the monitor: no status, no note
+        assert await driver.wait(sandbox, killed) == ExitStatus(signal=signal.SIGKILL)
+        killed.close()
+    assert (POD, "killed") not in driver._exiting
+
+
+async def test_an_exit_note_is_read_once_for_every_waiter_and_a_bad_one_is_no_status(
+) -> None:
+    """SocketExitNote: a line sent in pieces is one status for concurrent waiters (wait and
+    stop); a waiter cancelled mid-line loses nothing; a socket closed without a full line,
+    or with one that is no status, gives None (the caller reads the status file)."""
+    from jetpack.stage1.monitor import SocketExitNote
+
+    ours, theirs = socket.socketpair()
+    note = SocketExitNote(ours)
+    with trio.fail_after(10):
+        theirs.send(b'{"exit_st')
+        with trio.move_on_after(0.05):
+            await note.status()  # cancelled with half a line read
+        got: list[ExitStatus | None] = []
+
+        async def waiter() -> None:
+            got.append(await note.status())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(waiter)
+            nursery.start_soon(waiter)
+            await trio.sleep(0.01)
+            theirs.send(b'atus": 7}\n')
+        assert got == [ExitStatus(code=7), ExitStatus(code=7)]
+    note.close()
+    theirs.close()
+
+    for sent in (b'{"exit_status": 7}', b"not json\n", b'{"signal": "x"}\n', b""):
+        ours, theirs = socket.socketpair()
+        note = SocketExitNote(ours)
+        theirs.send(sent)
+        theirs.close()
+        with trio.fail_after(10):
+            assert await note.status() is None, sent
+        note.close()
