@@ -83,6 +83,7 @@ class LinuxDriver(MonitoredApps):
         self.limiter = limiter or trio.CapacityLimiter(4)
         self.forks = ForkServer(python)
         self._attaching: dict[str, _Attaching] = {}  # pods whose network is being attached
+        self._prepared: dict[str, dict[str, _Prepared]] = {}  # by pod, by app: prepare_app's
 
     @staticmethod
     def check_limits(limits: Limits) -> None:
@@ -181,6 +182,7 @@ class LinuxDriver(MonitoredApps):
         """The network goes while (in one worker thread) what is left of the pod is killed,
         its namespaces unmounted and its cgroup removed: a veth whose namespace went first is
         gone already, which detach takes as done."""
+        self._prepared.pop(handle.pod_uuid, None)  # their files go with the run dir
         pending = self._attaching.pop(handle.pod_uuid, None)
         if pending is not None:
             await pending.done.wait()  # then detach finds what it made
@@ -269,8 +271,20 @@ class LinuxDriver(MonitoredApps):
 
     # --- apps ------------------------------------------------------------------------------------
 
+    def prepare_app(self, planned: SandboxHandle, app: AppSpec, *, tty: bool) -> None:
+        """Write the app's launch document for its first start, in a worker thread while
+        create_sandbox makes the sandbox (the document needs only the planned handle's paths):
+        start_app takes it when its handle, spec and stdio are these. A failure here keeps
+        nothing: the start writes the document itself and reports what fails, as always."""
+        try:
+            document = self._launch_document(planned, app, tty)
+        except Exception:  # noqa: BLE001  # raised again by the start that writes it itself
+            return
+        self._prepared.setdefault(planned.pod_uuid, {})[app.name] = _Prepared(
+            planned, app, tty, document)
+
     def _launch_document(
-        self, handle: SandboxHandle, app: AppSpec, stdio: Stdio | None
+        self, handle: SandboxHandle, app: AppSpec, tty: bool
     ) -> tuple[dict[str, Any], Path, Path]:
         run_dir = Path(handle.data["run_dir"])
         app_dir = run_dir / "apps" / app.name
@@ -298,7 +312,7 @@ class LinuxDriver(MonitoredApps):
             "log_dir": str(log_path.parent),
             "log_name": log_path.name,
             "cgroup_dirs": list(handle.data.get("cgroup_dirs") or ()),
-            "stdio": None if stdio is None else {"stdin": 0, "stdout": 1, "stderr": 2},
+            "stdio": {"stdin": 0, "stdout": 1, "stderr": 2} if tty else None,
         }
         (app_dir / "launch.json").write_text(json.dumps(launch))
         return launch, app_dir / "launch.json", log_path
@@ -330,11 +344,16 @@ class LinuxDriver(MonitoredApps):
             # another move just paid for one (cgroups.warm_moves): start one now, in a thread
             # we do not wait for, so that it runs while the helper is made.
             trio.lowlevel.start_thread_soon(warm_moves, _ignore_outcome)
-        try:
-            launch, launch_path, log_path = await self._thread(
-                self._launch_document, handle, app, stdio)
-        except OSError as exc:
-            raise IsolationError(f"app {app.name}: cannot prepare its launch: {exc}") from None
+        prepared = self._prepared.get(handle.pod_uuid, {}).pop(app.name, None)
+        if prepared is not None and prepared.fits(handle, app, tty=stdio is not None):
+            launch, launch_path, log_path = prepared.document  # a first start (prepare_app)
+        else:
+            try:
+                launch, launch_path, log_path = await self._thread(
+                    self._launch_document, handle, app, stdio is not None)
+            except OSError as exc:
+                raise IsolationError(f"app {app.name}: cannot prepare its launch: "
+                                     f"{exc}") from None
         report_r, report_w = os.pipe()
         go_r, go_w = os.pipe()
         log_fd = None
@@ -470,6 +489,18 @@ class _Attaching:
     def __init__(self) -> None:
         self.done = trio.Event()
         self.error: Exception | None = None
+
+
+class _Prepared:
+    """A launch document prepare_app wrote, with what it was written for."""
+
+    def __init__(self, handle: SandboxHandle, app: AppSpec, tty: bool,
+                 document: tuple[dict[str, Any], Path, Path]) -> None:
+        self.handle, self.app, self.tty, self.document = handle, app, tty, document
+
+    def fits(self, handle: SandboxHandle, app: AppSpec, *, tty: bool) -> bool:
+        return (tty == self.tty and app == self.app
+                and handle.to_json() == self.handle.to_json())
 
 
 def _make_sandbox(spec: SandboxSpec, run_dir: Path, data: dict[str, Any]) -> None:
