@@ -112,24 +112,27 @@ class LinuxDriver(MonitoredApps):
         return SandboxHandle(self.name, spec.pod_uuid, data)
 
     async def create_sandbox(self, spec: SandboxSpec) -> SandboxHandle:
-        def plan_and_prepare() -> SandboxHandle:  # one worker-thread hop for both
+        made: list[SandboxHandle] = []  # once its directories are: destroyed if the rest fails
+
+        def make() -> SandboxHandle:  # one worker-thread hop for the directories and the rest
             planned = self.plan_sandbox(spec)
             self._prepare_dirs(spec, Path(planned.data["run_dir"]),
                                Path(planned.data["volumes_dir"]))
-            return planned
+            data = {**planned.data, "cgroup_dirs": []}  # recorded as each is made
+            handle = SandboxHandle(self.name, spec.pod_uuid, data)  # (_create_cgroup)
+            made.append(handle)
+            killpoint("start.sandbox-dirs")
+            _make_sandbox(spec, Path(data["run_dir"]), data)
+            return handle
 
-        planned: SandboxHandle = await self._thread(plan_and_prepare)
-        killpoint("start.sandbox-dirs")
-        data = {**planned.data, "cgroup_dirs": []}  # recorded as each is made (_create_cgroup)
-        handle = SandboxHandle(self.name, spec.pod_uuid, data)
-        run_dir = Path(data["run_dir"])
         try:
-            await self._thread(_make_sandbox, spec, run_dir, data)
+            handle: SandboxHandle = await self._thread(make)
             if self.network is not None and spec.network is not None:
                 self._attach_soon(handle)
         except BaseException:
-            with trio.CancelScope(shield=True):
-                await self.destroy_sandbox(handle)
+            if made:
+                with trio.CancelScope(shield=True):
+                    await self.destroy_sandbox(made[0])
             raise
         return handle
 
