@@ -377,6 +377,13 @@ class IsolationDriver(Protocol):
         handle was recorded (a supervisor killed mid-start)."""
         ...
 
+    def prepare_app(self, planned: SandboxHandle, app: AppSpec, *, tty: bool) -> None:
+        """Ready what the app's first ``start_app`` in the ``planned`` sandbox needs (with a
+        terminal as its stdio if ``tty``), while ``create_sandbox`` makes it: blocks (a worker
+        thread), never raises (the start does the work itself then), and writes only where
+        ``destroy_sandbox`` of that handle removes. May do nothing."""
+        ...
+
     async def start_app(
         self, handle: SandboxHandle, app: AppSpec, *, stdio: Stdio | None = None
     ) -> AppProcess:

@@ -83,6 +83,7 @@ class LinuxDriver(MonitoredApps):
         super().__init__(limiter)
         self.forks = ForkServer(python)
         self._attaching: dict[str, _Attaching] = {}  # pods whose network is being attached
+        self._prepared: dict[str, dict[str, _Prepared]] = {}  # by pod, by app: prepare_app's
 
     @staticmethod
     def check_limits(limits: Limits) -> None:
@@ -111,24 +112,27 @@ class LinuxDriver(MonitoredApps):
         return SandboxHandle(self.name, spec.pod_uuid, data)
 
     async def create_sandbox(self, spec: SandboxSpec) -> SandboxHandle:
-        def plan_and_prepare() -> SandboxHandle:  # one worker-thread hop for both
+        made: list[SandboxHandle] = []  # once its directories are: destroyed if the rest fails
+
+        def make() -> SandboxHandle:  # one worker-thread hop for the directories and the rest
             planned = self.plan_sandbox(spec)
             self._prepare_dirs(spec, Path(planned.data["run_dir"]),
                                Path(planned.data["volumes_dir"]))
-            return planned
+            data = {**planned.data, "cgroup_dirs": []}  # recorded as each is made
+            handle = SandboxHandle(self.name, spec.pod_uuid, data)  # (_create_cgroup)
+            made.append(handle)
+            killpoint("start.sandbox-dirs")
+            _make_sandbox(spec, Path(data["run_dir"]), data)
+            return handle
 
-        planned: SandboxHandle = await self._thread(plan_and_prepare)
-        killpoint("start.sandbox-dirs")
-        data = {**planned.data, "cgroup_dirs": []}  # recorded as each is made (_create_cgroup)
-        handle = SandboxHandle(self.name, spec.pod_uuid, data)
-        run_dir = Path(data["run_dir"])
         try:
-            await self._thread(_make_sandbox, spec, run_dir, data)
+            handle: SandboxHandle = await self._thread(make)
             if self.network is not None and spec.network is not None:
                 self._attach_soon(handle)
         except BaseException:
-            with trio.CancelScope(shield=True):
-                await self.destroy_sandbox(handle)
+            if made:
+                with trio.CancelScope(shield=True):
+                    await self.destroy_sandbox(made[0])
             raise
         return handle
 
@@ -182,6 +186,7 @@ class LinuxDriver(MonitoredApps):
         its namespaces unmounted and its cgroup removed: a veth whose namespace went first is
         gone already, which detach takes as done."""
         self.forget_exiting(handle.pod_uuid)  # killed with the rest of the pod, if still there
+        self._prepared.pop(handle.pod_uuid, None)  # their files go with the run dir
         pending = self._attaching.pop(handle.pod_uuid, None)
         if pending is not None:
             await pending.done.wait()  # then detach finds what it made
@@ -270,8 +275,20 @@ class LinuxDriver(MonitoredApps):
 
     # --- apps ------------------------------------------------------------------------------------
 
+    def prepare_app(self, planned: SandboxHandle, app: AppSpec, *, tty: bool) -> None:
+        """Write the app's launch document for its first start, in a worker thread while
+        create_sandbox makes the sandbox (the document needs only the planned handle's paths):
+        start_app takes it when its handle, spec and stdio are these. A failure here keeps
+        nothing: the start writes the document itself and reports what fails, as always."""
+        try:
+            document = self._launch_document(planned, app, tty)
+        except Exception:  # noqa: BLE001  # raised again by the start that writes it itself
+            return
+        self._prepared.setdefault(planned.pod_uuid, {})[app.name] = _Prepared(
+            planned, app, tty, document)
+
     def _launch_document(
-        self, handle: SandboxHandle, app: AppSpec, stdio: Stdio | None
+        self, handle: SandboxHandle, app: AppSpec, tty: bool
     ) -> tuple[dict[str, Any], Path, Path]:
         run_dir = Path(handle.data["run_dir"])
         app_dir = run_dir / "apps" / app.name
@@ -299,7 +316,7 @@ class LinuxDriver(MonitoredApps):
             "log_dir": str(log_path.parent),
             "log_name": log_path.name,
             "cgroup_dirs": list(handle.data.get("cgroup_dirs") or ()),
-            "stdio": None if stdio is None else {"stdin": 0, "stdout": 1, "stderr": 2},
+            "stdio": {"stdin": 0, "stdout": 1, "stderr": 2} if tty else None,
         }
         (app_dir / "launch.json").write_text(json.dumps(launch))
         return launch, app_dir / "launch.json", log_path
@@ -332,11 +349,16 @@ class LinuxDriver(MonitoredApps):
             # another move just paid for one (cgroups.warm_moves): start one now, in a thread
             # we do not wait for, so that it runs while the helper is made.
             trio.lowlevel.start_thread_soon(warm_moves, _ignore_outcome)
-        try:
-            launch, launch_path, log_path = await self._thread(
-                self._launch_document, handle, app, stdio)
-        except OSError as exc:
-            raise IsolationError(f"app {app.name}: cannot prepare its launch: {exc}") from None
+        prepared = self._prepared.get(handle.pod_uuid, {}).pop(app.name, None)
+        if prepared is not None and prepared.fits(handle, app, tty=stdio is not None):
+            launch, launch_path, log_path = prepared.document  # a first start (prepare_app)
+        else:
+            try:
+                launch, launch_path, log_path = await self._thread(
+                    self._launch_document, handle, app, stdio is not None)
+            except OSError as exc:
+                raise IsolationError(f"app {app.name}: cannot prepare its launch: "
+                                     f"{exc}") from None
         report_r, report_w = os.pipe()
         # go goes to the monitor on this socket, and its exit note comes back on it
         go_ours, go_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -476,6 +498,18 @@ class _Attaching:
     def __init__(self) -> None:
         self.done = trio.Event()
         self.error: Exception | None = None
+
+
+class _Prepared:
+    """A launch document prepare_app wrote, with what it was written for."""
+
+    def __init__(self, handle: SandboxHandle, app: AppSpec, tty: bool,
+                 document: tuple[dict[str, Any], Path, Path]) -> None:
+        self.handle, self.app, self.tty, self.document = handle, app, tty, document
+
+    def fits(self, handle: SandboxHandle, app: AppSpec, *, tty: bool) -> bool:
+        return (tty == self.tty and app == self.app
+                and handle.to_json() == self.handle.to_json())
 
 
 def _make_sandbox(spec: SandboxSpec, run_dir: Path, data: dict[str, Any]) -> None:

@@ -127,6 +127,10 @@ class MonitoredApps:
     async def _thread(self, fn: Any, *args: Any) -> Any:
         return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
 
+    def prepare_app(self, planned: SandboxHandle, app: AppSpec, *, tty: bool) -> None:
+        """Nothing to ready before the start (IsolationDriver.prepare_app)."""
+        del planned, app, tty
+
     def started(self, app: AppSpec, lines: list[str], status_path: Path,
                  stdio: Stdio | None, log_path: Path) -> AppProcess:
         """The app its monitor reported, identified and watched (blocks: see the module)."""

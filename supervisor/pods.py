@@ -33,6 +33,8 @@ log = get_logger(component="pods")
 T = TypeVar("T")
 
 LIVE_STATES = ("starting", "running", "stopping")
+ANSWER_GRACE = 0.005
+"""Seconds at most an ended pod's teardown waits for the loop to answer who waited for it."""
 UNKNOWN_EXIT = "exit status unknown: the app ended while no supervisor watched it"
 # Why a pod recorded live is found without its processes (``_reconcile_gone``), by the state
 # the supervisor that died left it in.
@@ -370,6 +372,7 @@ class PodManager:
             task.ended.set()
             killpoint("stop.final-recorded")
             if task.sandbox:
+                await _let_answers_out()
                 await self._tear_down(pod, task.sandbox)
 
     async def _record_final(self, task: PodTask,
@@ -681,6 +684,18 @@ class PodManager:
                 self.store.transition(tx, pod, final, reason=reason)
 
             await self._record(record)
+
+
+async def _let_answers_out() -> None:
+    """Let the tasks an ended pod woke (``wait``'s answers) reach their clients before its
+    teardown's worker threads (a veth's netlink calls, a scan of /proc) compete with the loop
+    thread for the GIL: a thread that holds it keeps the loop waiting up to the interpreter's
+    switch interval (5 ms) at each handoff. Until the loop has nothing else to run, at most
+    ``ANSWER_GRACE`` seconds (a busy supervisor's teardowns are not held up longer)."""
+    from trio.testing import wait_all_tasks_blocked  # the daemon's only: not at import
+
+    with trio.move_on_after(ANSWER_GRACE):
+        await wait_all_tasks_blocked()
 
 
 def failure_reason(exc: BaseException) -> str:

@@ -10,7 +10,10 @@ pod's first app) gets a pty whose relay the control socket attaches to (``termin
 The apps' rootfs mounts need no sandbox: ``create_sandbox`` starts them (one worker thread, app
 by app) while the driver makes the sandbox, and each app's first ``start_app`` takes its mount
 from there; a restart mounts again (``mount_app`` is idempotent). Whoever unmounts the pod
-(``destroy_sandbox``, a failed ``create_sandbox``) waits for those mounts first.
+(``destroy_sandbox``, a failed ``create_sandbox``) waits for those mounts first. In the same
+thread, right after each mount, the driver readies that app's first start in the planned sandbox
+(``prepare_app``: its launch document); a failed ``create_sandbox`` removes, once that thread
+ended, what those wrote in the planned sandbox (``destroy_sandbox`` of the planned handle).
 """
 
 from __future__ import annotations
@@ -90,7 +93,8 @@ class Stage1Runtime:
         self._limiter = trio.CapacityLimiter(2)
         self._terminals: dict[tuple[str, str], PtyRelay] = {}
         self._mounting: dict[str, _Mounting] = {}  # by pod: mounts started by create_sandbox
-        self._specs: dict[str, SandboxSpec] = {}  # by pod: plan_sandbox's, for create_sandbox
+        # by pod: plan_sandbox's spec and handle, for create_sandbox
+        self._plans: dict[str, tuple[SandboxSpec, SandboxHandle]] = {}
 
     def terminal(self, pod_uuid: str, app: str) -> PtyRelay | None:
         """The terminal of an app started with one (``run -t``), while it runs."""
@@ -106,37 +110,54 @@ class Stage1Runtime:
 
         planned: SandboxHandle
         spec, planned = await self._thread(plan)
-        self._specs[pod.uuid] = spec  # the spec create_sandbox makes it from
+        self._plans[pod.uuid] = spec, planned  # what create_sandbox makes (and prepares in)
         return planned.to_json()
 
     async def create_sandbox(self, pod: PodRecord) -> Sandbox:
-        self._mount_soon(pod)
+        plan = self._plans.pop(pod.uuid, None)
+        planned = None if plan is None else plan[1]
+        mounting = self._mount_soon(pod, planned)
         try:
-            spec = self._specs.pop(pod.uuid, None)
-            if spec is None:
+            if plan is None:
                 spec = await self._thread(sandbox_spec, self.config, pod)
+            else:
+                spec = plan[0]
             handle = await self.driver.create_sandbox(spec)
         except BaseException:
             with trio.CancelScope(shield=True):  # no sandbox recorded: nobody else unmounts
-                await self._unmount_pod(pod.uuid)
+                try:
+                    await mounting.done.wait()
+                    if mounting.prepared and planned is not None:
+                        # what prepare_app wrote after the driver removed the sandbox
+                        await self.driver.destroy_sandbox(planned)
+                finally:
+                    await self._unmount_pod(pod.uuid)
             raise
         return handle.to_json()
 
-    def _mount_soon(self, pod: PodRecord) -> None:
-        """Mount the apps' rootfs in a worker thread, in the pod's app order; the first
+    def _mount_soon(self, pod: PodRecord, planned: SandboxHandle | None) -> _Mounting:
+        """Mount the apps' rootfs in a worker thread, in the pod's app order, each app's
+        start prepared in the ``planned`` sandbox right after its mount; the first mount
         failure ends it (``start_app`` of that app raises it, which fails the start)."""
         mounting = _Mounting()
         self._mounting[pod.uuid] = mounting
-        names = [app.name for app in pod.apps]
 
         def mount_all() -> dict[str, Path | Exception]:
             made: dict[str, Path | Exception] = {}
-            for name in names:
+            for app in pod.apps:
                 try:
-                    made[name] = self.rootfs.mount_app(pod.uuid, name)
+                    made[app.name] = rootfs = self.rootfs.mount_app(pod.uuid, app.name)
                 except Exception as exc:  # noqa: BLE001  # raised by that app's start_app
-                    made[name] = exc
+                    made[app.name] = exc
                     break
+                if planned is not None:
+                    try:
+                        spec: AppSpec | None = self._app_spec(pod, app, rootfs)
+                    except Exception:  # noqa: BLE001  # raised by that app's start_app
+                        spec = None
+                    if spec is not None:
+                        mounting.prepared = True  # first: a prepare may write, then fail
+                        self.driver.prepare_app(planned, spec, tty=_wants_tty(pod, app))
             return made
 
         async def run() -> None:
@@ -146,6 +167,7 @@ class Stage1Runtime:
                 mounting.done.set()
 
         trio.lowlevel.spawn_system_task(run, name=f"mount {pod.uuid}")
+        return mounting
 
     async def _rootfs(self, pod: PodRecord, app: AppRecord) -> Path:
         """The app's mounted rootfs: the one ``create_sandbox`` started, once."""
@@ -181,8 +203,7 @@ class Stage1Runtime:
         killpoint("start.rootfs-mounted")
         spec = self._app_spec(pod, app, rootfs)
         stdio = None
-        wants_tty = pod.options.tty and pod.apps and pod.apps[0].name == app.name
-        if wants_tty:
+        if _wants_tty(pod, app):
             master, slave = os.openpty()
             stdio = Stdio(slave, slave, slave)
         try:
@@ -261,13 +282,20 @@ class Stage1Runtime:
         return found
 
 
+def _wants_tty(pod: PodRecord, app: AppRecord) -> bool:
+    """A terminal is the stdio of the pod's first app when it was started with one."""
+    return bool(pod.options.tty and pod.apps and pod.apps[0].name == app.name)
+
+
 class _Mounting:
     """The rootfs mounts ``create_sandbox`` started for a pod: by app, its rootfs or why
-    mounting it failed (taken by the app's first ``start_app``); ``done`` once they ended."""
+    mounting it failed (taken by the app's first ``start_app``); ``done`` once they ended;
+    ``prepared`` once the driver was asked to prepare an app's start."""
 
     def __init__(self) -> None:
         self.done = trio.Event()
         self.rootfs: dict[str, Path | Exception] = {}
+        self.prepared = False
 
 
 def open_runtime(config: Config) -> Stage1Runtime:
