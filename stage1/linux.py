@@ -519,6 +519,10 @@ def _make_sandbox(spec: SandboxSpec, run_dir: Path, data: dict[str, Any]) -> Non
     workers are reused) ever runs in a pod's namespaces."""
     if spec.limits is not None:
         _create_cgroup(spec.pod_uuid, spec.limits, data)
+        # The grace period the monitor's move into these cgroups would wait for (see
+        # cgroups.warm_moves) starts now, while the namespaces are made and the app's helper
+        # spawns: not earlier, as the move holds cgroup_mutex, which the mkdirs above need.
+        trio.lowlevel.start_thread_soon(warm_moves, _ignore_outcome)  # any thread may call it
         killpoint("start.cgroup")
     from jetpack.stage1.linux_init import create_sandbox
 
