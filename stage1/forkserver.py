@@ -48,7 +48,11 @@ from jetpack.stage1.seccomp import compile_filter, seccomp_filter
 
 MAX_FDS = 16
 MAX_REQUEST = 64 * 1024
-SPARE_DELAY = 0.1  # seconds of quiet before the next spare is forked
+# Seconds of quiet after a request before the next spare and monitor are forked: the
+# helper or monitor it started does its own work (8-12 ms here, from the request to its
+# report) without that fork beside it on the CPU, and a start that comes later than this
+# finds its monitor made (at 0.1 s, one of three sequential starts found none).
+SPARE_DELAY = 0.025
 _MONITOR_PID_TIMEOUT = 2.0  # seconds; the process in between sends it right after its fork
 _STDIO = 3  # stdin, stdout, stderr after the reply socket
 _SPARE_SOCKET = 3  # where a spare keeps its socket while it waits
