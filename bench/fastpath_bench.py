@@ -85,12 +85,18 @@ def compare(name: str, value: float, unit: str, baseline: str, base: float, *,
     return Row(name, value, unit, baseline, ratio)
 
 
+SETTLE = 0.15
+"""Seconds between two measured runs: no side is measured while what the one before left in
+the background runs (a pod's teardown after wait answered, the fork server's refill)."""
+
+
 def interleaved(runs: int, *commands: Callable[[], Any]) -> tuple[list[float], ...]:
     """Each command's times: one run of each in turn, after one warm-up round (so that the
-    load of the moment weighs on every side of a ratio alike)."""
+    load of the moment weighs on every side of a ratio alike), ``SETTLE`` apart."""
     times: tuple[list[float], ...] = tuple([] for _ in commands)
     for i in range(runs + 1):
         for side, once in enumerate(commands):
+            time.sleep(SETTLE)
             began = time.perf_counter()
             once()
             if i:
@@ -220,10 +226,10 @@ def measure(args: argparse.Namespace, work: Path, host: Host) -> list[Row | str]
     host.jp("init")
     host.jp("import", str(aci))
     host.start()
-    # runc and the floor run interleaved with our starts (and runc with run --rm): a ratio
-    # divides two figures taken under the same load of the moment
+    # runc and the floor run interleaved with our starts (and runc with run --rm), SETTLE
+    # apart: a ratio divides two figures taken under the same load of the moment
     response, to_started, to_exited, peers = bench_api_start(
-        host, n, {"runc": runc_run, "floor": floor_once(rootfs)})
+        host, n, {"runc": runc_run, "floor": floor_once(rootfs)}, settle=SETTLE)
     runc, floor = median_ms(peers["runc"]), median_ms(peers["floor"])
     run, runc_beside_run = interleaved(
         n, lambda: host.jp("run", "--rm", IMAGE, "--exec", "/bin/true"), runc_run)

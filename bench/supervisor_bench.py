@@ -170,12 +170,15 @@ def median_ms(values: list[float]) -> float:
     return statistics.median(values) * 1000
 
 
-def bench_api_start(host: Host, runs: int, peers: dict[str, Callable[[], None]] | None = None
+def bench_api_start(host: Host, runs: int, peers: dict[str, Callable[[], None]] | None = None,
+                    *, settle: float = 0.0,
                     ) -> tuple[list[float], list[float], list[float], dict[str, list[float]]]:
     """(request -> response of POST start, request -> app.started event time, request -> the
     app exited: POST start then GET wait, and each of ``peers``' times). Each of our runs
     follows one run of every peer (runc, the floor), so that the machine's load of the
-    moment weighs on both sides of a ratio alike; one warm-up run of each is dropped."""
+    moment weighs on both sides of a ratio alike; one warm-up run of each is dropped. Each
+    run starts ``settle`` seconds after the one before: neither side is measured while the
+    other's leftovers run (our pod's teardown and the fork server's refill, runc's cleanup)."""
     import httpx
 
     peers = peers or {}
@@ -189,9 +192,11 @@ def bench_api_start(host: Host, runs: int, peers: dict[str, Callable[[], None]] 
         http.get("/v1/ping")
         for pod in pods:
             for name, once in peers.items():
+                time.sleep(settle)
                 began = time.perf_counter()
                 once()
                 peer_times[name].append(time.perf_counter() - began)
+            time.sleep(settle)
             sent[pod] = time.time()
             start = time.perf_counter()
             answer = http.post(f"/v1/pods/{pod}/start")
