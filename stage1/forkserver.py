@@ -298,7 +298,10 @@ def _wait_as_monitor(sock: socket.socket) -> None:
         # The control socket, the running helpers' reply sockets, the wakeup pipe: gone.
         os.closerange(_SPARE_SOCKET + 1, _max_fd())
         waiting = socket.socket(fileno=_SPARE_SOCKET)
-        message, fds, flags, _ = socket.recv_fds(waiting, MAX_REQUEST, MAX_FDS)
+        try:
+            message, fds, flags, _ = socket.recv_fds(waiting, MAX_REQUEST, MAX_FDS)
+        except ConnectionResetError:  # the server ended with our pid unread in its socket
+            message, fds, flags = b"", [], 0
         if not message or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
             code = 0  # the server ended
             return
