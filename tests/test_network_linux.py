@@ -402,6 +402,33 @@ def test_prune_removes_the_rules_of_veths_that_are_gone_only(
     assert "jetpack" not in tables(host)
 
 
+def test_a_destroys_rule_removal_waits_for_a_prune_in_progress(
+        host: str, make_netns: Callable[..., str]) -> None:
+    """A prune (gc --network, a supervisor's start, another jetpack's) lists the elements of
+    veths that are gone, then deletes them in one transaction, under the rules lock held
+    exclusive: a destroy's removal of one of them waits for it, instead of deleting it in
+    between (the prune's transaction then failed whole: "No such file or directory")."""
+    linux.ensure_bridge("jetpack0", HOST_CIDR, host_netns=host)
+    linux.ensure_firewall(HOST_CIDR, host_netns=host)
+    _, stopped = attach(host, make_netns("p"), "172.23.0.3")
+    linux.detach_pod(stopped, host_netns=host)
+    removed = threading.Event()
+
+    def destroy() -> None:
+        linux.remove_pod_rules(stopped, "172.23.0.3", host_netns=host)
+        removed.set()
+
+    with linux._rules_lock(exclusive=True):  # a prune between its listing and its deletes
+        remover = threading.Thread(target=destroy)
+        remover.start()
+        assert not removed.wait(0.5)
+        assert len(linux.antispoof_rules(stopped, host_netns=host)) == 5
+    remover.join(30)
+    assert removed.is_set()
+    assert linux.antispoof_rules(stopped, host_netns=host) == []
+    assert linux.prune_pod_rules(host_netns=host) == []
+
+
 def test_attach_makes_a_missing_table_and_replaces_an_older_chain(
         host: str, make_netns: Callable[..., str]) -> None:
     """Without the table (gc --network of another jetpack removed it) an attach makes it whole;

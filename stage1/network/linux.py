@@ -693,10 +693,17 @@ def remove_pod_rules(veth_name: str, pod_ip: str | None = None, *,
     chain, one listing first.
 
     Never makes the table or the map: a map without the base chain's rule that reads it would
-    let a later attach take its additions-only path and filter nothing."""
+    let a later attach take its additions-only path and filter nothing. Under the rules lock,
+    exclusive: a prune (``gc --network``, a supervisor's start, another jetpack's) that listed
+    this veth's element as gone must not find it deleted under it (its transaction would fail
+    whole on the missing element)."""
     _check_ifname(veth_name)
 
     def remove() -> None:
+        with _rules_lock(exclusive=True):
+            removing()
+
+    def removing() -> None:
         if pod_ip is not None:
             chain = _port_chain(veth_name, pod_ip)
             _forget({veth_name: chain})
