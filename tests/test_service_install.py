@@ -245,20 +245,26 @@ def test_zfs_storage_without_zfs_names_zfs(root: None, tmp_path: Path) -> None:
     assert "storage.driver = dir" in out.stderr
 
 
-def test_supervisor_without_nft_names_it(root: None, tmp_path: Path) -> None:
+def test_supervisor_without_libnftables_names_it(root: None, tmp_path: Path) -> None:
+    """The pod network's rules go through libnftables in-process (no nft command): a daemon
+    that cannot load it (here an unloadable copy found first on LD_LIBRARY_PATH, as a broken
+    install would leave) says which library and how to install it, and serves nothing."""
     bridge = f"jpt{secrets.token_hex(3)}"
     jp = Jetpack(write_conf(tmp_path / "jetpack.conf", **{
         "root.path": str(tmp_path / "state"), "storage.driver": "dir",
         "supervisor.socket": str(tmp_path / "jp.sock"), "jail.interface": bridge,
         "jail.network": "172.31.251.1/24"}), tmp_path / "state")
     jp("init")
+    broken = tmp_path / "lib"
+    broken.mkdir()
+    (broken / "libnftables.so.1").write_bytes(b"not a shared object\n")
     try:
-        out = subprocess.run(jp.argv("daemon"), env=without_tools(jp, tmp_path),
+        out = subprocess.run(jp.argv("daemon"), env=dict(jp.env(), LD_LIBRARY_PATH=str(broken)),
                              capture_output=True, text=True, timeout=120)
     finally:
         subprocess.run(["ip", "link", "del", bridge], capture_output=True, check=False)
     assert out.returncode == 1, out.stdout + out.stderr
     assert "Traceback" not in out.stderr
-    assert "nft: command not found (needed for pod networking)" in out.stderr, out.stderr
-    assert "apt install nftables" in out.stderr
+    assert "libnftables.so.1: cannot load it" in out.stderr, out.stderr
+    assert "apt install libnftables1" in out.stderr
     assert not (tmp_path / "jp.sock").exists()
