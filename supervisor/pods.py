@@ -107,12 +107,16 @@ class PodManager:
         """Run ``fn`` (which uses the state database) in a worker thread, one at a time."""
         return await trio.to_thread.run_sync(fn, limiter=self.db_limiter)
 
-    async def in_read_thread(self, fn: Callable[[PodStore], T]) -> T:
-        """Run ``fn(store)``, which only reads, in one snapshot of the database: on the
-        read-only connection when there is one (it waits for no write in progress)."""
+    async def in_read_thread(self, fn: Callable[[PodStore], T], *, snapshot: bool = True
+                             ) -> T:
+        """Run ``fn(store)``, which only reads, in one snapshot of the database (``snapshot``
+        False: ``fn`` makes one query, its own snapshot): on the read-only connection when
+        there is one (it waits for no write in progress)."""
         store, db = self._read_store, self._read_store.state
 
         def read() -> T:
+            if not snapshot:
+                return fn(store)
             with db.snapshot():
                 return fn(store)
 
@@ -142,6 +146,18 @@ class PodManager:
 
     async def resolve(self, ref: str) -> PodRecord:
         return await self.in_read_thread(lambda store: store.resolve(ref))
+
+    async def _means_its_pod(self, ref: str, task: PodTask) -> bool:
+        """Whether ``ref``, the uuid of ``task``'s pod, resolves to that pod, and the task is
+        still ours: no pod is named ``ref`` (names come first) and the pod's row is there. One
+        statement instead of ``resolve``'s half dozen: each gives up the GIL and waits to get
+        it back, behind the threads of an ended pod's teardown (``wait`` comes then)."""
+        def check(store: PodStore) -> bool:
+            rows = store.state.query("SELECT uuid FROM pods WHERE name = ? OR uuid = ?",
+                                     (ref, ref))
+            return bool(rows) and all(row["uuid"] == ref for row in rows)
+
+        return await self.in_read_thread(check, snapshot=False) and self.tasks.get(ref) is task
 
     async def _get(self, uuid: str) -> PodRecord:
         return await self.in_read_thread(lambda store: store.get(uuid))
@@ -250,8 +266,12 @@ class PodManager:
         """Wait until the pod is no longer running (returns at once if it is not): once its
         final state is recorded, while its sandbox may still be being torn down (``stop``,
         ``start`` and ``torn_down`` wait for that)."""
-        pod = await self.resolve(ref)
-        task = self.tasks.get(pod.uuid)
+        task = self.tasks.get(ref)
+        if task is None or not await self._means_its_pod(ref, task):
+            pod = await self.resolve(ref)
+            task = self.tasks.get(pod.uuid)
+        else:
+            pod = task.pod
         if task is not None:
             await task.ended.wait()
             if task.final is not None:
