@@ -135,15 +135,19 @@ class Daemon:
         # Its writers call hub.notify() after each commit: no wake-up datagram to ourselves.
         db = await trio.to_thread.run_sync(partial(StateDB.for_root, self.config.root,
                                                    wake_hub=False), limiter=db_limiter)
+        reader: StateDB | None = None
         await trio.to_thread.run_sync(self._clean_leftovers)
         try:
+            # The pod commands' lookups: a read-only connection of their own, so that a
+            # command never waits for a pod's write transaction (WAL) nor for its thread.
+            reader = await trio.to_thread.run_sync(db.open_reader)
             await _record(db, db_limiter, "supervisor.started", pid=os.getpid())
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP,
                                            signal.SIGUSR2) as signals:
                 async with trio.open_nursery() as nursery:
                     hub = await nursery.start(EventHub(db.path).run)
                     manager = PodManager(self.config, db, self.runtime, notify=hub.notify,
-                                         db_limiter=db_limiter)
+                                         db_limiter=db_limiter, reader=reader)
                     self.manager = await nursery.start(manager.run)
                     router = core_router(hub)
                     add_pod_routes(router, manager, self.request_stop)
@@ -173,6 +177,8 @@ class Daemon:
             await _record(db, db_limiter, "supervisor.stopped", keep_pods=self.keep_pods)
         finally:
             with trio.CancelScope(shield=True):
+                if reader is not None:
+                    await trio.to_thread.run_sync(reader.close)
                 await trio.to_thread.run_sync(db.close, limiter=db_limiter)
 
     def metadata_bind(self) -> list[str]:

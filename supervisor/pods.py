@@ -9,6 +9,9 @@ Each pod task is a boundary: whatever it raises (a driver's ``JetpackError``, an
 the host, a bug) fails that pod only, as ``pod.failed`` with a one-line reason (the traceback
 goes to the daemon log); the supervisor and the other pods go on. Every database call runs in
 a worker thread under one limiter (``in_db_thread``): the connection has one user at a time.
+The lookups of a command (``resolve``, the record it answers with) may go through a second,
+read-only connection with its own thread (``in_read_thread``): in WAL mode they never queue
+behind a write transaction, and each sees every commit made before it began.
 """
 
 from __future__ import annotations
@@ -79,6 +82,7 @@ class PodManager:
         *,
         notify: Callable[[], None] = lambda: None,
         db_limiter: trio.CapacityLimiter | None = None,
+        reader: StateDB | None = None,
     ) -> None:
         self.config = config
         self.db = db
@@ -90,6 +94,11 @@ class PodManager:
         # The one limiter of the connection ``db``: whoever else uses it from async code (the
         # daemon, the control API, the metadata service) goes through ``in_db_thread``.
         self.db_limiter = db_limiter if db_limiter is not None else trio.CapacityLimiter(1)
+        # ``reader`` (``StateDB.open_reader``): the commands' lookups, one at a time on it;
+        # without one they go through ``db``. The caller closes it.
+        self.reader = reader
+        self._read_store = PodStore(reader) if reader is not None else self.store
+        self._read_limiter = trio.CapacityLimiter(1) if reader is not None else self.db_limiter
         self._nursery: trio.Nursery | None = None
 
     # --- database access, off the event loop -------------------------------------------------
@@ -97,6 +106,21 @@ class PodManager:
     async def in_db_thread(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` (which uses the state database) in a worker thread, one at a time."""
         return await trio.to_thread.run_sync(fn, limiter=self.db_limiter)
+
+    async def in_read_thread(self, fn: Callable[[PodStore], T], *, snapshot: bool = True
+                             ) -> T:
+        """Run ``fn(store)``, which only reads, in one snapshot of the database (``snapshot``
+        False: ``fn`` makes one query, its own snapshot): on the read-only connection when
+        there is one (it waits for no write in progress)."""
+        store, db = self._read_store, self._read_store.state
+
+        def read() -> T:
+            if not snapshot:
+                return fn(store)
+            with db.snapshot():
+                return fn(store)
+
+        return await trio.to_thread.run_sync(read, limiter=self._read_limiter)
 
     async def _record(self, change: Callable[[Transaction], None]) -> None:
         def run() -> None:
@@ -121,7 +145,22 @@ class PodManager:
         self._nursery.start_soon(run)
 
     async def resolve(self, ref: str) -> PodRecord:
-        return await self.in_db_thread(lambda: self.store.resolve(ref))
+        return await self.in_read_thread(lambda store: store.resolve(ref))
+
+    async def _means_its_pod(self, ref: str, task: PodTask) -> bool:
+        """Whether ``ref``, the uuid of ``task``'s pod, resolves to that pod, and the task is
+        still ours: no pod is named ``ref`` (names come first) and the pod's row is there. One
+        statement instead of ``resolve``'s half dozen: each gives up the GIL and waits to get
+        it back, behind the threads of an ended pod's teardown (``wait`` comes then)."""
+        def check(store: PodStore) -> bool:
+            rows = store.state.query("SELECT uuid FROM pods WHERE name = ? OR uuid = ?",
+                                     (ref, ref))
+            return bool(rows) and all(row["uuid"] == ref for row in rows)
+
+        return await self.in_read_thread(check, snapshot=False) and self.tasks.get(ref) is task
+
+    async def _get(self, uuid: str) -> PodRecord:
+        return await self.in_read_thread(lambda store: store.get(uuid))
 
     # --- service ----------------------------------------------------------------------------
 
@@ -213,7 +252,7 @@ class PodManager:
             raise PodStartError(f"pod {pod.name} failed to start: {task.failure}")
         if task.started is not None:
             return task.started
-        return await self.in_db_thread(lambda: self.store.get(pod.uuid))
+        return await self._get(pod.uuid)
 
     async def stop(self, ref: str, grace: float | None = None) -> PodRecord:
         """Stop a pod; returns once every app's exit is confirmed and the sandbox is gone."""
@@ -221,19 +260,23 @@ class PodManager:
         task = self.tasks.get(pod.uuid)
         if task is not None:
             await self._stop_task(task, grace)
-        return await self.in_db_thread(lambda: self.store.get(pod.uuid))
+        return await self._get(pod.uuid)
 
     async def wait(self, ref: str) -> PodRecord:
         """Wait until the pod is no longer running (returns at once if it is not): once its
         final state is recorded, while its sandbox may still be being torn down (``stop``,
         ``start`` and ``torn_down`` wait for that)."""
-        pod = await self.resolve(ref)
-        task = self.tasks.get(pod.uuid)
+        task = self.tasks.get(ref)
+        if task is None or not await self._means_its_pod(ref, task):
+            pod = await self.resolve(ref)
+            task = self.tasks.get(pod.uuid)
+        else:
+            pod = task.pod
         if task is not None:
             await task.ended.wait()
             if task.final is not None:
                 return task.final
-        return await self.in_db_thread(lambda: self.store.get(pod.uuid))
+        return await self._get(pod.uuid)
 
     async def torn_down(self, pod_uuid: str) -> None:
         """Return once the pod's sandbox is gone (at once when no task of ours has it)."""

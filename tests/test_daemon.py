@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import stat
+import threading
 from pathlib import Path
 
 import httpx
@@ -174,14 +175,18 @@ def db_use(running: Daemon, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     uses: list[str] = []
 
     def check(db: StateDB, what: str) -> None:
-        if db is not manager.db:
+        if db is manager.reader:  # the commands' lookups: its own connection and limiter
+            limiter, what = manager._read_limiter, f"read {what}"
+        elif db is manager.db:
+            limiter = manager.db_limiter
+        else:
             return  # the event hub's own connections
         try:
             trio.lowlevel.current_trio_token()
             where = "loop thread"
         except RuntimeError:
             where = "worker thread"
-        held = "limiter held" if manager.db_limiter.borrowed_tokens == 1 else "limiter free"
+        held = "limiter held" if limiter.borrowed_tokens == 1 else "limiter free"
         uses.append(f"{what} in {where}: {held}")
 
     query, transaction = StateDB.query, StateDB.transaction
@@ -215,4 +220,48 @@ async def test_the_database_is_used_off_the_loop_under_one_limiter(
     await api.request("POST", "/v1/pods/meta/stop", params={"grace": "1"})
     assert [use for use in db_use if "FROM images" in use]  # the MDS read the image
     assert [use for use in db_use if "FROM pods ORDER BY" in use]  # the API listed the pods
+    assert [use for use in db_use if use.startswith("read query SELECT uuid FROM pods WHERE name")]
     assert {use for use in db_use if not use.endswith("in worker thread: limiter held")} == set()
+
+
+async def test_a_pod_lookup_does_not_wait_for_a_write_transaction_in_progress(
+    config: Config, running: Daemon
+) -> None:
+    """The pod commands resolve and read pods on their own read-only connection: a write
+    transaction the supervisor holds open (a pod's exit record) delays none of them, and they
+    see every commit made before they began and nothing uncommitted."""
+    prepare(config, "web", restart="always")
+    prepare(config, "idle")
+    manager = running.manager
+    assert manager is not None
+    api = client(config)
+    assert (await api.request("POST", "/v1/pods/web/start"))["state"] == "running"
+    holding, release = threading.Event(), threading.Event()
+
+    class Undo(Exception):
+        pass
+
+    def hold() -> None:
+        try:
+            with manager.db.transaction() as tx:
+                tx.execute("UPDATE pods SET name = 'renamed' WHERE name = 'web'")
+                holding.set()
+                release.wait(10)
+                raise Undo  # rolled back: nothing of it was ever committed
+        except Undo:
+            pass
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(manager.in_db_thread, hold)
+        assert await trio.to_thread.run_sync(holding.wait, 10)
+        try:
+            with trio.fail_after(5):  # the old single limiter: queued until ``release``
+                shown = await api.request("GET", "/v1/pods/web")
+                with pytest.raises(NotFoundError):
+                    await api.request("GET", "/v1/pods/renamed")
+                waited = await api.request("GET", "/v1/pods/idle/wait")  # resolve, then get
+        finally:
+            release.set()
+    assert (shown["state"], waited["state"]) == ("running", "prepared")
+    stopped = await api.request("POST", "/v1/pods/web/stop", params={"grace": "1"})
+    assert stopped["state"] == "exited"

@@ -152,3 +152,29 @@ def test_writer_never_blocks_or_fails_on_the_wake_socket(tmp_path: Path) -> None
         with db.transaction() as tx:
             tx.event("image.imported", n=-1)
         assert db.last_seq() == 3002
+
+
+def test_reader_reads_past_an_open_write_and_refuses_to_write(tmp_path: Path) -> None:
+    """``open_reader``: a second connection whose snapshot sees every commit made before it
+    began, nothing uncommitted and nothing committed after; it neither waits for the writer's
+    open transaction nor writes."""
+    db = StateDB.for_root(tmp_path, create=True)
+    reader = db.open_reader()
+    try:
+        with db.transaction() as tx:
+            tx.event("first")
+        with db.transaction() as tx:
+            tx.event("second")  # open while the reader reads
+            with reader.snapshot():
+                assert [e.type for e in reader.events_since(0)] == ["first"]
+        with reader.snapshot():
+            seen = [e.type for e in reader.events_since(0)]
+            with db.transaction() as tx:
+                tx.event("third")
+            assert [e.type for e in reader.events_since(0)] == seen == ["first", "second"]
+        assert [e.type for e in reader.events_since(0)] == ["first", "second", "third"]
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            reader.conn.execute("DELETE FROM events")
+    finally:
+        reader.close()
+        db.close()

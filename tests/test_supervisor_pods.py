@@ -322,6 +322,41 @@ async def test_wait_answers_once_the_pod_ended_while_start_and_stop_wait_for_its
     assert [t for t, _, _ in events(sup.db, pod)].count("pod.exited") == 2
 
 
+async def test_wait_by_a_running_pods_uuid_is_one_lookup_and_names_still_come_first(
+    clock: trio.testing.MockClock, sup: Supervisor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``wait`` for a pod of ours by its uuid makes one query (each gives up the GIL to the
+    threads of ended pods' teardowns): whether a pod is named so, as ``resolve`` puts names
+    first. A pod named like another pod's uuid is the one waited for by that word."""
+    sup.runtime.script.update(app=[Behaviour(runs_for=1.0)], other=[Behaviour(runs_for=3.0)])
+    pod = prepare(sup.db, "mine", ["app"])
+    manager = await sup.manager()
+    await manager.start(pod.uuid)
+    queries: list[str] = []
+    query = StateDB.query
+
+    def counted(self: StateDB, sql: str, params: object = ()) -> list[sqlite3.Row]:
+        if not self.conn.in_transaction:  # not the exit record's own read-back
+            queries.append(sql)
+        return query(self, sql, params)
+
+    monkeypatch.setattr(StateDB, "query", counted)
+    ended = await manager.wait(pod.uuid)
+    assert (ended.uuid, ended.state) == (pod.uuid, "exited")
+    assert queries == ["SELECT uuid FROM pods WHERE name = ? OR uuid = ?"]
+
+    named = prepare(sup.db, "placeholder", ["other"])
+    with sup.db.transaction() as tx:
+        tx.execute("UPDATE pods SET name = ? WHERE uuid = ?", (pod.uuid, named.uuid))
+    await manager.start(pod.uuid)  # the pod named so, not the pod of that uuid
+    assert set(manager.tasks) == {named.uuid}
+    await manager.start("mine")
+    began = trio.current_time()
+    waited = await manager.wait(pod.uuid)
+    assert (waited.uuid, waited.state) == (named.uuid, "exited")
+    assert trio.current_time() - began >= 2  # "other" runs 3 s, "app" 1 s
+
+
 async def test_a_teardown_cut_by_the_supervisors_end_is_finished_by_the_next(
     clock: trio.testing.MockClock, sup: Supervisor
 ) -> None:

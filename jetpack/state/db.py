@@ -193,11 +193,15 @@ def restrict_database(path: Path) -> None:
 class StateDB:
     """The state database of one state root. Open one per process (or per thread)."""
 
-    def __init__(self, path: Path, *, create: bool = False, wake_hub: bool = True) -> None:
+    def __init__(self, path: Path, *, create: bool = False, wake_hub: bool = True,
+                 reader: bool = False) -> None:
         """``wake_hub=False``: commits send no wake-up (the supervisor's own connection, whose
-        writers tell the hub in-process)."""
+        writers tell the hub in-process). ``reader``: a connection that only reads (SQLite
+        refuses its writes), opened on a database another connection has created and
+        migrated; in WAL mode its reads never wait for a writer's transaction."""
         self.path = path
         self.wake_hub = wake_hub
+        self.reader = reader
         self._unlogged_failures: dict[str, Any] = {}  # writes a full disk refused, not yet logged
         if not create and not path.exists():
             raise StateError(
@@ -215,12 +219,16 @@ class StateDB:
             )
             self.conn.row_factory = sqlite3.Row
             self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            self.conn.execute("PRAGMA journal_mode = WAL")
-            self.conn.execute("PRAGMA foreign_keys = ON")
-            self.conn.execute("PRAGMA synchronous = NORMAL")
+            if reader:
+                self.conn.execute("PRAGMA query_only = ON")
+            else:
+                self.conn.execute("PRAGMA journal_mode = WAL")
+                self.conn.execute("PRAGMA foreign_keys = ON")
+                self.conn.execute("PRAGMA synchronous = NORMAL")
         except sqlite3.Error as exc:
             raise StateError(f"cannot open state database {path}: {exc}") from None
-        self.migrate()
+        if not reader:
+            self.migrate()
 
     @classmethod
     def for_root(cls, root: Path, *, create: bool = False, wake_hub: bool = True) -> StateDB:
@@ -254,6 +262,23 @@ class StateDB:
                     tx.execute(statement)
             if current != SCHEMA_VERSION:
                 tx.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def open_reader(self) -> StateDB:
+        """A second connection to this database that only reads (``reader``)."""
+        return StateDB(self.path, reader=True)
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """A read transaction: the queries inside see one state, every commit made before
+        its first query and none after (WAL: it takes no lock a writer waits for)."""
+        try:
+            self.conn.execute("BEGIN DEFERRED")
+        except sqlite3.Error as exc:
+            raise StateError(f"{self.path}: cannot begin read: {exc}") from None
+        try:
+            yield
+        finally:
+            self._rollback()
 
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
