@@ -3,7 +3,9 @@
 An app's monitor (pid 1 of its pid namespace on Linux, a host process around jexec on FreeBSD)
 reports ``pid N`` and ``ready`` (or ``error ...``) on a pipe, then writes the status file.
 Checking a pid's identity reads /proc (Linux) or runs ps(1) (FreeBSD): always in a worker
-thread, so ``started`` (synchronous) is for a worker thread too.
+thread, so ``started`` (synchronous) is for a worker thread too, unless an ``EarlyWatch``
+identified and watched the monitor already (Linux: from its pid line, while it builds the
+app's rootfs).
 
 A monitor started by this supervisor also sends the status, once written, on the socket its go
 came on (``SocketExitNote``): ``wait`` answers from it without waiting for the monitor's own
@@ -204,11 +206,19 @@ class MonitoredApps:
         errors = [line[len("error "):] for line in lines if line.startswith("error ")]
         if errors or "ready" not in lines or pid is None:
             if pid is not None:
-                # The monitor reported a failure and exits by itself; make sure of it.
+                # The monitor reported a failure and exits by itself; make sure of it
+                # (through its pidfd when it was watched early: that process and no other).
+                found = early.take(pid) if early is not None else None
                 try:
-                    os.kill(pid, signal.SIGKILL)
+                    if found is not None:
+                        found[1].send_signal(signal.SIGKILL)
+                    else:
+                        os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+                finally:
+                    if found is not None:
+                        found[1].close()
             reason = errors[0] if errors else f"the stage1 helper ended early ({lines})"
             raise IsolationError(f"app {app.name}: {reason}")
         found = early.take(pid) if early is not None else None
