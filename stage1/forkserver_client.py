@@ -68,14 +68,33 @@ class _Server:
 
 
 class ForkedHelper:
-    """A helper the server forked: its pid, and its exit code once it ended."""
+    """A helper asked of the server: its pid once the server answered (``forked``), and its
+    exit code once it ended."""
 
-    def __init__(self, pid: int, reply: socket.socket) -> None:
-        self.pid = pid
+    def __init__(self, name: str, reply: socket.socket) -> None:
+        self.name = name
+        self.pid: int | None = None
         self._reply = reply
+
+    async def forked(self) -> int:
+        """Its pid, once the server forked it (or handed the request to one made before)."""
+        if self.pid is None:
+            try:
+                line = await _receive(self._reply)
+            except BaseException:
+                self.close()
+                raise
+            if not line.startswith("pid "):
+                self.close()
+                reason = line.removeprefix("error ") or "it ended before it answered"
+                raise IsolationError(f"the stage1 fork server cannot start {self.name}: "
+                                     f"{reason}")
+            self.pid = int(line.split()[1])
+        return self.pid
 
     async def wait(self) -> int:
         """The helper's exit code (-N: killed by signal N), as subprocess gives it."""
+        await self.forked()
         line = await _receive(self._reply)
         self.close()
         if not line.startswith("exit "):
@@ -116,21 +135,28 @@ class ForkServer:
                     pass_fds: Sequence[int] = ()) -> ForkedHelper:
         """Fork a helper running ``linux_init.main(argv)``; ``pass_fds`` become its 3, 4, ...
         Our descriptors stay ours (the server got copies): close them when convenient."""
+        helper = await self.request(argv, stdin=stdin, stdout=stdout, stderr=stderr,
+                                    pass_fds=pass_fds)
+        await helper.forked()
+        return helper
+
+    async def request(self, argv: Sequence[str], *, stdin: int, stdout: int, stderr: int,
+                      pass_fds: Sequence[int] = ()) -> ForkedHelper:
+        """``spawn``'s request, sent; the server's answer (the helper's pid, or why there is
+        none) is ``forked()``'s. Once the server has read it, it holds its own copies of the
+        descriptors, until the helper has them or it failed to make one: a pipe passed here
+        ends (EOF) for its reader once the helper and what it forks close it, or at once when
+        no helper was made."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         ours.setblocking(False)
         try:
             with theirs:
                 message = json.dumps({"argv": list(argv)}).encode()
                 await self._send(message, [theirs.fileno(), stdin, stdout, stderr, *pass_fds])
-            line = await _receive(ours)
         except BaseException:
             ours.close()
             raise
-        if not line.startswith("pid "):
-            ours.close()
-            reason = line.removeprefix("error ") or "it ended before it answered"
-            raise IsolationError(f"the stage1 fork server cannot start {argv[0]}: {reason}")
-        return ForkedHelper(int(line.split()[1]), ours)
+        return ForkedHelper(argv[0], ours)
 
     async def _send(self, message: bytes, fds: list[int]) -> None:
         for attempt in range(2):

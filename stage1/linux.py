@@ -47,7 +47,13 @@ from jetpack.stage1.cgroups import PodCgroup, warm_moves
 from jetpack.stage1.driver_info import LINUX_CAPABILITIES, check_linux_limits
 from jetpack.stage1.forkserver_client import ForkServer
 from jetpack.stage1.identity import pidfd_open, pidfd_send_signal
-from jetpack.stage1.monitor import MonitoredApps, SocketExitNote, read_report
+from jetpack.stage1.monitor import (
+    EarlyWatch,
+    MonitoredApps,
+    SocketExitNote,
+    read_report,
+    reported_pid,
+)
 from jetpack.stage1.network.etc import write_etc_files
 from jetpack.stage1.own_thread import in_own_thread
 from jetpack.stage1.stdio_relay import PipeRelay, relay_terminal
@@ -364,6 +370,7 @@ class LinuxDriver(MonitoredApps):
         go_ours, go_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         go_r, go_w = go_theirs.detach(), go_ours.detach()
         log_fd = None
+        early = EarlyWatch()
         try:
             if stdio is None:
                 # The helper's own stderr (a crash before the monitor runs) lands in the log.
@@ -374,7 +381,7 @@ class LinuxDriver(MonitoredApps):
             try:
                 # In a session of its own (the fork server's rule): never the supervisor's
                 # process group, with a terminal (run -t) too. The pipes become its fds 3 and 4.
-                helper = await self.forks.spawn(
+                helper = await self.forks.request(
                     ["app", str(launch_path), "3", "4"], stdin=stdin, stdout=stdout,
                     stderr=stderr, pass_fds=(report_w, go_r))
             finally:
@@ -385,8 +392,16 @@ class LinuxDriver(MonitoredApps):
             os.close(go_r)
             go_r = -1
             try:
-                lines = await read_report(report_r)
-                report_r = -1
+                # The report, read as soon as the request is sent (its pid line says the
+                # monitor's pid: no need to wait for the server's), ends at the monitor's
+                # 'ready' (the app's process it forked just before may still hold the pipe)
+                # or at the pipe's end: a failure, or no helper made (the server's answer
+                # says why). The monitor is identified and watched as soon as it reports its
+                # pid, while it builds the app's rootfs.
+                reading, report_r = report_r, -1  # read_report closes it
+                async with trio.open_nursery() as nursery:
+                    lines = await read_report(reading, on_pid=lambda pid: nursery.start_soon(
+                        self._thread, early.open, pid), until_ready=True)
                 await helper.wait()  # it forked the monitor and exited: the monitor is no
                 # child of ours nor of the server's (adoption after a supervisor's kill -9)
             finally:
@@ -394,14 +409,19 @@ class LinuxDriver(MonitoredApps):
             # the app runs with its network: the monitor waits for go (and gives up if the
             # pipe closes without it, as when this raises)
             await self._network_ready(handle.pod_uuid)
-            # identify() and the pidfd read /proc: never on the loop thread
-            process: AppProcess = await self._thread(
-                self.started, app, lines, Path(launch["status_path"]), stdio, log_path)
+            process: AppProcess
+            if early.has(reported_pid(lines)):  # nothing left that blocks
+                process = self.started(app, lines, Path(launch["status_path"]), stdio,
+                                       log_path, early=early)
+            else:  # identify() and the pidfd read /proc: never on the loop thread
+                process = await self._thread(self.started, app, lines,
+                                             Path(launch["status_path"]), stdio, log_path)
             os.write(go_w, b"g")  # the monitor may run the app: we watch it now
             process.note = SocketExitNote(socket.socket(fileno=go_w))
             go_w = -1
             return process
         finally:
+            early.close()  # what started() did not take (a failure): nothing to watch
             for fd in (report_r, report_w, go_r, go_w, log_fd):
                 if fd is not None and fd >= 0:
                     os.close(fd)

@@ -3,7 +3,9 @@
 An app's monitor (pid 1 of its pid namespace on Linux, a host process around jexec on FreeBSD)
 reports ``pid N`` and ``ready`` (or ``error ...``) on a pipe, then writes the status file.
 Checking a pid's identity reads /proc (Linux) or runs ps(1) (FreeBSD): always in a worker
-thread, so ``started`` (synchronous) is for a worker thread too.
+thread, so ``started`` (synchronous) is for a worker thread too, unless an ``EarlyWatch``
+identified and watched the monitor already (Linux: from its pid line, while it builds the
+app's rootfs).
 
 A monitor started by this supervisor also sends the status, once written, on the socket its go
 came on (``SocketExitNote``): ``wait`` answers from it without waiting for the monitor's own
@@ -19,7 +21,7 @@ import json
 import os
 import signal
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ from jetpack.stage1.base import (
     AppProcess,
     AppSpec,
     ExitStatus,
+    ProcessIdentity,
     ProcessWatch,
     SandboxHandle,
     Stdio,
@@ -86,13 +89,75 @@ class SocketExitNote:
             self._sock = None
 
 
-async def read_report(fd: int) -> list[str]:
-    """Every line the helper and the app's monitor report, until both have closed the pipe."""
-    chunks = []
+async def read_report(fd: int, on_pid: Callable[[int], object] | None = None, *,
+                      until_ready: bool = False) -> list[str]:
+    """Every line the helper and the app's monitor report, until both have closed the pipe
+    (``until_ready``: or up to the monitor's ``ready``, its last line: the app's process it
+    forked just before may not have closed its copy of the pipe yet); ``on_pid`` is called
+    with the monitor's pid as soon as its ``pid N`` line is in."""
+    data = b""
     async with trio.lowlevel.FdStream(fd) as stream:
-        while data := await stream.receive_some():
-            chunks.append(data)
-    return b"".join(chunks).decode(errors="replace").splitlines()
+        while chunk := await stream.receive_some():
+            data += chunk
+            if on_pid is not None and (pid := _reported_pid(data)) is not None:
+                on_pid(pid)
+                on_pid = None
+            if until_ready and (b"\n" + data).endswith(b"\nready\n"):
+                break
+    return data.decode(errors="replace").splitlines()
+
+
+def _reported_pid(data: bytes) -> int | None:
+    """The pid of the first complete ``pid N`` line in ``data``, if any."""
+    for line in data.split(b"\n")[:-1]:  # the last one may be incomplete
+        if line.startswith(b"pid "):
+            try:
+                return int(line.split()[1])
+            except (ValueError, IndexError):
+                return None
+    return None
+
+
+class EarlyWatch:
+    """The monitor identified and its pidfd opened as soon as it reports its pid, while it
+    still builds the app's rootfs: once it is ready, only go is left to send. What it found
+    counts only for the monitor that then reports ``ready`` under that pid (``started``: its
+    checks come first, as without it); anything else is closed, and ``started`` identifies
+    the pid itself."""
+
+    def __init__(self) -> None:
+        self._pid: int | None = None
+        self._found: tuple[ProcessIdentity, ProcessWatch] | None = None
+
+    def open(self, pid: int) -> None:
+        """Identify ``pid`` and watch it (blocks: a worker thread). A failure leaves nothing:
+        ``started`` tries again, and reports what it finds, if the monitor says it is ready."""
+        try:
+            identity = identify(pid)
+            watch = open_watch(identity)
+        except IsolationError:
+            return
+        if watch is not None:
+            self._pid, self._found = pid, (identity, watch)
+
+    def has(self, pid: int | None) -> bool:
+        return self._found is not None and pid == self._pid
+
+    def take(self, pid: int) -> tuple[ProcessIdentity, ProcessWatch] | None:
+        if not self.has(pid):
+            return None
+        found, self._found = self._found, None
+        return found
+
+    def close(self) -> None:
+        if self._found is not None:
+            self._found[1].close()
+            self._found = None
+
+
+def reported_pid(lines: list[str]) -> int | None:
+    """The monitor's pid, from its report's ``pid N`` line."""
+    return next((int(line.split()[1]) for line in lines if line.startswith("pid ")), None)
 
 
 class MonitoredApps:
@@ -132,23 +197,39 @@ class MonitoredApps:
         del planned, app, tty
 
     def started(self, app: AppSpec, lines: list[str], status_path: Path,
-                 stdio: Stdio | None, log_path: Path) -> AppProcess:
-        """The app its monitor reported, identified and watched (blocks: see the module)."""
-        pid = next((int(line.split()[1]) for line in lines if line.startswith("pid ")), None)
+                 stdio: Stdio | None, log_path: Path, *, early: EarlyWatch | None = None
+                 ) -> AppProcess:
+        """The app its monitor reported, identified and watched (blocks: see the module),
+        unless ``early`` did that already for its pid (``reported_pid``): then it does not
+        block."""
+        pid = reported_pid(lines)
         errors = [line[len("error "):] for line in lines if line.startswith("error ")]
         if errors or "ready" not in lines or pid is None:
             if pid is not None:
-                # The monitor reported a failure and exits by itself; make sure of it.
+                # The monitor reported a failure and exits by itself; make sure of it
+                # (through its pidfd when it was watched early: that process and no other).
+                found = early.take(pid) if early is not None else None
                 try:
-                    os.kill(pid, signal.SIGKILL)
+                    if found is not None:
+                        found[1].send_signal(signal.SIGKILL)
+                    else:
+                        os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+                finally:
+                    if found is not None:
+                        found[1].close()
             reason = errors[0] if errors else f"the stage1 helper ended early ({lines})"
             raise IsolationError(f"app {app.name}: {reason}")
-        identity = identify(pid)
-        watch = open_watch(identity)
-        if watch is None:
-            raise IsolationError(f"app {app.name}: its monitor (pid {pid}) vanished")
+        found = early.take(pid) if early is not None else None
+        if found is not None:
+            identity, watch = found
+        else:
+            identity = identify(pid)
+            opened = open_watch(identity)
+            if opened is None:
+                raise IsolationError(f"app {app.name}: its monitor (pid {pid}) vanished")
+            watch = opened
         return AppProcess(app.name, identity, status_path,
                           None if stdio is not None else log_path, watch)
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from jetpack.errors import IsolationError
 from jetpack.stage1.base import (
@@ -31,6 +32,7 @@ from jetpack.stage1.base import (
 from jetpack.stage1.cgroups import host_layout
 from jetpack.stage1.identity import process_start_time
 from jetpack.stage1.linux import LinuxDriver, processes_in_netns
+from jetpack.stage1.monitor import EarlyWatch, read_report
 from jetpack.stage2.plan import DEFAULT_PATH
 
 from conftest import require
@@ -808,3 +810,104 @@ async def test_an_exit_note_is_read_once_for_every_waiter_and_a_bad_one_is_no_st
         with trio.fail_after(10):
             assert await note.status() is None, sent
         note.close()
+
+
+# --- from the request to go -----------------------------------------------------------------------
+
+async def test_the_report_ends_at_ready_and_tells_the_pid_as_soon_as_it_is_in() -> None:
+    """The app's process, forked just before 'ready', holds its copy of the report pipe until
+    it has closed what it inherited: the report ends at 'ready', not at the pipe's end, and
+    the monitor's pid is told as soon as its line is complete (to watch it meanwhile)."""
+    reading, writing = os.pipe()
+    told: list[int] = []
+    lines: list[list[str]] = []
+
+    async def read() -> None:
+        lines.append(await read_report(reading, told.append, until_ready=True))
+
+    try:
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read)
+                os.write(writing, b"pid 4")
+                await trio.testing.wait_all_tasks_blocked()
+                assert told == []  # not a complete line yet
+                os.write(writing, b"2\n")
+                await trio.testing.wait_all_tasks_blocked()
+                assert told == [42]
+                assert lines == []
+                os.write(writing, b"ready\n")  # the writer stays open
+    finally:
+        os.close(writing)
+    assert lines == [["pid 42", "ready"]]
+    assert told == [42]
+
+
+async def test_the_monitor_is_watched_from_its_pid_line_and_go_needs_no_thread_after_ready(
+    driver: LinuxDriver, sandbox: SandboxHandle, busybox_rootfs: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """start_app identifies the monitor and opens its pidfd (in a worker thread) as soon as
+    the monitor reports its pid, while it still builds the app's rootfs: after 'ready' only
+    go is left, no worker thread (and its wait for the GIL) in between."""
+    calls: list[tuple[str, object]] = []
+    real_open = EarlyWatch.open
+
+    def opening(watch: EarlyWatch, pid: int) -> None:
+        calls.append(("open", pid))
+        real_open(watch, pid)
+
+    real_thread = driver._thread
+
+    async def thread(fn: Any, *args: Any) -> Any:
+        calls.append(("thread", getattr(fn, "__name__", fn)))
+        return await real_thread(fn, *args)
+
+    monkeypatch.setattr(EarlyWatch, "open", opening)
+    monkeypatch.setattr(driver, "_thread", thread)
+    app = AppSpec(name="watched", rootfs=busybox_rootfs, exec=("true",))
+    with trio.fail_after(20):
+        process = await driver.start_app(sandbox, app)
+        try:
+            assert await driver.wait(sandbox, process) == ExitStatus(code=0)
+        finally:
+            process.close()
+    assert ("open", process.identity.pid) in calls
+    assert ("thread", "started") not in calls
+
+
+async def test_a_start_failing_after_its_monitor_was_watched_keeps_nothing_of_it(
+    driver: LinuxDriver, sandbox: SandboxHandle, busybox_rootfs: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A monitor watched from its pid line that then fails (its rootfs refused) fails the
+    start as before, with its own error; the watch is closed (no pidfd left in the
+    supervisor) and the monitor is gone."""
+    opened: list[int] = []
+    real_open = EarlyWatch.open
+
+    def opening(watch: EarlyWatch, pid: int) -> None:
+        real_open(watch, pid)
+        opened.append(pid)
+
+    monkeypatch.setattr(EarlyWatch, "open", opening)
+    app = AppSpec(name="refused", rootfs=busybox_rootfs, exec=("true",),
+                  mounts=(MountSpec("shared", "/etc/passwd/inside"),))
+    pidfds = _pidfds()
+    with trio.fail_after(20), pytest.raises(IsolationError, match="goes through a file"):
+        await driver.start_app(sandbox, app)
+    assert len(opened) == 1
+    assert _pidfds() == pidfds
+    net_inode = os.stat(sandbox.data["namespaces"]["net"]).st_ino
+    with trio.fail_after(10):  # the monitor is gone (killed, or exited by itself)
+        while processes_in_netns(net_inode):  # noqa: ASYNC110 - /proc offers nothing to wait on
+            await trio.sleep(0.01)
+
+
+def _pidfds() -> set[str]:
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:[pidfd]":
+                found.add(fd)
+    return found
