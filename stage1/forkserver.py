@@ -40,6 +40,7 @@ import socket
 import sys
 import time
 import traceback
+from collections.abc import Callable
 
 from jetpack.errors import IsolationError
 from jetpack.stage1 import capabilities, linux_init
@@ -181,19 +182,43 @@ def _hand_to_spare(spares: list[_Spare], argv: list[str], fds: list[int]) -> int
     return None
 
 
-def _fork_spare() -> list[_Spare]:
-    """A new spare (none if the fork fails: requests are then forked for)."""
+def _fork_waiting(child: Callable[[socket.socket], None]) -> tuple[int, socket.socket] | None:
+    """Fork a process that runs ``child`` (which never returns) with its end of a new socket
+    pair: the child's pid and our end, or None when the fork fails."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         pid = os.fork()
     except OSError:
         ours.close()
         theirs.close()
-        return []
+        return None
     if pid == 0:
-        _wait_as_spare(theirs)  # never returns
+        child(theirs)  # never returns
     theirs.close()
-    return [_Spare(pid, ours)]
+    return pid, ours
+
+
+def _receive_request(sock: socket.socket) -> tuple[bytes, list[int]] | None:
+    """In a process made in advance: keep only ``sock`` (the control socket, the running
+    helpers' reply sockets, the wakeup pipe: gone) and wait on it for the request; None when
+    the server ended (EOF, or a reset: it closed its end with a message of ours unread) or
+    sent nothing usable."""
+    os.dup2(sock.fileno(), _SPARE_SOCKET)
+    os.closerange(_SPARE_SOCKET + 1, _max_fd())
+    waiting = socket.socket(fileno=_SPARE_SOCKET)
+    try:
+        message, fds, flags, _ = socket.recv_fds(waiting, MAX_REQUEST, MAX_FDS)
+    except ConnectionResetError:
+        return None
+    if not message or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+        return None
+    return message, fds
+
+
+def _fork_spare() -> list[_Spare]:
+    """A new spare (none if the fork fails: requests are then forked for)."""
+    forked = _fork_waiting(_wait_as_spare)
+    return [] if forked is None else [_Spare(*forked)]
 
 
 def _wait_as_spare(sock: socket.socket) -> None:
@@ -201,14 +226,11 @@ def _wait_as_spare(sock: socket.socket) -> None:
     code = 1
     try:
         _undo_server_state()
-        os.dup2(sock.fileno(), _SPARE_SOCKET)
-        # The control socket, the running helpers' reply sockets, the wakeup pipe: gone.
-        os.closerange(_SPARE_SOCKET + 1, _max_fd())
-        waiting = socket.socket(fileno=_SPARE_SOCKET)
-        message, fds, flags, _ = socket.recv_fds(waiting, MAX_REQUEST, MAX_FDS)
-        if not message or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
-            code = 0  # the server ended (or sent nothing usable): nothing to do
+        request = _receive_request(sock)
+        if request is None:
+            code = 0  # the server ended: nothing to do
             return
+        message, fds = request
         argv = [str(arg) for arg in json.loads(message)]
         _run_helper(argv, fds, undone=True)  # never returns
     except BaseException:  # noqa: BLE001 - a forked child reports and exits, never returns
@@ -241,17 +263,8 @@ class _MonitorInAdvance:
     def fork(cls) -> list[_MonitorInAdvance]:
         """The new monitor (none if the fork fails: apps' requests are then served by a
         helper, as any other)."""
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            middle = os.fork()
-        except OSError:
-            ours.close()
-            theirs.close()
-            return []
-        if middle == 0:
-            _make_monitor(theirs)  # never returns
-        theirs.close()
-        return [cls(ours)]
+        forked = _fork_waiting(_make_monitor)
+        return [] if forked is None else [cls(forked[1])]
 
     def take(self, argv: list[str], fds: list[int]) -> int | None:
         """Hand an app's request to the monitor: its pid (as the host sees it), or None if it
@@ -294,17 +307,11 @@ def _wait_as_monitor(sock: socket.socket) -> None:
     would (``linux_init.run_app`` knows it is pid 1 already)."""
     code = 1
     try:
-        os.dup2(sock.fileno(), _SPARE_SOCKET)
-        # The control socket, the running helpers' reply sockets, the wakeup pipe: gone.
-        os.closerange(_SPARE_SOCKET + 1, _max_fd())
-        waiting = socket.socket(fileno=_SPARE_SOCKET)
-        try:
-            message, fds, flags, _ = socket.recv_fds(waiting, MAX_REQUEST, MAX_FDS)
-        except ConnectionResetError:  # the server ended with our pid unread in its socket
-            message, fds, flags = b"", [], 0
-        if not message or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+        received = _receive_request(sock)  # a reset: the server ended with our pid unread
+        if received is None:
             code = 0  # the server ended
             return
+        message, fds = received
         request = json.loads(message)
         argv = [str(arg) for arg in request["argv"]]
         _run_helper(argv, fds, undone=True, pid_one=int(request["pid"]))  # never returns
