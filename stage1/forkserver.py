@@ -41,6 +41,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from typing import NoReturn
 
 from jetpack.errors import IsolationError
 from jetpack.stage1 import capabilities, linux_init
@@ -158,7 +159,7 @@ def _serve_one(control: socket.socket, replies: dict[int, socket.socket],
                 reply.close()
                 return True
             if pid == 0:
-                _run_helper(argv, given)  # never returns
+                _run_helper(argv, given)
         _send(reply, f"pid {pid}")
         replies[pid] = reply
         return True
@@ -182,7 +183,8 @@ def _hand_to_spare(spares: list[_Spare], argv: list[str], fds: list[int]) -> int
     return None
 
 
-def _fork_waiting(child: Callable[[socket.socket], None]) -> tuple[int, socket.socket] | None:
+def _fork_waiting(child: Callable[[socket.socket], NoReturn]
+                  ) -> tuple[int, socket.socket] | None:
     """Fork a process that runs ``child`` (which never returns) with its end of a new socket
     pair: the child's pid and our end, or None when the fork fails."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -221,24 +223,18 @@ def _fork_spare() -> list[_Spare]:
     return [] if forked is None else [_Spare(*forked)]
 
 
-def _wait_as_spare(sock: socket.socket) -> None:
+def _wait_as_spare(sock: socket.socket) -> NoReturn:
     """In a forked spare: everything a helper does before its request, then wait for it."""
-    code = 1
-    try:
+
+    def spare() -> int:
         _undo_server_state()
         request = _receive_request(sock)
         if request is None:
-            code = 0  # the server ended: nothing to do
-            return
+            return 0  # the server ended: nothing to do
         message, fds = request
-        argv = [str(arg) for arg in json.loads(message)]
-        _run_helper(argv, fds, undone=True)  # never returns
-    except BaseException:  # noqa: BLE001 - a forked child reports and exits, never returns
-        traceback.print_exc()
-    finally:
-        with contextlib.suppress(Exception):
-            sys.stderr.flush()
-        os._exit(code)
+        return _helper([str(arg) for arg in json.loads(message)], fds, undone=True)
+
+    _as_child(spare)
 
 
 class _MonitorInAdvance:
@@ -282,45 +278,36 @@ class _MonitorInAdvance:
         return pid
 
 
-def _make_monitor(sock: socket.socket) -> None:
+def _make_monitor(sock: socket.socket) -> NoReturn:
     """In the process in between: a new pid namespace, its pid 1 forked to wait on ``sock``,
     the pid 1's host pid sent over ``sock`` to the server, then exit."""
-    code = 1
-    try:
+
+    def in_between() -> int:
         _undo_server_state()
         sysc.unshare(sysc.CLONE_NEWPID)
         pid = os.fork()
         if pid == 0:
-            _wait_as_monitor(sock)  # never returns
+            _wait_as_monitor(sock)
         sock.send(str(pid).encode())
-        code = 0
-    except BaseException:  # noqa: BLE001 - a forked child reports and exits, never returns
-        traceback.print_exc()
-    finally:
-        with contextlib.suppress(Exception):
-            sys.stderr.flush()
-        os._exit(code)
+        return 0
+
+    _as_child(in_between)
 
 
-def _wait_as_monitor(sock: socket.socket) -> None:
+def _wait_as_monitor(sock: socket.socket) -> NoReturn:
     """In the monitor made in advance: wait for the app's request, then run it as the helper
     would (``linux_init.run_app`` knows it is pid 1 already)."""
-    code = 1
-    try:
+
+    def monitor() -> int:
         received = _receive_request(sock)  # a reset: the server ended with our pid unread
         if received is None:
-            code = 0  # the server ended
-            return
+            return 0  # the server ended
         message, fds = received
         request = json.loads(message)
-        argv = [str(arg) for arg in request["argv"]]
-        _run_helper(argv, fds, undone=True, pid_one=int(request["pid"]))  # never returns
-    except BaseException:  # noqa: BLE001 - a forked child reports and exits, never returns
-        traceback.print_exc()
-    finally:
-        with contextlib.suppress(Exception):
-            sys.stderr.flush()
-        os._exit(code)
+        return _helper([str(arg) for arg in request["argv"]], fds, undone=True,
+                       pid_one=int(request["pid"]))
+
+    _as_child(monitor)
 
 
 def _reap(replies: dict[int, socket.socket], spares: list[_Spare]) -> None:
@@ -354,22 +341,34 @@ def _undo_server_state() -> None:
     os.setsid()  # never the owner's session or process group, nor the server's
 
 
-def _run_helper(argv: list[str], fds: list[int], *, undone: bool = False,
-                pid_one: int | None = None) -> None:
-    """In the forked child: become what ``python -I -S linux_init.py ARGV`` was, then exit
-    (an app's monitor made in advance: with ``pid_one``, its pid on the host)."""
+def _run_helper(argv: list[str], fds: list[int]) -> NoReturn:
+    """In a child forked for a request: become what ``python -I -S linux_init.py ARGV`` was,
+    then exit."""
+    _as_child(lambda: _helper(argv, fds))
+
+
+def _helper(argv: list[str], fds: list[int], *, undone: bool = False,
+            pid_one: int | None = None) -> int:
+    """The helper's work and its exit code (an app's monitor made in advance: with
+    ``pid_one``, its pid on the host)."""
+    if not undone:
+        _undo_server_state()
+    # Out of the way first (a given fd may sit where another one goes), then in place.
+    moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3 + MAX_FDS) for fd in fds]
+    for target, fd in enumerate(moved):
+        os.dup2(fd, target)
+    # The control socket, the other helpers' reply sockets, the wakeup pipe (a spare's
+    # socket): gone.
+    os.closerange(len(moved), _max_fd())
+    return linux_init.main(argv, pid_one=pid_one)
+
+
+def _as_child(body: Callable[[], int]) -> NoReturn:
+    """In a forked child: ``body`` and exit with its code (1, its traceback printed, when it
+    raised), stdout and stderr flushed: never return into the server's stack."""
     code = 1
     try:
-        if not undone:
-            _undo_server_state()
-        # Out of the way first (a given fd may sit where another one goes), then in place.
-        moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3 + MAX_FDS) for fd in fds]
-        for target, fd in enumerate(moved):
-            os.dup2(fd, target)
-        # The control socket, the other helpers' reply sockets, the wakeup pipe (a spare's
-        # socket): gone.
-        os.closerange(len(moved), _max_fd())
-        code = linux_init.main(argv, pid_one=pid_one)
+        code = body()
     except BaseException:  # noqa: BLE001 - a forked child reports and exits, never returns
         traceback.print_exc()
     finally:
