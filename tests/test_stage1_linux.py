@@ -458,6 +458,27 @@ def monitors_in_advance(server: int) -> list[int]:
     return found
 
 
+async def an_app_ran(driver: LinuxDriver, sandbox: SandboxHandle, rootfs: Path,
+                     name: str) -> int:
+    """Run ``true`` as app ``name`` to its end: the driver's fork server is up (its pid)."""
+    with trio.fail_after(20):
+        process = await driver.start_app(sandbox, AppSpec(name=name, rootfs=rootfs,
+                                                          exec=("true",)))
+        assert await driver.wait(sandbox, process) == ExitStatus(code=0)
+    process.close()
+    server = driver.forks.pid
+    assert server is not None
+    return server
+
+
+async def the_monitor_in_advance(server: int) -> int:
+    """The one monitor the fork server made in advance, once it is there."""
+    with trio.fail_after(10):
+        while len(monitors := monitors_in_advance(server)) != 1:  # noqa: ASYNC110 - /proc has no event to wait on
+            await trio.sleep(0.01)
+    return monitors[0]
+
+
 def fork_server_children(server: int) -> list[int]:
     return [int(pid) for pid in
             Path(f"/proc/{server}/task/{server}/children").read_text().split()]
@@ -469,13 +490,7 @@ async def test_the_next_app_starts_from_a_monitor_made_in_advance_that_holds_not
     """Once idle, the fork server forks a helper in advance, and an app's monitor: each holds
     the server's stdio and the one socket it waits on, nothing else; the next app's monitor is
     that one, and the app holds nothing of it (nor of the server)."""
-    first = AppSpec(name="first", rootfs=busybox_rootfs, exec=("true",))
-    with trio.fail_after(20):
-        process = await driver.start_app(sandbox, first)
-        assert await driver.wait(sandbox, process) == ExitStatus(code=0)
-    process.close()
-    server = driver.forks.pid
-    assert server is not None
+    server = await an_app_ran(driver, sandbox, busybox_rootfs, "first")
     with trio.fail_after(10):
         # the spare, once the process that makes the monitor in advance ended
         while len(children := fork_server_children(server)) != 1:  # noqa: ASYNC110 - /proc has no event to wait on
@@ -492,10 +507,7 @@ async def test_the_next_app_starts_from_a_monitor_made_in_advance_that_holds_not
     assert os.getsid(spare) == spare  # a session of its own already
     # The next app's monitor, made in advance: pid 1 of a new pid namespace, nobody's child
     # (the process that made it ended), holding the server's stdio and its socket only.
-    with trio.fail_after(10):
-        while len(monitors := monitors_in_advance(server)) != 1:  # noqa: ASYNC110 - /proc has no event to wait on
-            await trio.sleep(0.01)
-    [monitor] = monitors
+    monitor = await the_monitor_in_advance(server)
     assert os.readlink(f"/proc/{monitor}/ns/pid") != os.readlink("/proc/self/ns/pid")
     assert int(proc_status(monitor)["PPid"]) not in (server, spare)
     with trio.fail_after(10):
@@ -524,16 +536,8 @@ async def test_an_app_starts_when_the_monitor_made_in_advance_was_killed(
     """A monitor made in advance that died (killed by an admin, say) is no failed start: the
     app gets a helper and a monitor of its own, as without one."""
     app = AppSpec(name="again", rootfs=busybox_rootfs, exec=("true",))
-    with trio.fail_after(20):
-        process = await driver.start_app(sandbox, app)
-        assert await driver.wait(sandbox, process) == ExitStatus(code=0)
-    process.close()
-    server = driver.forks.pid
-    assert server is not None
-    with trio.fail_after(10):
-        while len(monitors := monitors_in_advance(server)) != 1:  # noqa: ASYNC110 - /proc has no event to wait on
-            await trio.sleep(0.01)
-    [killed] = monitors
+    server = await an_app_ran(driver, sandbox, busybox_rootfs, "again")
+    killed = await the_monitor_in_advance(server)
     start_time = process_start_time(killed)
     os.kill(killed, signal.SIGKILL)
     with trio.fail_after(10):
@@ -549,17 +553,9 @@ async def test_a_killed_fork_server_is_restarted_on_next_use(
     driver: LinuxDriver, sandbox: SandboxHandle, busybox_rootfs: Path
 ) -> None:
     app = AppSpec(name="again", rootfs=busybox_rootfs, exec=("true",))
-    with trio.fail_after(20):
-        process = await driver.start_app(sandbox, app)
-        assert await driver.wait(sandbox, process) == ExitStatus(code=0)
-    process.close()
-    killed = driver.forks.pid
-    assert killed is not None
+    killed = await an_app_ran(driver, sandbox, busybox_rootfs, "again")
     start_time = process_start_time(killed)
-    with trio.fail_after(10):
-        while len(monitors := monitors_in_advance(killed)) != 1:  # noqa: ASYNC110 - /proc has no event to wait on
-            await trio.sleep(0.01)
-    [monitor] = monitors
+    monitor = await the_monitor_in_advance(killed)
     monitor_start = process_start_time(monitor)
     os.kill(killed, signal.SIGKILL)
     with trio.fail_after(10):
