@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import pytest
 
 from jetpack.cli.client import ControlClient
 
+from conftest import require
 from podhost import Host
 
 pytestmark = pytest.mark.usefixtures("api_matches_openapi")
@@ -138,6 +140,7 @@ def test_attack_socket_group_member_runs_a_pod_with_the_host_root_mounted(host: 
     run through the same request still works."""
     import grp
 
+    require(shutil.which("curl") is not None, "curl")
     with host.jp.conf.open("a") as conf:
         conf.write(f"supervisor.group = {grp.getgrgid(1).gr_name}\n")
     host.start()
@@ -149,10 +152,13 @@ def test_attack_socket_group_member_runs_a_pod_with_the_host_root_mounted(host: 
                                   "exec": ["/bin/echo", "root ran"]}]})
     path = os.open(host.tmp / "jp.sock", os.O_PATH)
     try:
+        # curl, not this interpreter: the member must be able to run it wherever the
+        # checkout sits (a clone under a 0700 mktemp directory is out of nobody's reach)
         as_member = subprocess.run(
-            [sys.executable, "-I", "-S", "-c", RAW_REQUEST, attack, str(path)], user=65534,
-            group=65534, extra_groups=[1], pass_fds=[path], capture_output=True, text=True,
-            timeout=60)
+            ["curl", "-sS", "-i", "--unix-socket", f"/proc/self/fd/{path}",
+             "-H", "Content-Type: application/json", "--data-binary", attack,
+             "http://jetpack/v1/run?rm=1"], user=65534, group=65534, extra_groups=[1],
+            pass_fds=[path], cwd="/", capture_output=True, text=True, timeout=60)
         as_root = subprocess.run(
             [sys.executable, "-I", "-S", "-c", RAW_REQUEST, legit, str(path)],
             pass_fds=[path], capture_output=True, text=True, timeout=60)
